@@ -1,0 +1,23 @@
+import os
+
+import pytest
+
+from spider import paths
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+    root = paths.reference_dir()
+    if not root.is_dir():
+        pytest.skip(f"reference numbers not found at {root} (set SPIDER_REFERENCE_DIR)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    root = paths.data_dir()
+    if not (root / "MANIFEST.md").is_file():
+        pytest.skip(f"real data not found at {root} (set SPIDER_DATA_DIR)")
+    return root
