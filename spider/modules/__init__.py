@@ -1,0 +1,25 @@
+"""Scorer modules (LightningModules ranking a model zoo for a task) and their registry.
+
+Importing this package registers the built-in scorers ``token`` (:class:`TokenScorer`) and
+``reranker`` (:class:`ReRanker`) and the built-in ranking losses.
+"""
+
+from spider.modules._checks import ScorerInputError
+from spider.modules.losses import get_loss, list_losses, register_loss
+from spider.modules.registry import SCORERS, get_scorer, list_scorers, register_scorer
+from spider.modules.token_scorer import TokenScorer
+from spider.modules.reranker import RerankResult, ReRanker  # noqa: I001  (after TokenScorer)
+
+__all__ = [
+    "SCORERS",
+    "ReRanker",
+    "RerankResult",
+    "ScorerInputError",
+    "TokenScorer",
+    "get_loss",
+    "get_scorer",
+    "list_losses",
+    "list_scorers",
+    "register_loss",
+    "register_scorer",
+]

@@ -1,0 +1,357 @@
+"""``TokenScorer``: the Model Spider ranker (paper Sec. 4.1-4.2, App. A.5) as a LightningModule."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from spider.errors import ConfigError
+from spider.modules._checks import ScorerInputError, check_bool, check_float
+from spider.modules.blocks import ModelTaskBlock
+from spider.modules.losses import get_loss
+from spider.modules.registry import register_scorer
+
+# Validation metrics: log name -> (spider.metrics class name, constructor kwargs).
+EVAL_METRICS: dict[str, tuple[str, dict[str, Any]]] = {
+    "wtau_paper": ("WeightedTau", {"rank": None}),
+    "wtau_symmetric": ("WeightedTau", {"rank": True}),
+    "pearson": ("PearsonPerTask", {}),
+    "top1_regret": ("Top1Regret", {}),
+}
+SCHEDULERS = ("none", "cosine")
+
+
+class WarmupCosine:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``.
+
+    A class (not a lambda) so that LambdaLR's state_dict holds plain ints."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = int(warmup), max(int(total), 1)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        span = max(self.total - self.warmup, 1)
+        progress = min((step - self.warmup) / span, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@register_scorer("token")
+class TokenScorer(L.LightningModule):
+    """Scores every model of a zoo for a task from learnable model tokens and task tokens.
+
+    Architecture (paper Eq. 6): learnable model tokens [M, d]; task tokens (class centres of a
+    general encoder, [C, Dg]) linearly projected to d; a Transformer (``depth`` layers, paper 1)
+    over ``[model token; task tokens]``; an MLP head on the model-token output gives one score.
+
+    Batched scoring: all M models of B tasks are scored in one pass. In each layer the task
+    tokens attend among themselves (padding masked by ``task_mask``) and every model token
+    attends to [itself; the task tokens], so the task keys/values are computed once per task and
+    shared by the M model queries: cost O(B*M*C*d) instead of B*M full sequences. For one layer
+    this is exactly the paper's model (the model-token output only depends on what it attends
+    to; task-token outputs are never read). ``forward_reference`` runs the plain B*M sequences
+    (or a per-model loop like the authors' code) with the same weights, for tests and
+    benchmarks; with ``depth > 1`` the two paths are different architectures.
+
+    Args:
+        num_models: M, size of the zoo.
+        task_dim: Dg, width of the general task tokens.
+        dim: d, token width (paper 1024; the small default keeps CPU ranking fast).
+        depth: number of Transformer layers (paper 1).
+        heads: attention heads (must divide ``dim``).
+        mlp_ratio: Transformer MLP width / d (0 = attention only, as in the authors' code).
+        dropout: residual/MLP dropout; ``attn_dropout``: dropout on attention weights.
+        norm_first: pre-norm (True) or post-norm layers.
+        head_hidden: hidden width of the scoring head (None = d; 0 = LayerNorm + Linear only).
+        loss: name of a registered loss (``spider.modules.losses.list_losses()``).
+        loss_options: keyword arguments for the loss (e.g. ``{"ties": "stable"}``).
+        lr, weight_decay: AdamW settings (no decay on biases and LayerNorm weights).
+        scheduler: ``"none"`` or ``"cosine"`` (per step, with ``warmup_steps`` linear warm-up).
+        model_names: optional ids of the M models (kept in checkpoints for ranking tables).
+        target_names: validation target names, used when the datamodule has no
+            ``target_names`` attribute (otherwise all tasks are logged as one target ``all``).
+
+    Batches are the dicts of ``notes/INTERFACES.md`` ("Episode batches"): training uses
+    ``task_tokens``, ``task_mask``, ``target_scores``, ``model_mask``; validation also logs
+    ``val/wtau_paper/<target>`` (weighted tau, paper protocol ``rank=None``),
+    ``val/wtau_symmetric/<target>`` (scipy default ``rank=True``), ``val/pearson/<target>``,
+    ``val/top1_regret/<target>`` from ``truth``/``truth_mask``/``target_index``, and their
+    means over targets ``val/wtau_paper`` etc.
+
+    Adding a scorer (worked example): subclass, override what differs, register a name::
+
+        import torch.nn.functional as F
+        from spider.modules import TokenScorer, register_scorer
+
+        @register_scorer("token_cosine")
+        class CosineTokenScorer(TokenScorer):
+            '''Token scorer on L2-normalised class centres.'''
+
+            def embed_tasks(self, task_tokens):
+                return super().embed_tasks(F.normalize(task_tokens, dim=-1))
+
+    Then ``get_scorer("token_cosine")(num_models=10, task_dim=1024)`` builds it, and the fit
+    config selects it by that name. A scorer needs only ``forward(task_tokens, task_mask) ->
+    [B, M]``; training/validation steps, losses, metrics and optimisers are inherited. New
+    ``__init__`` arguments must be plain values (int, float, str, list, dict) and the subclass
+    must call ``self.save_hyperparameters()`` after ``super().__init__(...)`` so checkpoints
+    restore it.
+    """
+
+    def __init__(
+        self,
+        num_models: int,
+        task_dim: int,
+        dim: int = 128,
+        depth: int = 1,
+        heads: int = 4,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        norm_first: bool = True,
+        head_hidden: int | None = None,
+        loss: str = "listwise",
+        loss_options: dict[str, Any] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        scheduler: str = "none",
+        warmup_steps: int = 0,
+        model_names: list[str] | None = None,
+        target_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        _require(num_models >= 1, "num_models", "an integer >= 1", num_models)
+        _require(task_dim >= 1, "task_dim", "an integer >= 1", task_dim)
+        _require(depth >= 1, "depth", "an integer >= 1", depth)
+        _require(heads >= 1 and dim % heads == 0, "dim", f"a multiple of heads={heads}", dim)
+        _require(scheduler in SCHEDULERS, "scheduler", f"one of {list(SCHEDULERS)}", scheduler)
+        _require(
+            model_names is None or len(model_names) == num_models,
+            "model_names", f"{num_models} names (num_models)", model_names,
+        )
+        self.save_hyperparameters()
+        self.loss_fn = functools.partial(get_loss(loss), **dict(loss_options or {}))
+
+        self.model_tokens = nn.Parameter(torch.randn(num_models, dim) * 0.02)
+        self.task_proj = nn.Linear(task_dim, dim)
+        self.blocks = nn.ModuleList(
+            ModelTaskBlock(dim, heads, mlp_ratio, dropout, attn_dropout, norm_first)
+            for _ in range(depth)
+        )
+        hidden = dim if head_hidden is None else head_hidden
+        layers: list[nn.Module] = [nn.LayerNorm(dim)]
+        if hidden > 0:
+            layers += [nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout)]
+        layers.append(nn.Linear(hidden if hidden > 0 else dim, 1))
+        self.head = nn.Sequential(*layers)
+        self.eval_metrics: nn.ModuleDict | None = None
+        self.eval_target_names: list[str] = []
+
+    @property
+    def num_models(self) -> int:
+        return self.model_tokens.shape[0]
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def embed_tasks(self, task_tokens: torch.Tensor) -> torch.Tensor:
+        """Project general task tokens [B, C, Dg] to the token width: [B, C, d]."""
+        return self.task_proj(task_tokens)
+
+    @staticmethod
+    def clean_tasks(task_tokens: torch.Tensor, task_mask: torch.Tensor) -> torch.Tensor:
+        """Zero the padded classes of [B, C, Dg] so that whatever they hold (even NaN) cannot
+        reach the output (attention weights of 0 times NaN values would still give NaN)."""
+        return torch.where(task_mask[..., None], task_tokens, torch.zeros_like(task_tokens))
+
+    def check_tasks(self, task_tokens: torch.Tensor, task_mask: torch.Tensor) -> None:
+        check_float("task_tokens", task_tokens, 3)
+        if task_tokens.shape[-1] != self.hparams.task_dim:
+            raise ScorerInputError(
+                f"task_tokens: expected last dim {self.hparams.task_dim} (task_dim), "
+                f"got shape {list(task_tokens.shape)}"
+            )
+        check_bool("task_mask", task_mask, tuple(task_tokens.shape[:2]))
+        if not bool(task_mask.any(dim=1).all()):
+            raise ScorerInputError("task_mask: every task needs at least one real class (True)")
+
+    def forward(self, task_tokens: torch.Tensor, task_mask: torch.Tensor) -> torch.Tensor:
+        """Score all M models for B tasks in one batched pass.
+
+        Args:
+            task_tokens: float [B, C, Dg] class centres (padded classes may hold anything).
+            task_mask: bool [B, C], True = real class.
+
+        Returns:
+            float [B, M] fitness scores, higher = better.
+        """
+        self.check_tasks(task_tokens, task_mask)
+        tasks = self.embed_tasks(self.clean_tasks(task_tokens, task_mask))
+        models = self.model_tokens.expand(tasks.shape[0], -1, -1)
+        for i, block in enumerate(self.blocks):
+            updated = block.attend_context(models, tasks, task_mask)
+            if i + 1 < len(self.blocks):  # task-token outputs of the last layer are never read
+                tasks = block.self_attend(tasks, task_mask)
+            models = updated
+        return self.head(models).squeeze(-1)
+
+    def forward_reference(
+        self, task_tokens: torch.Tensor, task_mask: torch.Tensor, *, loop: bool = False
+    ) -> torch.Tensor:
+        """Reference path: full sequences ``[model token; task tokens]``, same weights.
+
+        ``loop=False`` stacks the B*M sequences into one batch; ``loop=True`` runs one model at
+        a time like the authors' code. Equals ``forward`` for ``depth == 1``.
+
+        Returns:
+            float [B, M].
+        """
+        self.check_tasks(task_tokens, task_mask)
+        tasks = self.embed_tasks(self.clean_tasks(task_tokens, task_mask))
+        batch, classes, dim = tasks.shape
+        num = self.num_models
+        if loop:
+            mask = torch.cat([task_mask.new_ones(batch, 1), task_mask], dim=1)
+            columns = []
+            for m in range(num):
+                seq = torch.cat([self.model_tokens[m].expand(batch, 1, dim), tasks], dim=1)
+                for block in self.blocks:
+                    seq = block.self_attend(seq, mask)
+                columns.append(self.head(seq[:, 0]))
+            return torch.cat(columns, dim=1)
+        seq = torch.cat(
+            [
+                self.model_tokens[None, :, None, :].expand(batch, num, 1, dim),
+                tasks[:, None].expand(batch, num, classes, dim),
+            ],
+            dim=2,
+        ).reshape(batch * num, classes + 1, dim)
+        mask = torch.cat([task_mask.new_ones(batch, 1), task_mask], dim=1)
+        mask = mask[:, None].expand(batch, num, classes + 1).reshape(batch * num, classes + 1)
+        for block in self.blocks:
+            seq = block.self_attend(seq, mask)
+        return self.head(seq[:, 0]).view(batch, num)
+
+    def score_batch(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Scores [B, M] for an episode batch dict (subclasses add their extra keys)."""
+        return self(batch["task_tokens"], batch["task_mask"])
+
+    # -- Lightning hooks --------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        scores = self.score_batch(batch)
+        loss = self.loss_fn(scores, batch["target_scores"], batch["model_mask"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=scores.shape[0])
+        return loss
+
+    def setup(self, stage: str) -> None:
+        # Fresh metric objects for every run (fit, validate, test): no state survives from an
+        # earlier trainer, and since setup() runs before the strategy moves/wraps the module,
+        # they live on the right device on every DDP process. They are created for ALL targets
+        # on every rank so that each rank syncs the same metrics in the same order.
+        self._build_eval_metrics(self._resolve_target_names())
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.score_batch(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_metrics("test")
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+        )
+        if hp.scheduler == "none":
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigError("model.scheduler: 'cosine' needs a finite run "
+                              "(set trainer.max_steps or trainer.max_epochs)")
+        total = int(total)
+        multiplier = WarmupCosine(hp.warmup_steps, total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- evaluation helpers -----------------------------------------------------------------------
+    def _resolve_target_names(self) -> list[str]:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        names = getattr(datamodule, "target_names", None) or self.hparams.target_names
+        return [str(n) for n in names] if names else ["all"]
+
+    def _build_eval_metrics(self, target_names: Sequence[str]) -> None:
+        import spider.metrics as metrics  # imported late: only evaluation needs it
+
+        self.eval_target_names = list(target_names)
+        self.eval_metrics = nn.ModuleDict(
+            {
+                f"t{i}": nn.ModuleDict(
+                    {key: getattr(metrics, cls)(**kw) for key, (cls, kw) in EVAL_METRICS.items()}
+                )
+                for i in range(len(self.eval_target_names))
+            }
+        ).to(self.device)
+
+    def _evaluation_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> None:
+        scores = self.score_batch(batch)
+        size = scores.shape[0]
+        if "target_scores" in batch and "model_mask" in batch:
+            loss = self.loss_fn(scores, batch["target_scores"], batch["model_mask"])
+            self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
+        if "truth" not in batch:
+            return
+        if self.eval_metrics is None:  # called outside a Trainer run
+            self._build_eval_metrics(self._resolve_target_names())
+        truth, truth_mask = batch["truth"], batch["truth_mask"]
+        num_targets = len(self.eval_target_names)
+        index = batch.get("target_index")
+        if index is None or num_targets == 1:
+            index = torch.zeros(size, dtype=torch.long, device=scores.device)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_targets):
+            raise ScorerInputError(
+                f"target_index: expected values in [0, {num_targets}) "
+                f"({num_targets} target names), got {index.tolist()}"
+            )
+        for t in index.unique().tolist():
+            rows = index == t
+            for metric in self.eval_metrics[f"t{t}"].values():
+                metric.update(scores[rows].detach(), truth[rows], truth_mask[rows])
+
+    def _log_eval_metrics(self, stage: str) -> None:
+        if self.eval_metrics is None:
+            return
+        per_metric: dict[str, list[torch.Tensor]] = {key: [] for key in EVAL_METRICS}
+        for i, name in enumerate(self.eval_target_names):
+            for key, metric in self.eval_metrics[f"t{i}"].items():
+                # compute() syncs across processes; every rank calls it for every target.
+                value = torch.as_tensor(metric.compute(), dtype=torch.float32).detach()
+                metric.reset()
+                if torch.isfinite(value):
+                    per_metric[key].append(value)
+                    self.log(f"{stage}/{key}/{name}", value)
+        for key, values in per_metric.items():
+            if values:
+                self.log(f"{stage}/{key}", torch.stack(values).mean())
+
+
+def _require(ok: bool, name: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"model.{name}: expected {expected}, got {got!r}")
