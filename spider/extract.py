@@ -1,0 +1,522 @@
+"""Extract penultimate features and source-head logits of pre-trained models into the feature store.
+
+Models are either timm architectures with a local checkpoint (weights are never downloaded) or
+models registered in :mod:`spider.zoo` (architectures timm lacks). Data is an image folder (one
+sub-folder per class), an ``.npz`` with ``x``/``y`` arrays, or a dataset of :mod:`spider.zoo`.
+Each image is converted to the model's channels (grey <-> RGB), resized to its input size (no
+crop: small images would lose content) and normalised with its mean/std.
+
+One store entry is written per (model, dataset, split), atomically, so an interrupted run leaves
+nothing half-written and re-running skips the entries already present (resume).
+
+CLI::
+
+    python -m spider.extract --store features/ --model resnet10t --checkpoint r10.pth \\
+        --images my_photos/ --dataset photos [--split train] [--batch-size 128]
+
+Python::
+
+    model = load_model("mnist_cnn")                        # a zoo model, verified weights
+    source = ImageFolderSource("my_photos/")
+    extract_to_store(FeatureStore("features/"), model, source, dataset="photos")
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spider.errors import SpiderError, StoreError
+from spider.store import FeatureStore, StoreEntry, check_id
+from spider.zoo import create_zoo_model, get_zoo_model_info, is_zoo_model, list_zoo_models
+from spider.zoo.datasets import load_dataset
+from spider.zoo.registry import load_state_dict_strict
+
+_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+
+
+class ExtractError(SpiderError):
+    """Bad input to feature extraction (model, checkpoint, image folder or array file)."""
+
+
+# --------------------------------------------------------------------------------------- models
+
+@dataclass
+class PreparedModel:
+    """A model in eval mode plus how to feed it and read it.
+
+    ``run(x)`` maps normalised float ``[N, in_chans, H, W]`` to (features ``[N, D]``, logits
+    ``[N, Cs]`` or ``None`` for a model without a classifier).
+    """
+
+    name: str
+    module: nn.Module
+    run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+    in_chans: int
+    input_size: tuple[int, int]  # (height, width)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    info: dict[str, Any] = field(default_factory=dict)  # provenance kept in the store manifest
+
+
+def load_model(
+    name: str,
+    *,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    input_size: tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    data_dir: str | Path | None = None,
+) -> PreparedModel:
+    """A zoo model (by registered name) or a timm architecture with a local checkpoint.
+
+    For timm, ``num_classes`` defaults to the size of the checkpoint's classifier and the input
+    size/normalisation come from ``timm.data.resolve_model_data_config`` unless overridden
+    (``input_size``, ``mean``, ``std``; ``in_chans`` for grey models). ``checkpoint=None`` keeps
+    timm's random initialisation (for tests; real weights are never downloaded).
+    """
+    if _model_kind(name) == "zoo":
+        return _load_zoo_model(name, checkpoint, data_dir, input_size, mean, std)
+    return _load_timm_model(name, checkpoint, num_classes, in_chans, input_size, mean, std)
+
+
+def _model_kind(name: str) -> str:
+    """``"zoo"`` or ``"timm"``; ExtractError for a name neither knows."""
+    if is_zoo_model(name):
+        return "zoo"
+    import timm
+
+    if timm.is_model(name):
+        return "timm"
+    raise ExtractError(
+        f"unknown model {name!r}: neither a zoo model ({', '.join(list_zoo_models())}) "
+        f"nor a timm architecture"
+    )
+
+
+def _load_zoo_model(name, checkpoint, data_dir, input_size, mean, std) -> PreparedModel:
+    info = get_zoo_model_info(name)
+    model = create_zoo_model(name, data_dir=data_dir, checkpoint=checkpoint)
+    return PreparedModel(
+        name=name, module=model, run=model.features_and_logits, in_chans=info.in_chans,
+        input_size=tuple(input_size or info.input_size),
+        mean=_per_channel(mean or info.mean, info.in_chans, "mean"),
+        std=_per_channel(std or info.std, info.in_chans, "std"),
+        interpolation=info.interpolation,
+        info={"kind": "zoo", "checkpoint": str(checkpoint or info.checkpoint),
+              "source": info.source, "source_classes": list(info.class_names)},
+    )
+
+
+def _load_timm_model(name, checkpoint, num_classes, in_chans, input_size, mean, std) -> PreparedModel:
+    import timm
+    import timm.data
+
+    state = None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise ExtractError(f"checkpoint {path} does not exist")
+        try:
+            state = timm.models.load_state_dict(str(path), weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure to unpickle means a bad file
+            raise ExtractError(f"cannot read checkpoint {path}: {type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:120] if str(err) else ''}") from None
+    kwargs: dict[str, Any] = {}
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    if state is not None and num_classes is None:
+        num_classes = _checkpoint_num_classes(model, state)
+    if num_classes is not None and num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
+    if state is not None:
+        load_state_dict_strict(model, state, Path(checkpoint))
+    model.eval()
+    config = timm.data.resolve_model_data_config(model)
+    chans = in_chans or int(config["input_size"][0])
+    size = tuple(input_size) if input_size else tuple(int(s) for s in config["input_size"][1:])
+    has_head = model.num_classes > 0
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        spatial = model.forward_features(x)
+        features = model.forward_head(spatial, pre_logits=True)
+        if features.dim() > 2:  # heads without pooling: average the remaining positions
+            features = features.flatten(2).mean(2) if features.dim() == 4 else features.flatten(1)
+        return features, (model.forward_head(spatial) if has_head else None)
+
+    return PreparedModel(
+        name=name, module=model, run=run, in_chans=chans, input_size=size,
+        mean=_per_channel(mean or config["mean"], chans, "mean"),
+        std=_per_channel(std or config["std"], chans, "std"),
+        interpolation=str(config.get("interpolation", "bilinear")),
+        info={"kind": "timm", "checkpoint": str(checkpoint) if checkpoint else None,
+              "num_classes": model.num_classes},
+    )
+
+
+def _checkpoint_num_classes(model: nn.Module, state: dict) -> int | None:
+    """Rows of the checkpoint's classifier weight (timm names it in ``pretrained_cfg``)."""
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
+    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    for prefix in filter(None, names):
+        weight = state.get(f"{prefix}.weight")
+        if weight is not None and weight.dim() >= 1:
+            return int(weight.shape[0])
+    return None
+
+
+def _per_channel(values: Sequence[float], channels: int, what: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == channels:
+        return values
+    if len(values) == 1:
+        return values * channels
+    if channels == 1:  # an RGB statistic for a grey model: use the channel average
+        return (sum(values) / len(values),)
+    raise ExtractError(f"{what}: expected 1 or {channels} values, got {len(values)}")
+
+
+# ---------------------------------------------------------------------------------------- data
+
+class ImageSource(Protocol):
+    """Images with integer labels; rows keep a fixed order (store row i = sample i)."""
+
+    labels: np.ndarray  # int64 [N]
+    class_names: tuple[str, ...]
+    sample_ids: np.ndarray  # [N] int or str
+    description: str
+
+    def __len__(self) -> int: ...
+
+    def read(self, start: int, stop: int) -> np.ndarray | list[np.ndarray]:
+        """uint8 images ``[B, H, W]`` / ``[B, H, W, C]``, or a list of ``[H, W(, C)]``."""
+        ...
+
+
+class ArraySource:
+    """In-memory images: uint8 ``[N, H, W]`` (grey) or ``[N, H, W, C]`` (C = 1 or 3), or float
+    in ``[0, 1]``; ``labels`` int ``[N]``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None = None,
+                 sample_ids: np.ndarray | None = None, description: str = "arrays") -> None:
+        images, labels = np.asarray(images), np.asarray(labels)
+        where = description
+        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+            raise ExtractError(f"{where}: x must be [N, H, W] or [N, H, W, 1|3], got {list(images.shape)}")
+        if images.dtype != np.uint8 and images.dtype.kind != "f":
+            raise ExtractError(f"{where}: x must be uint8 or float in [0, 1], got {images.dtype}")
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.shape[0] != images.shape[0]:
+            raise ExtractError(f"{where}: y must be int [{images.shape[0]}], got {labels.dtype}{list(labels.shape)}")
+        if images.shape[0] == 0:
+            raise ExtractError(f"{where}: no images")
+        if labels.min() < 0:
+            raise ExtractError(f"{where}: y holds negative labels")
+        self.images = images
+        self.labels = labels.astype(np.int64)
+        count = int(self.labels.max()) + 1
+        self.class_names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(count))
+        if len(self.class_names) < count:
+            raise ExtractError(f"{where}: {len(self.class_names)} class names for labels up to {count - 1}")
+        self.sample_ids = np.arange(len(labels), dtype=np.int64) if sample_ids is None else np.asarray(sample_ids)
+        self.description = description
+
+    @classmethod
+    def from_npz(cls, path: str | Path) -> ArraySource:
+        """``.npz`` with ``x`` and ``y`` (and optional ``class_names``, ``sample_ids``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ExtractError(f"array file {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                missing = [k for k in ("x", "y") if k not in arrays.files]
+                if missing:
+                    raise ExtractError(f"{path}: missing array {missing[0]!r} (expected x and y)")
+                extra = {k: arrays[k] for k in ("class_names", "sample_ids") if k in arrays.files}
+                x, y = arrays["x"], arrays["y"]
+        except ExtractError:
+            raise
+        except Exception as err:  # noqa: BLE001 - zip/pickle/format errors all mean a bad file
+            raise ExtractError(f"cannot read array file {path}: {type(err).__name__}") from None
+        names = [str(n) for n in extra["class_names"]] if "class_names" in extra else None
+        return cls(x, y, names, extra.get("sample_ids"), description=str(path))
+
+    @classmethod
+    def from_zoo_dataset(cls, name: str, split: str, data_dir: str | Path | None = None) -> ArraySource:
+        data = load_dataset(name, split, data_dir=data_dir)
+        return cls(data.images, data.labels, data.class_names, description=f"{name}:{split}")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.images[start:stop]
+
+
+class ImageFolderSource:
+    """``root/<class>/<image>``: classes are the sorted sub-folder names; images are read with
+    PIL (via torchvision's list of extensions) in sorted order."""
+
+    def __init__(self, root: str | Path) -> None:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ExtractError(f"image folder {self.root} does not exist")
+        classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        files: list[Path] = []
+        labels: list[int] = []
+        kept: list[str] = []
+        for name in classes:
+            found = sorted(p for p in (self.root / name).rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+            if found:
+                labels += [len(kept)] * len(found)
+                files += found
+                kept.append(name)
+        if not files:
+            raise ExtractError(
+                f"no images found in {self.root} (expected one sub-folder per class holding "
+                f"{'/'.join(sorted(IMG_EXTENSIONS))} files)"
+            )
+        self.files = files
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = tuple(kept)
+        self.sample_ids = np.asarray([p.relative_to(self.root).as_posix() for p in files])
+        self.description = str(self.root)
+
+    def check(self) -> None:
+        """Open every file's header so a broken image fails before any computation."""
+        for path in self.files:
+            _open_image(path, load=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, start: int, stop: int) -> list[np.ndarray]:
+        return [_open_image(p) for p in self.files[start:stop]]
+
+
+def _open_image(path: Path, load: bool = True) -> np.ndarray | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if not load:
+                image.verify()
+                return None
+            mode = "L" if image.mode in _GREY_MODES else "RGB"
+            return np.asarray(image.convert(mode), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        raise ExtractError(f"unreadable image {path}: {type(err).__name__}") from None
+
+
+# ------------------------------------------------------------------------------- preprocessing
+
+def preprocess(images: np.ndarray | Sequence[np.ndarray], model: PreparedModel) -> torch.Tensor:
+    """uint8 (or [0, 1] float) images -> normalised float ``[B, in_chans, H, W]`` for ``model``."""
+    if isinstance(images, np.ndarray):
+        return _preprocess_batch(images, model)
+    return torch.cat([_preprocess_batch(image[None], model) for image in images])
+
+
+def _preprocess_batch(images: np.ndarray, model: PreparedModel) -> torch.Tensor:
+    x = torch.from_numpy(np.array(images, copy=True))
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    x = x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
+    channels = x.shape[1]
+    if channels != model.in_chans:
+        if channels == 1:
+            x = x.expand(-1, model.in_chans, -1, -1)
+        elif channels == 3 and model.in_chans == 1:
+            x = (x * torch.tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        else:
+            raise ExtractError(f"cannot convert {channels}-channel images for a "
+                               f"{model.in_chans}-channel model {model.name!r}")
+    if tuple(x.shape[2:]) != tuple(model.input_size):
+        mode = model.interpolation if model.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+        smooth = mode != "nearest"
+        x = F.interpolate(x, size=tuple(model.input_size), mode=mode,
+                          align_corners=False if smooth else None, antialias=smooth).clamp_(0.0, 1.0)
+    mean = torch.tensor(model.mean).view(1, -1, 1, 1)
+    std = torch.tensor(model.std).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+# ---------------------------------------------------------------------------------- extraction
+
+@dataclass
+class Extraction:
+    features: np.ndarray  # float32 [N, D]
+    logits: np.ndarray | None  # float32 [N, Cs]
+
+
+def extract(
+    model: PreparedModel, source: ImageSource, *, batch_size: int = 128,
+    device: str | torch.device | None = None, amp: bool = False, progress: bool = True,
+    description: str | None = None,
+) -> Extraction:
+    """Run ``model`` over every image of ``source`` in order (``torch.inference_mode``)."""
+    if batch_size < 1:
+        raise ExtractError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    module = model.module.to(device).eval()
+    use_amp = amp and device.type == "cuda"
+    features, logits = [], []
+    total = len(source)
+    with torch.inference_mode(), _progress(total, description or model.name, progress) as advance:
+        for start in range(0, total, batch_size):
+            stop = min(start + batch_size, total)
+            x = preprocess(source.read(start, stop), model).to(device, non_blocking=True)
+            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+            with autocast:
+                feats, head = model.run(x)
+            features.append(feats.float().cpu().numpy())
+            if head is not None:
+                logits.append(head.float().cpu().numpy())
+            advance(stop - start)
+    module.to("cpu")
+    return Extraction(np.concatenate(features), np.concatenate(logits) if logits else None)
+
+
+@contextlib.contextmanager
+def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def extract_to_store(
+    store: FeatureStore, model: PreparedModel, source: ImageSource, *, dataset: str,
+    split: str = "train", model_id: str | None = None, batch_size: int = 128,
+    device: str | torch.device | None = None, amp: bool = False, progress: bool = True,
+    overwrite: bool = False,
+) -> tuple[StoreEntry, bool]:
+    """Extract ``source`` with ``model`` into ``store`` as (model_id, dataset, split).
+
+    Returns ``(entry, skipped)``; an existing entry is kept (resume) unless ``overwrite``. The
+    sample ids are checked against other models' entries of the same (dataset, split), which
+    must list the same samples in the same order.
+    """
+    model_id = check_id("model", model_id or model.name)
+    check_id("dataset", dataset)
+    check_id("split", split)
+    if store.has(model_id, dataset, split) and not overwrite:
+        return store.entry(model_id, dataset, split), True
+    _check_same_samples(store, dataset, split, source)
+    if isinstance(source, ImageFolderSource):
+        source.check()
+    result = extract(model, source, batch_size=batch_size, device=device, amp=amp,
+                     progress=progress, description=f"{model_id} on {dataset}/{split}")
+    info = dict(model.info, model=model.name, input_size=list(model.input_size),
+                in_chans=model.in_chans, mean=list(model.mean), std=list(model.std),
+                interpolation=model.interpolation, data=source.description, amp=bool(amp))
+    entry = store.write(model_id, dataset, split, features=result.features, labels=source.labels,
+                        logits=result.logits, sample_ids=source.sample_ids,
+                        class_names=list(source.class_names), info=info, overwrite=overwrite)
+    return entry, False
+
+
+def _check_same_samples(store: FeatureStore, dataset: str, split: str, source: ImageSource) -> None:
+    for other in store.models():
+        if not store.has(other, dataset, split):
+            continue
+        ids = store.entry(other, dataset, split).sample_ids()
+        if ids is None:
+            continue
+        if ids.shape != source.sample_ids.shape or not np.array_equal(ids.astype(str), source.sample_ids.astype(str)):
+            raise StoreError(
+                f"{store.path(other, dataset, split)}: lists different samples than "
+                f"{source.description} (entries of one dataset/split must share rows; use another --dataset id)"
+            )
+        return
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m spider.extract",
+        description="Write a model's penultimate features and source logits into the feature store.",
+    )
+    parser.add_argument("--store", required=True, help="feature store directory")
+    parser.add_argument("--model", required=True, help="zoo model name or timm architecture")
+    parser.add_argument("--model-id", help="id of the model in the store (default: --model)")
+    parser.add_argument("--checkpoint", help="weights file (required for timm models)")
+    parser.add_argument("--num-classes", type=int, help="classifier size (default: from checkpoint)")
+    parser.add_argument("--in-chans", type=int, choices=(1, 3), help="input channels of a timm model")
+    parser.add_argument("--input-size", type=int, nargs="+", metavar="PX", help="H [W] override")
+    parser.add_argument("--mean", type=float, nargs="+", help="per-channel mean override")
+    parser.add_argument("--std", type=float, nargs="+", help="per-channel std override")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--images", help="image folder, one sub-folder per class")
+    data.add_argument("--arrays", help=".npz file with x (images) and y (labels)")
+    data.add_argument("--zoo-dataset", help="dataset of spider.zoo (its --split is read)")
+    parser.add_argument("--dataset", required=True, help="dataset id in the store")
+    parser.add_argument("--split", default="train", help="split id (default: train)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--amp", action="store_true", help="float16 autocast on GPU")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing entry")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.input_size is not None and len(args.input_size) not in (1, 2):
+            raise ExtractError("--input-size: expected H or H W")
+        size = None if args.input_size is None else (args.input_size[0], args.input_size[-1])
+        if args.checkpoint is None and _model_kind(args.model) == "timm":
+            raise ExtractError(f"--checkpoint is required for timm model {args.model!r} "
+                               f"(weights are never downloaded)")
+        if args.images:
+            source: ImageSource = ImageFolderSource(args.images)
+        elif args.arrays:
+            source = ArraySource.from_npz(args.arrays)
+        else:
+            source = ArraySource.from_zoo_dataset(args.zoo_dataset, args.split)
+        store = FeatureStore(args.store)
+        model_id = args.model_id or args.model
+        if store.has(model_id, args.dataset, args.split) and not args.overwrite:
+            print(f"skip {model_id}/{args.dataset}/{args.split}: already in {args.store}")
+            return 0
+        model = load_model(args.model, checkpoint=args.checkpoint, num_classes=args.num_classes,
+                           in_chans=args.in_chans, input_size=size, mean=args.mean, std=args.std)
+        entry, _ = extract_to_store(store, model, source, dataset=args.dataset, split=args.split,
+                                    model_id=model_id, batch_size=args.batch_size,
+                                    device=args.device, amp=args.amp,
+                                    progress=not args.no_progress, overwrite=args.overwrite)
+    except SpiderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logits = entry.manifest["arrays"].get("logits")
+    print(f"wrote {entry.path}: {entry.num_samples} samples, {entry.dim}-d features"
+          + (f", {logits['shape'][1]} logits" if logits else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
