@@ -12,3 +12,6 @@ from spider.baselines.registry import (  # noqa: F401
 )
 
 # Built-in baselines register themselves on import (added by their modules below).
+from spider.baselines import gbc, leep, lfc, nce, nleep, pactran, sfda  # noqa: E402,F401
+from spider.baselines import hscore, logme, transrate  # noqa: E402,F401
+from spider.baselines.batch import score_models, score_tasks  # noqa: E402,F401

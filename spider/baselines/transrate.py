@@ -1,0 +1,134 @@
+"""TransRate (Huang et al., ICML 2022): coding rate of the features minus the mean per-class rate.
+
+    R(Z, eps) = 1/2 log det(I_D + Z^T Z / (n eps))          for Z [n, D]
+    TransRate = R(X_c, eps) - 1/C sum_c R(X_c[y == c], eps)
+
+with X_c the features centred on the global mean (the class blocks are *not* re-centred) and
+eps = 1e-4, as in the Transfer-Learning-Library (``tllib.ranking.transrate``), which this matches
+to rounding error. The score is not scale invariant (eps is absolute), so it runs in float64.
+
+Speed: every log-det comes from a Cholesky factor (the matrix is I + PSD, always positive
+definite), and Sylvester's identity det(I_D + Z^T Z / a) = det(I_n + Z Z^T / a) turns a class with
+n_c < D samples into an n_c x n_c problem. Classes of similar size are zero-padded to a common size
+and factorised in one batch (a zero row adds an identity row: the log-det is unchanged).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from spider.baselines._inputs import as_float64, classification_labels, gram, resolve_dtype
+from spider.baselines.registry import register_baseline
+from spider.errors import BaselineInputError
+
+__all__ = ["coding_rates", "transrate"]
+
+# Classes whose sizes differ by at most this factor share one padded batch ...
+_BUCKET_RATIO = 1.25
+# ... of at most this many gathered feature entries (64 MiB in float32, 128 MiB in float64).
+_BATCH_ELEMENTS = 1 << 24
+
+
+def _half_logdet_identity_plus(grams: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """1/2 log det(I + grams * scale) for a batch of PSD ``grams`` [..., m, m] and ``scale`` [...]."""
+    mat = grams * scale[..., None, None]
+    mat.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    chol, info = torch.linalg.cholesky_ex(mat)
+    half = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(dim=-1)
+    bad = info != 0
+    if bool(bad.any()):  # only reachable through rounding on absurd inputs: fall back to LU
+        half = torch.where(bad, 0.5 * torch.linalg.slogdet(mat)[1], half)
+    return half
+
+
+def _rate(block: torch.Tensor, eps: float) -> torch.Tensor:
+    """R(block, eps) for one block [n, D], on the smaller side of Sylvester's identity."""
+    n, d = block.shape
+    scale = torch.tensor(1.0 / (n * eps), dtype=block.dtype, device=block.device)
+    return _half_logdet_identity_plus(gram(block, rows=n < d), scale)
+
+
+def coding_rates(x: torch.Tensor, y: torch.Tensor, num_classes: int, eps: float = 1e-4) -> torch.Tensor:
+    """Per-class coding rates R(x[y == c], eps) for every class, [C].
+
+    Args:
+        x: features [N, D] (already centred as the caller wants).
+        y: int64 [N] class ids in [0, num_classes), every class present.
+        num_classes: C.
+        eps: distortion.
+    """
+    n, d = x.shape
+    counts = torch.bincount(y, minlength=num_classes)
+    order = torch.argsort(y, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    rates = x.new_zeros(num_classes)
+    sizes = counts.tolist()
+    # Classes with n_c >= D: one D x D Gram each (together at most the cost of X^T X).
+    small = []
+    for c, size in enumerate(sizes):
+        if size >= d:
+            start = int(starts[c])
+            rates[c] = _rate(x[order[start : start + size]], eps)
+        else:
+            small.append(c)
+    if not small:
+        return rates
+    # Classes with n_c < D: bucket by size, zero-pad each bucket to its largest class, batch.
+    small.sort(key=lambda c: sizes[c])
+    padded = torch.cat([x, x.new_zeros(1, d)])  # row N is the zero row used for padding
+    bucket: list[int] = []
+    buckets = []
+    for c in small:
+        if bucket and sizes[c] > _BUCKET_RATIO * sizes[bucket[0]] + 8:
+            buckets.append(bucket)
+            bucket = []
+        bucket.append(c)
+    buckets.append(bucket)
+    per_batch = max(1, _BATCH_ELEMENTS // (d * max(sizes[bucket[-1]] for bucket in buckets)))
+    buckets = [b[i : i + per_batch] for b in buckets for i in range(0, len(b), per_batch)]
+    for bucket in buckets:
+        width = sizes[bucket[-1]]
+        cls = torch.tensor(bucket, device=x.device)
+        offsets = torch.arange(width, device=x.device)
+        within = offsets[None, :] < counts[cls][:, None]  # [B, width]: True = real sample
+        pos = (starts[cls][:, None] + offsets[None, :]).clamp_max(n - 1)
+        rows = torch.where(within, order[pos], torch.full_like(pos, n))  # [B, width]
+        blocks = padded[rows]  # [B, width, D]
+        grams = blocks @ blocks.transpose(1, 2)  # [B, width, width]
+        scale = 1.0 / (counts[cls].to(x.dtype) * eps)
+        rates[cls] = _half_logdet_identity_plus(grams, scale)
+    return rates
+
+
+@register_baseline("transrate")
+def transrate(
+    *,
+    features: Any,
+    labels: Any,
+    source_logits: Any = None,
+    num_classes: int | None = None,
+    eps: float = 1e-4,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+) -> float:
+    """TransRate R(f) - mean_c R(f | y = c) with distortion ``eps`` (higher = better).
+
+    Args:
+        features: [N, D] features of the target data (numpy or torch, any device).
+        labels: int [N] class ids (remapped to 0..C-1 unless ``num_classes`` is given).
+        source_logits: ignored (accepted so every baseline can be called alike).
+        num_classes: take labels as ids in [0, num_classes) and reject empty classes.
+        eps: distortion of the coding rate (absolute, so the score depends on feature scale).
+        dtype: float64 (default; float32 loses the log-dets at this eps) or float32.
+        device: where to compute (default: the features' device).
+    """
+    del source_logits
+    if not eps > 0:
+        raise BaselineInputError(f"eps: expected a positive distortion, got {eps!r}")
+    x = as_float64(features, "features", dtype=resolve_dtype(dtype), device=device)
+    y, c = classification_labels(labels, x.shape[0], num_classes=num_classes, device=x.device)
+    x -= x.mean(dim=0, keepdim=True)  # x is our own copy
+    total = _rate(x, eps)
+    return float(total - coding_rates(x, y, c, eps).mean())
