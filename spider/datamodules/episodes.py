@@ -1,0 +1,510 @@
+"""Episodes for training and evaluating a PTM ranker: the Lightning DataModule and its parts.
+
+Training episodes come from the label cache (:mod:`spider.datamodules.labels`): a fixed bank of
+labelled tasks, of which every epoch draws ``tasks_per_epoch`` in an order that is a pure
+function of ``(seed, epoch)``. The train sampler yields ``(epoch, bank index)`` keys, so a
+DataLoader worker needs no epoch state and Lightning's distributed sampler wrapper shards the
+keys across ranks with equal counts (it pads), so no rank waits for another's extra batch.
+
+Evaluation episodes are the target datasets of the ground-truth file (each whole target dataset is
+one task, or ``val_tasks_per_target`` tasks sampled from it). Validation is *replicated*, not
+sharded: every rank scores every target (targets are few), so per-task metric averages reduced
+with ``sum`` across ranks equal the single-process values exactly.
+
+Batch keys and shapes are the "Episode batches" section of ``notes/INTERFACES.md``; evaluation
+batches also carry ``task_index`` int64 [B] (position in the stage's task list, for
+:meth:`EpisodeDataModule.specific_tokens_for`). ``baseline_scores`` keeps NaN where a baseline
+failed on a model (shown as such in results tables).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from spider.datamodules.groundtruth import GroundTruth, read_ground_truth
+from spider.datamodules.labels import (
+    DEFAULT_BASELINES,
+    LabelConfig,
+    _contiguous,
+    build_label_cache,
+    open_label_cache,
+    resolve_label_config,
+    target_baseline_scores,
+    task_array,
+)
+from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec
+from spider.datamodules.tokens import class_centres
+from spider.errors import ConfigError, StoreError
+
+__all__ = ["EpisodeDataModule", "EpochBankSampler", "EvalTaskDataset", "LabelledTaskDataset",
+           "collate_episodes", "epoch_order"]
+
+# Stream ids mixed into seeds so that task draws, epoch orders and PTM picks never share a stream.
+_ORDER_STREAM, _SPECIFIC_STREAM = 1, 2
+_EVAL_EPOCH = 2**32 - 1  # "epoch" of the tasks sampled from target datasets
+
+
+def epoch_order(seed: int, epoch: int, bank_size: int, length: int) -> np.ndarray:
+    """[length] int64 bank indices of one epoch: concatenated permutations of the bank."""
+    rng = np.random.default_rng([seed, _ORDER_STREAM, epoch])
+    reps = -(-length // bank_size)
+    return np.concatenate([rng.permutation(bank_size) for _ in range(reps)])[:length].astype(np.int64)
+
+
+class EpochBankSampler(Sampler):
+    """Yields ``(epoch, bank index)`` keys: ``tasks_per_epoch`` draws from a bank of ``bank_size``.
+
+    Lightning calls :meth:`set_epoch` before every epoch (also through its distributed wrapper).
+    """
+
+    def __init__(self, bank_size: int, tasks_per_epoch: int | None = None, seed: int = 0) -> None:
+        if bank_size < 1:
+            raise ConfigError(f"num_label_tasks: expected >= 1, got {bank_size}")
+        self.bank_size = int(bank_size)
+        self.tasks_per_epoch = int(tasks_per_epoch or bank_size)
+        if self.tasks_per_epoch < 1:
+            raise ConfigError(f"tasks_per_epoch: expected >= 1, got {tasks_per_epoch}")
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.tasks_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = epoch_order(self.seed, self.epoch, self.bank_size, self.tasks_per_epoch)
+        return iter([(self.epoch, int(j)) for j in order])
+
+
+class _StoreUser:
+    """Opens the feature store lazily in each process (memory maps are not sent to workers)."""
+
+    def __init__(self, store_root: str | os.PathLike) -> None:
+        self.store_root = str(store_root)
+        self._store = None
+
+    @property
+    def store(self):
+        if self._store is None:
+            from spider.store import FeatureStore
+
+            self._store = FeatureStore(self.store_root)
+        return self._store
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_store"] = None
+        return state
+
+
+def _pick_specific(rng: np.random.Generator, mask: np.ndarray, count: int) -> np.ndarray:
+    candidates = np.flatnonzero(mask)
+    return rng.choice(candidates, size=min(count, len(candidates)), replace=False).astype(np.int64)
+
+
+def _specific_item(centres_of: Any, chosen: np.ndarray, count: int, num_classes: int, max_dim: int) -> dict:
+    tokens = torch.zeros(count, num_classes, max_dim)
+    for s, m in enumerate(chosen):
+        centres = centres_of(int(m))
+        tokens[s, :, : centres.shape[1]] = centres
+    models = torch.zeros(count, dtype=torch.int64)
+    models[: len(chosen)] = torch.as_tensor(chosen)
+    mask = torch.zeros(count, dtype=torch.bool)
+    mask[: len(chosen)] = True
+    return {"specific_models": models, "specific_mask": mask, "specific_tokens": tokens}
+
+
+class LabelledTaskDataset(_StoreUser, Dataset):
+    """Training episodes over the labelled bank; item key ``(epoch, bank index)`` or ``bank index``.
+
+    Args:
+        specs: the bank's tasks (:class:`TaskSpec` or its JSON, decoded per item to keep the bank
+            compact); ``scores`` [N, M] aggregate labels (NaN = unscored).
+        models: PTM ids (column order of ``scores``), ``model_dims`` their feature dims.
+        specific_models: S > 0 adds PTM-specific tokens of S random labelled PTMs per episode
+            (a pure function of (seed, epoch, bank index)).
+    """
+
+    def __init__(self, store_root: str | os.PathLike, general: str, specs: Sequence[TaskSpec | str], scores: np.ndarray,
+                 models: Sequence[str], model_dims: Sequence[int], *, specific_models: int = 0, seed: int = 0) -> None:
+        super().__init__(store_root)
+        self.general = general
+        self.specs = list(specs)
+        self.scores = np.asarray(scores, dtype=np.float64)
+        self.models = list(models)
+        self.model_dims = list(model_dims)
+        self.specific_models = int(specific_models)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __getitem__(self, key: Any) -> dict[str, torch.Tensor]:
+        epoch, j = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (0, int(key))
+        spec = self.specs[j]
+        spec = TaskSpec.from_json(spec) if isinstance(spec, str) else spec
+        labels = spec.labels()
+        centres = class_centres(task_array(self.store, self.general, spec), labels, spec.num_classes)
+        mask = np.isfinite(self.scores[j])
+        item = {"task_tokens": centres.float(),
+                "target_scores": torch.as_tensor(np.where(mask, self.scores[j], 0.0), dtype=torch.float32),
+                "model_mask": torch.as_tensor(mask)}
+        if self.specific_models > 0:
+            rng = np.random.default_rng([self.seed, _SPECIFIC_STREAM, epoch, j])
+            chosen = _pick_specific(rng, mask, self.specific_models)
+            item.update(_specific_item(
+                lambda m: class_centres(task_array(self.store, self.models[m], spec), labels, spec.num_classes),
+                chosen, self.specific_models, spec.num_classes, max(self.model_dims)))
+        return item
+
+
+class EvalTaskDataset(_StoreUser, Dataset):
+    """Evaluation episodes: target tasks with ground truth and baseline scores.
+
+    Item ``i`` is task ``tasks[i] = (target dataset, spec or None = the whole stored dataset)``.
+    Class centres are computed on first use and kept (targets are few).
+    """
+
+    def __init__(self, store_root: str | os.PathLike, general: str, split: str, tasks: Sequence[tuple[str, Any]],
+                 target_names: Sequence[str], models: Sequence[str], model_dims: Sequence[int], truth: np.ndarray,
+                 baseline_raw: np.ndarray, baseline_aggregate: np.ndarray, *, specific_models: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__(store_root)
+        self.general, self.split = general, split
+        self.tasks = list(tasks)
+        self.target_names = list(target_names)
+        self.models, self.model_dims = list(models), list(model_dims)
+        self.truth = np.asarray(truth, dtype=np.float64)  # [T targets, M]
+        self.baseline_raw = np.asarray(baseline_raw, dtype=np.float64)  # [len(tasks), K, M]
+        self.baseline_aggregate = np.asarray(baseline_aggregate, dtype=np.float64)  # [len(tasks), M]
+        self.specific_models = int(specific_models)
+        self.seed = int(seed)
+        self._centres: dict[tuple[int, str], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def labels(self, i: int) -> np.ndarray:
+        dataset, spec = self.tasks[i]
+        if spec is None:
+            return _contiguous(self.store.entry(self.general, dataset, self.split).labels())
+        return spec.labels()
+
+    def centres(self, i: int, model: str) -> torch.Tensor:
+        """[C, D_model] class centres of task ``i`` under ``model`` (cached)."""
+        key = (i, model)
+        if key not in self._centres:
+            dataset, spec = self.tasks[i]
+            if spec is None:
+                features = self.store.entry(model, dataset, self.split).features()
+            else:
+                features = task_array(self.store, model, spec)
+            labels = self.labels(i)
+            self._centres[key] = class_centres(features, labels, int(labels.max()) + 1).float()
+        return self._centres[key]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        dataset, _ = self.tasks[i]
+        t = self.target_names.index(dataset)
+        truth = self.truth[t]
+        truth_mask = np.isfinite(truth)
+        agg = self.baseline_aggregate[i]
+        agg_mask = np.isfinite(agg)
+        item = {
+            "task_tokens": self.centres(i, self.general),
+            "target_scores": torch.as_tensor(np.where(agg_mask, agg, 0.0), dtype=torch.float32),
+            "model_mask": torch.as_tensor(agg_mask),
+            "truth": torch.as_tensor(np.where(truth_mask, truth, 0.0), dtype=torch.float32),
+            "truth_mask": torch.as_tensor(truth_mask),
+            "target_index": torch.tensor(t, dtype=torch.int64),
+            "task_index": torch.tensor(i, dtype=torch.int64),
+            "baseline_scores": torch.as_tensor(np.concatenate([self.baseline_raw[i], agg[None]]), dtype=torch.float32),
+        }
+        if self.specific_models > 0:
+            rng = np.random.default_rng([self.seed, _SPECIFIC_STREAM, _EVAL_EPOCH, i])
+            chosen = _pick_specific(rng, np.ones(len(self.models), dtype=bool), self.specific_models)
+            num_classes = item["task_tokens"].shape[0]
+            item.update(_specific_item(lambda m: self.centres(i, self.models[m]), chosen, self.specific_models,
+                                       num_classes, max(self.model_dims)))
+        return item
+
+
+def collate_episodes(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack episodes, padding classes to the batch maximum C with an explicit ``task_mask``.
+
+    ``task_tokens`` [C_i, Dg] -> [B, C, Dg] (zeros past C_i), ``task_mask`` [B, C] bool,
+    ``specific_tokens`` [S, C_i, Dmax] -> [B, S, C, Dmax]; every other key is stacked.
+    """
+    sizes = [item["task_tokens"].shape[0] for item in items]
+    num_classes = max(sizes)
+    batch: dict[str, torch.Tensor] = {}
+    tokens = torch.zeros(len(items), num_classes, items[0]["task_tokens"].shape[1])
+    mask = torch.zeros(len(items), num_classes, dtype=torch.bool)
+    for b, (item, c) in enumerate(zip(items, sizes)):
+        tokens[b, :c] = item["task_tokens"]
+        mask[b, :c] = True
+    batch["task_tokens"], batch["task_mask"] = tokens, mask
+    for key in items[0]:
+        if key == "task_tokens":
+            continue
+        if key == "specific_tokens":
+            s, _, d = items[0][key].shape
+            padded = torch.zeros(len(items), s, num_classes, d)
+            for b, (item, c) in enumerate(zip(items, sizes)):
+                padded[b, :, :c] = item[key]
+            batch[key] = padded
+        else:
+            batch[key] = torch.stack([item[key] for item in items])
+    return batch
+
+
+class EpisodeDataModule(L.LightningDataModule):
+    """Training episodes from the label cache; validation/test episodes from the targets.
+
+    Argument names follow ``DataConfig`` of :mod:`spider.config`. ``prepare_data`` builds (or
+    resumes, or just checks) the label cache and the targets' baseline scores; ``setup`` reads them.
+
+    Args:
+        store: feature-store root. label_cache: cache folder (created if needed).
+        ground_truth: CSV of the targets (``None``: no validation/test data).
+        general: id of the general encoder in the store.
+        models: PTMs to rank (default: every stored model except ``general``).
+        pool_datasets: training datasets (default: every stored dataset that is not a target).
+        target_datasets: evaluation datasets (default: every dataset of the ground truth).
+        split / target_split: stored split of pool / target datasets.
+        min_/max_datasets_per_task, min_/max_classes_per_task, min_/max_samples_per_class,
+            min_class_size: task sizes (:class:`TaskConfig`).
+        num_label_tasks: size of the labelled bank; tasks_per_epoch: draws per epoch (default: the bank).
+        val_tasks_per_target: 0 = each whole target dataset is one task; k > 0 = k tasks sampled
+            from it (same size ranges, one dataset).
+        baselines / aggregator: label and baseline-table scores.
+        specific_models: S > 0 adds PTM-specific tokens of S random PTMs per episode (re-ranker).
+        label_workers: processes for building labels; num_workers: DataLoader workers;
+            label_device: where label baselines compute (default CPU).
+        build_labels: False makes ``prepare_data`` only check that the cache is complete.
+    """
+
+    def __init__(self, store: str | os.PathLike, label_cache: str | os.PathLike,
+                 ground_truth: str | os.PathLike | None = None, *, general: str = "general",
+                 models: Sequence[str] | None = None, pool_datasets: Sequence[str] | None = None,
+                 target_datasets: Sequence[str] | None = None, split: str = "train", target_split: str = "train",
+                 min_datasets_per_task: int = 2, max_datasets_per_task: int = 4, min_classes_per_task: int = 2,
+                 max_classes_per_task: int = 100, min_samples_per_class: int = 2, max_samples_per_class: int = 50,
+                 min_class_size: int | None = None, num_label_tasks: int = 256, tasks_per_epoch: int | None = None,
+                 val_tasks_per_target: int = 0, baselines: Sequence[str] = DEFAULT_BASELINES,
+                 aggregator: str = "copeland", batch_size: int = 16, val_batch_size: int | None = None,
+                 specific_models: int = 0, num_workers: int = 0, label_workers: int = 1, seed: int = 0,
+                 shard_size: int = 64, build_labels: bool = True, progress: bool = True,
+                 label_device: str | None = None) -> None:
+        super().__init__()
+        self.store_root = str(store)
+        self.label_cache_dir = Path(label_cache)
+        self.ground_truth_path = None if ground_truth is None else Path(ground_truth)
+        self.general = general
+        self._models_arg = None if models is None else list(models)
+        self._pool_arg = None if pool_datasets is None else list(pool_datasets)
+        self._targets_arg = None if target_datasets is None else list(target_datasets)
+        self.split, self.target_split = split, target_split
+        self.task_config = TaskConfig(min_datasets_per_task, max_datasets_per_task, min_classes_per_task,
+                                      max_classes_per_task, min_samples_per_class, max_samples_per_class,
+                                      min_class_size)
+        for name, value in (("num_label_tasks", num_label_tasks), ("batch_size", batch_size)):
+            if value < 1:
+                raise ConfigError(f"{name}: expected >= 1, got {value}")
+        for name, value in (("val_tasks_per_target", val_tasks_per_target), ("specific_models", specific_models),
+                            ("num_workers", num_workers), ("label_workers", label_workers)):
+            if value < 0:
+                raise ConfigError(f"{name}: expected >= 0, got {value}")
+        self.num_label_tasks = int(num_label_tasks)
+        self.tasks_per_epoch = int(tasks_per_epoch or num_label_tasks)
+        self.val_tasks_per_target = int(val_tasks_per_target)
+        self.baselines = list(baselines)
+        self.aggregator = aggregator
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.specific_models = int(specific_models)
+        self.num_workers = int(num_workers)
+        self.label_workers = int(label_workers)
+        self.seed = int(seed)
+        self.shard_size = int(shard_size)
+        self.build_labels = bool(build_labels)
+        self.progress = bool(progress)
+        self.label_device = label_device
+        self._resolved = False
+        self.train_dataset: LabelledTaskDataset | None = None
+        self.eval_dataset: EvalTaskDataset | None = None
+
+    # ------------------------------------------------------------------ names and settings
+
+    def _resolve(self) -> None:
+        """Read names and dims from the store and the ground truth (cheap; once)."""
+        if self._resolved:
+            return
+        from spider.store import FeatureStore
+
+        store = FeatureStore(self.store_root)
+        self.ground_truth: GroundTruth | None = (None if self.ground_truth_path is None
+                                                 else read_ground_truth(self.ground_truth_path))
+        if self._targets_arg is not None:
+            targets = self._targets_arg
+        else:
+            targets = self.ground_truth.datasets if self.ground_truth is not None else []
+        if targets and self.ground_truth is None:
+            raise ConfigError("target_datasets: evaluation targets need a ground_truth file")
+        self.label_config: LabelConfig = resolve_label_config(
+            store, general_encoder=self.general, models=self._models_arg, pool=self._pool_arg, targets=targets,
+            split=self.split, task=self.task_config, seed=self.seed, baselines=self.baselines,
+            aggregator=self.aggregator, shard_size=self.shard_size)
+        models = list(self.label_config.models)
+        for dataset in targets:
+            for model in (self.general, *models):
+                if not store.has(model, dataset, self.target_split):
+                    raise StoreError(f"target_datasets: no entry {model}/{dataset}/{self.target_split} in the "
+                                     f"store at {store.root}")
+            if dataset not in self.ground_truth.datasets:
+                raise ConfigError(f"target_datasets: {dataset!r} has no rows in {self.ground_truth_path}")
+        pool0 = self.label_config.pool[0]
+        self._model_names = models
+        self._target_names = list(targets)
+        self._model_dims = [store.entry(m, pool0, self.split).dim for m in models]
+        self._general_dim = store.entry(self.general, pool0, self.split).dim
+        self._resolved = True
+
+    @property
+    def model_names(self) -> list[str]:
+        """PTM ids in model-index order (columns of every [B, M] tensor)."""
+        self._resolve()
+        return list(self._model_names)
+
+    @property
+    def num_models(self) -> int:
+        return len(self.model_names)
+
+    @property
+    def target_names(self) -> list[str]:
+        """Target dataset ids (``target_index`` of evaluation batches indexes this list)."""
+        self._resolve()
+        return list(self._target_names)
+
+    @property
+    def baseline_names(self) -> list[str]:
+        """Rows of ``baseline_scores``: the configured baselines, then the aggregator."""
+        return [*self.baselines, self.aggregator]
+
+    @property
+    def model_dims(self) -> list[int]:
+        """Feature dim of every PTM (model-index order); Dmax = max(model_dims)."""
+        self._resolve()
+        return list(self._model_dims)
+
+    @property
+    def general_dim(self) -> int:
+        """Dg, the general encoder's feature dim (task token width)."""
+        self._resolve()
+        return self._general_dim
+
+    # ------------------------------------------------------------------ data
+
+    def _eval_tasks(self) -> list[tuple[str, TaskSpec | None]]:
+        if self.val_tasks_per_target == 0:
+            return [(d, None) for d in self._target_names]
+        from spider.store import FeatureStore
+
+        store = FeatureStore(self.store_root)
+        config = replace(self.task_config, min_datasets_per_task=1, max_datasets_per_task=1)
+        tasks = []
+        for dataset in self._target_names:
+            index = ClassIndex.from_store(store, self.general, [dataset], self.target_split)
+            sampler = TaskSampler(index, [dataset], config=config, num_tasks=self.val_tasks_per_target,
+                                  seed=self.seed)
+            tasks += [(dataset, sampler.task(_EVAL_EPOCH, i)) for i in range(self.val_tasks_per_target)]
+        return tasks
+
+    def _target_scores(self) -> tuple[list[tuple[str, TaskSpec | None]], np.ndarray, np.ndarray]:
+        tasks = self._eval_tasks()
+        raw, aggregate = target_baseline_scores(
+            self.store_root, self.label_cache_dir, tasks, self._model_names, self.baselines, self.aggregator,
+            split=self.target_split, workers=self.label_workers, progress=self.progress, device=self.label_device)
+        return tasks, raw, aggregate
+
+    def prepare_data(self) -> None:
+        """Build or resume the label cache and the targets' baseline scores (one process per node)."""
+        self._resolve()
+        if self.build_labels:
+            build_label_cache(self.label_config, self.label_cache_dir, self.num_label_tasks,
+                              workers=self.label_workers, progress=self.progress, device=self.label_device)
+        else:
+            open_label_cache(self.label_cache_dir, self.num_label_tasks, self.label_config)
+        if self._target_names:
+            self._target_scores()
+
+    def setup(self, stage: str | None = None) -> None:
+        self._resolve()
+        if stage in (None, "fit") and self.train_dataset is None:
+            cache = open_label_cache(self.label_cache_dir, self.num_label_tasks, self.label_config)
+            self.train_dataset = LabelledTaskDataset(
+                self.store_root, self.general, cache.spec_texts, cache.scores, self._model_names, self._model_dims,
+                specific_models=self.specific_models, seed=self.seed)
+        if stage in (None, "fit", "validate", "test") and self.eval_dataset is None and self._target_names:
+            tasks, raw, aggregate = self._target_scores()
+            truth = self.ground_truth.matrix(self._target_names, self._model_names)
+            self.eval_dataset = EvalTaskDataset(
+                self.store_root, self.general, self.target_split, tasks, self._target_names, self._model_names,
+                self._model_dims, truth, raw, aggregate, specific_models=self.specific_models, seed=self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        sampler = EpochBankSampler(len(self.train_dataset), self.tasks_per_epoch, self.seed)
+        return DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler,
+                          collate_fn=collate_episodes, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def _eval_dataloader(self) -> DataLoader | list:
+        if self.eval_dataset is None:
+            self.setup("validate")
+        if self.eval_dataset is None:
+            return []
+        # A one-replica DistributedSampler: Lightning leaves it in place, so every rank sees all targets.
+        sampler = DistributedSampler(self.eval_dataset, num_replicas=1, rank=0, shuffle=False)
+        return DataLoader(self.eval_dataset, batch_size=self.val_batch_size, sampler=sampler,
+                          collate_fn=collate_episodes, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_dataloader()
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_dataloader()
+
+    def specific_tokens_for(self, batch: dict[str, torch.Tensor], models: torch.Tensor) -> torch.Tensor:
+        """PTM-specific tokens for re-ranking an evaluation batch.
+
+        Args:
+            batch: an evaluation batch (uses ``task_index`` and the class padding of ``task_mask``).
+            models: [B, k] int64 model indices.
+
+        Returns:
+            [B, k, C, Dmax] float32 on ``models``' device; class padding follows ``batch["task_mask"]``.
+        """
+        if self.eval_dataset is None:
+            self.setup("validate")
+        num_classes = batch["task_mask"].shape[1]
+        max_dim = max(self._model_dims)
+        index = batch["task_index"].tolist()
+        out = torch.zeros(len(index), models.shape[1], num_classes, max_dim)
+        for b, i in enumerate(index):
+            for s, m in enumerate(models[b].tolist()):
+                centres = self.eval_dataset.centres(i, self._model_names[m])
+                out[b, s, : centres.shape[0], : centres.shape[1]] = centres
+        return out.to(models.device)
