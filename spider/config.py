@@ -1,0 +1,486 @@
+"""Structured configuration of ``python -m spider.fit``: schemas, composition and overrides.
+
+The configuration is one :class:`FitConfig` tree with four groups (``data``, ``model``,
+``trainer``, ``logger``). ``configs/fit.yaml`` names one YAML file per group in its ``defaults``
+mapping (``data: synthetic`` reads ``configs/data/synthetic.yaml``) and may set top-level keys.
+Command-line overrides are ``key=value`` items, applied in two passes:
+
+1. ``group=name`` (a group key without a dot) picks another group file, by name or by path
+   (``data=configs/data/mini.yaml``);
+2. every other item (``model.lr=1e-3``, ``trainer.devices=2``, ``seed=3``) overrides one field.
+
+Every value is checked against the dataclass schemas below (through ``OmegaConf.structured``):
+an unknown key or a value of the wrong type raises :class:`~spider.errors.ConfigError` with a
+one-line message naming the key and the expected type. No Hydra dependency: the composition is
+the small function :func:`compose`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from spider.errors import ConfigError
+from spider.paths import REPO_ROOT
+
+GROUPS = ("data", "model", "trainer", "logger")
+LOGGERS = ("wandb", "csv", "none")
+
+
+@dataclass
+class SyntheticConfig:
+    """Generated demo zoo (:func:`spider.synthetic.make_synthetic_zoo`); never a benchmark.
+
+    Used when ``data.store`` is empty and ``enabled`` is true: the store and its ground-truth CSV
+    are generated once into ``<data.cache_dir>/synthetic`` (field names are the generator's).
+    """
+
+    enabled: bool = True
+    num_models: int = 8
+    pool_datasets: int = 3
+    classes_per_pool: int = 20
+    targets: int = 3
+    classes_per_target: int = 10
+    samples_per_class: int = 30
+    general_dim: int = 32
+    model_dims: list[int] = field(default_factory=lambda: [16, 24, 32])
+    latent_dim: int = 32
+    num_factors: int = 4
+    source_classes: int = 50
+    gt_noise: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where features, labels and ground truth live and how tasks are drawn.
+
+    Field names are the arguments of :class:`spider.datamodules.episodes.EpisodeDataModule`
+    (plus ``name``, ``cache_dir`` and ``synthetic``, used by :mod:`spider.fit`).
+    """
+
+    name: str = "synthetic"
+    # Feature store root (``spider.store`` layout); empty -> the synthetic store (if enabled).
+    store: Optional[str] = None
+    # Folder for the label cache and a generated store; empty -> ``<run_dir>/cache``.
+    cache_dir: Optional[str] = None
+    # Label cache folder; empty -> ``<cache_dir>/labels-<hash of the settings that define labels>``.
+    label_cache: Optional[str] = None
+    # CSV ``dataset,model,accuracy`` of the targets; empty -> the synthetic zoo's CSV.
+    ground_truth: Optional[str] = None
+    general: str = "general"
+    # PTM ids ranked by the scorer; empty -> every model of the store except ``general``.
+    models: Optional[list[str]] = None
+    # Datasets that training tasks are drawn from; empty -> every dataset that is not a target.
+    pool_datasets: Optional[list[str]] = None
+    # Datasets with ground truth used for validation; empty -> every dataset of the CSV.
+    target_datasets: Optional[list[str]] = None
+    split: str = "train"
+    target_split: str = "train"
+    # Task sizes (paper: 2-4 datasets, up to 100 classes, up to 50 samples per class).
+    min_datasets_per_task: int = 2
+    max_datasets_per_task: int = 4
+    min_classes_per_task: int = 2
+    max_classes_per_task: int = 100
+    min_samples_per_class: int = 2
+    max_samples_per_class: int = 50
+    min_class_size: Optional[int] = None
+    # Size of the bank of labelled training tasks (the label cache) ...
+    num_label_tasks: int = 256
+    # ... of which this many are drawn per epoch (a function of seed and epoch); empty -> the bank.
+    tasks_per_epoch: Optional[int] = None
+    # Validation tasks drawn per target dataset (0 -> the whole target dataset as one task).
+    val_tasks_per_target: int = 0
+    baselines: list[str] = field(default_factory=lambda: ["logme", "leep", "nce", "hscore"])
+    aggregator: str = "copeland"
+    batch_size: int = 16
+    val_batch_size: Optional[int] = None
+    # PTMs per task that get PTM-specific tokens (re-ranker training); 0 -> none.
+    specific_models: int = 0
+    num_workers: int = 0
+    # Parallel processes building the label cache.
+    label_workers: int = 1
+    shard_size: int = 64
+    # Where label baselines compute (null = CPU; e.g. "cuda").
+    label_device: Optional[str] = None
+    seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    """The scorer (a name in :func:`spider.modules.list_scorers`) and its optimisation.
+
+    Field names are the scorer's constructor arguments (``TokenScorer``/``ReRanker``); a field
+    the chosen scorer does not take must stay at its default (else a ConfigError).
+    """
+
+    name: str = "token"
+    scorer: str = "token"
+    dim: int = 64
+    depth: int = 1
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    norm_first: bool = True
+    head_hidden: Optional[int] = None
+    loss: str = "listwise"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "none"
+    warmup_steps: int = 0
+    # Re-ranker only: PTM-specific tokens "replace" or are appended to ("append") the general ones.
+    specific_mode: str = "replace"
+    # Re-ranker only: how many top PTMs the results table re-scores with specific tokens.
+    rerank_topk: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of :class:`lightning.Trainer` (same names)."""
+
+    name: str = "default"
+    max_epochs: int = 5
+    accelerator: str = "auto"
+    devices: Union[int, str] = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    deterministic: bool = True
+    gradient_clip_val: Optional[float] = None
+    check_val_every_n_epoch: int = 1
+    num_sanity_val_steps: int = 0
+    enable_progress_bar: bool = True
+    # torch CPU threads per process (torch.set_num_threads); null = torch's default. Episodes
+    # are small tensors: on CPU, thread synchronisation can cost more than it saves.
+    threads: Optional[int] = None
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment logging: ``wandb`` (offline by default), ``csv`` or ``none``."""
+
+    name: str = "wandb"
+    project: str = "spider"
+    # W&B: true -> offline run files in ``<run_dir>/wandb`` (``wandb sync`` them later).
+    offline: bool = True
+    entity: Optional[str] = None
+    run_name: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FitConfig:
+    """Everything ``python -m spider.fit`` needs; see the module docstring for overrides."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # Checkpoints (``checkpoints/last.ckpt``), resolved ``config.yaml``, ``metrics.json``, logs.
+    run_dir: str = "runs/fit"
+    seed: int = 0
+    # Continue from ``<run_dir>/checkpoints/last.ckpt`` (optimizer, epoch and sampler state).
+    resume: bool = False
+    # Start again in a run_dir that already holds checkpoints (they are deleted first).
+    overwrite: bool = False
+    print_config: bool = False
+    # Skip training: validate this checkpoint with the configured trainer and write metrics.
+    validate_checkpoint: Optional[str] = None
+    # After training, compute the per-target results table (scorer, baselines, aggregate).
+    results_table: bool = True
+
+
+def config_dir() -> Path:
+    """``$SPIDER_CONFIG_DIR`` or the repository's ``configs/`` folder."""
+    return Path(os.environ.get("SPIDER_CONFIG_DIR", REPO_ROOT / "configs"))
+
+
+def default_config() -> DictConfig:
+    """The schema with its dataclass defaults (no YAML files read), type-checked and mutable."""
+    cfg = OmegaConf.structured(FitConfig)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def compose(overrides: typing.Sequence[str] = (), root: Union[str, Path, None] = None) -> DictConfig:
+    """Build the resolved configuration from ``<root>/fit.yaml``, group files and overrides.
+
+    Args:
+        overrides: ``key=value`` items (``data=synthetic``, ``model.lr=1e-3``).
+        root: config folder holding ``fit.yaml`` and ``data/``, ``model/``, ... (default
+            :func:`config_dir`). A missing ``fit.yaml`` means "dataclass defaults only".
+
+    Raises:
+        ConfigError: malformed override, unknown group file, unknown key or wrong type.
+    """
+    root = Path(root) if root is not None else config_dir()
+    group_choices, field_overrides = _split_overrides(overrides)
+    primary = _read_yaml(root / "fit.yaml") if (root / "fit.yaml").is_file() else {}
+    defaults = primary.pop("defaults", None) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{root / 'fit.yaml'}: 'defaults' must be a mapping group -> file name")
+    for group in defaults:
+        if group not in GROUPS:
+            raise ConfigError(f"{root / 'fit.yaml'}: unknown group {group!r} in defaults; expected one of {', '.join(GROUPS)}")
+    choices = {**defaults, **group_choices}
+
+    cfg = default_config()
+    for group, choice in choices.items():
+        content = _read_yaml(_group_file(root, group, str(choice)))
+        content.setdefault("name", Path(str(choice)).stem)
+        cfg = _merge(cfg, {group: content})
+    cfg = _merge(cfg, primary)
+    cfg = _merge(cfg, _dotlist(field_overrides))
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config: cannot resolve {_full_key(err) or 'interpolation'}: {_first_line(err)}") from None
+    check(cfg)
+    return cfg
+
+
+def check(cfg: DictConfig) -> None:
+    """Value checks that types alone cannot express (choices, ranges)."""
+    if cfg.logger.name not in LOGGERS:
+        raise ConfigError(f"config key 'logger.name': expected one of {', '.join(LOGGERS)}, got {cfg.logger.name!r}")
+    positive = {
+        "trainer.max_epochs": cfg.trainer.max_epochs,
+        "trainer.num_nodes": cfg.trainer.num_nodes,
+        "data.batch_size": cfg.data.batch_size,
+        "data.num_label_tasks": cfg.data.num_label_tasks,
+        "model.dim": cfg.model.dim,
+        "model.depth": cfg.model.depth,
+        "model.heads": cfg.model.heads,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key {key!r}: expected a positive int, got {value}")
+    non_negative = {
+        "data.num_workers": cfg.data.num_workers,
+        "data.specific_models": cfg.data.specific_models,
+        "data.val_tasks_per_target": cfg.data.val_tasks_per_target,
+        "data.label_workers": cfg.data.label_workers,
+        "model.rerank_topk": cfg.model.rerank_topk,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r}: expected an int >= 0, got {value}")
+    if cfg.data.tasks_per_epoch is not None and cfg.data.tasks_per_epoch < 1:
+        raise ConfigError(f"config key 'data.tasks_per_epoch': expected a positive int or null, got {cfg.data.tasks_per_epoch}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"config key 'model.dropout': expected a float in [0, 1), got {cfg.model.dropout}")
+    if cfg.model.lr <= 0:
+        raise ConfigError(f"config key 'model.lr': expected a positive float, got {cfg.model.lr}")
+    devices = cfg.trainer.devices
+    if isinstance(devices, str) and devices != "auto" and not devices.lstrip("-").isdigit():
+        raise ConfigError(f"config key 'trainer.devices': expected an int or 'auto', got {devices!r}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved configuration as YAML text (what ``--print-config`` prints)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def load_saved(path: Union[str, Path]) -> DictConfig:
+    """Read a ``config.yaml`` saved by a run back into the checked schema."""
+    return _merge(default_config(), _read_yaml(Path(path)))
+
+
+def as_config(cfg: Union[DictConfig, FitConfig, dict, None]) -> DictConfig:
+    """Accept a composed DictConfig, a :class:`FitConfig` or a plain nested dict (tests)."""
+    if cfg is None:
+        return compose()
+    if isinstance(cfg, FitConfig):
+        out = OmegaConf.structured(cfg)
+        OmegaConf.set_struct(out, True)
+    elif isinstance(cfg, DictConfig):
+        out = _merge(default_config(), OmegaConf.to_container(cfg, resolve=True))
+    elif isinstance(cfg, dict):
+        out = _merge(default_config(), cfg)
+    else:
+        raise ConfigError(f"config: expected a DictConfig, FitConfig or dict, got {type(cfg).__name__}")
+    check(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _split_overrides(overrides: typing.Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    groups: dict[str, str] = {}
+    fields: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. model.lr=1e-3)")
+        if key in GROUPS:
+            if not value:
+                raise ConfigError(f"override {item!r}: expected {key}=<file name in configs/{key}/>")
+            groups[key] = value
+        else:
+            # W&B sweep agents format Python's None as "None"; the schema's null is meant.
+            fields.append(f"{key}={'null' if value == 'None' else value}")
+    return groups, fields
+
+
+def _group_file(root: Path, group: str, choice: str) -> Path:
+    as_path = Path(choice)
+    if choice.endswith((".yaml", ".yml")) and as_path.is_file():
+        return as_path
+    path = root / group / f"{choice}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (root / group).glob("*.yaml"))
+        raise ConfigError(
+            f"config group {group}={choice!r}: no file {path}; available: {', '.join(available) or 'none'}"
+        )
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle)
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: invalid YAML ({_first_line(err)})") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(content).__name__}")
+    return content
+
+
+def _dotlist(items: list[str]) -> DictConfig:
+    try:
+        return OmegaConf.from_dotlist(items)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"overrides: {_first_line(err)}") from None
+
+
+def _merge(cfg: DictConfig, other: Any) -> DictConfig:
+    """Merge ``other`` into the schema-typed ``cfg``, turning OmegaConf errors into one line."""
+    try:
+        return typing.cast(DictConfig, OmegaConf.merge(cfg, other))
+    except ConfigKeyError as err:
+        key = _full_key(err)
+        hint = _did_you_mean(err)
+        parent, _, _ = key.rpartition(".")
+        known = _known_keys(parent)
+        suffix = f" (did you mean {hint!r}?)" if hint else (f"; known keys: {', '.join(known)}" if known else "")
+        raise ConfigError(f"unknown config key {key!r}{suffix}") from None
+    except ValidationError as err:
+        key = _full_key(err)
+        expected = _expected_type(key)
+        raise ConfigError(f"config key {key!r}: expected {expected}, got {_bad_value(err)}") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config key {_full_key(err) or '?'}: {_first_line(err)}") from None
+    except (TypeError, ValueError) as err:  # e.g. a mapping given where the schema has a list
+        raise ConfigError(f"config: cannot merge {sorted(other) if isinstance(other, dict) else 'overrides'} "
+                          f"into the schema ({_first_line(err)})") from None
+
+
+def _full_key(err: Exception) -> str:
+    return str(getattr(err, "full_key", "") or getattr(err, "key", "") or "")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(getattr(err, "msg", None) or err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+def _did_you_mean(err: Exception) -> str:
+    text = _first_line(err)
+    marker = "Did you mean: '"
+    if marker not in text:
+        return ""
+    name = text.split(marker, 1)[1].split("'", 1)[0]
+    parent = _full_key(err).rpartition(".")[0]
+    return f"{parent}.{name}" if parent else name
+
+
+def _bad_value(err: Exception) -> str:
+    text = _first_line(err)
+    if text.startswith("Value '"):
+        return repr(text[len("Value '"):].split("'", 1)[0])
+    if "is not a ListConfig" in text:
+        return "a single value (write [a,b])"
+    if "is not a DictConfig" in text or "is not a subclass" in text:
+        return "a single value instead of a mapping"
+    return text
+
+
+def _schema_type(key: str) -> Any:
+    """The annotated type at dotted ``key`` of :class:`FitConfig` (list items: the item type);
+    None where the path leaves the schema."""
+    tp: Any = FitConfig
+    for part in key.replace("[", ".").replace("]", "").split(".") if key else []:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) is Union and len(args) == 1:
+            tp = args[0]  # Optional[X] -> X
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                return None
+            tp = hints[part]
+        elif typing.get_origin(tp) in (list, typing.List) and part.isdigit():
+            tp = typing.get_args(tp)[0]
+        else:
+            return None
+    return tp
+
+
+def _known_keys(parent: str) -> list[str]:
+    tp = _schema_type(parent)
+    return [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
+
+
+def _expected_type(key: str) -> str:
+    tp = _schema_type(key)
+    return "a value of the schema's type" if tp is None else _type_name(tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:
+        names = [_type_name(a) for a in args if a is not type(None)]
+        text = " or ".join(names)
+        return f"{text} or null" if type(None) in args else text
+    if origin in (list, typing.List):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+__all__ = [
+    "GROUPS",
+    "DataConfig",
+    "FitConfig",
+    "LoggerConfig",
+    "ModelConfig",
+    "SyntheticConfig",
+    "TrainerConfig",
+    "as_config",
+    "check",
+    "compose",
+    "config_dir",
+    "default_config",
+    "load_saved",
+    "to_yaml",
+]

@@ -1,0 +1,109 @@
+"""``spider.fit``: training end to end on a tiny synthetic zoo, resume, checkpoint validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from spider.config import compose, load_saved
+from spider.errors import ConfigError
+from spider.fit import CHECKPOINT_KEY, fit, load_scorer, validate_checkpoint
+
+# Cheapest baselines: the fit machinery, not the baselines, is under test here.
+BASELINES = ["leep", "nce"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One synthetic zoo + label cache for every run of this module."""
+    return tmp_path_factory.mktemp("fit-cache")
+
+
+def tiny(cache_dir, run_dir, *extra: str):
+    return compose([
+        "data=tiny", "logger=none", f"data.cache_dir={cache_dir}", f"run_dir={run_dir}",
+        f"data.baselines=[{','.join(BASELINES)}]", "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1", "trainer.accelerator=cpu", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def trained(cache_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    result = fit(tiny(cache_dir, run_dir, "trainer.max_epochs=2"))
+    return run_dir, result
+
+
+def test_fit_returns_metrics_and_writes_the_run_dir(trained):
+    run_dir, result = trained
+    assert result["epochs"] == 2 and result["episodes_per_second"] > 0
+    for key in ("val/wtau_paper", "val/wtau_symmetric", "val/wtau_paper/target0", "val/pearson"):
+        assert key in result["val"]
+    table = result["table"]
+    assert set(table) == {"wtau_paper", "wtau_symmetric"}
+    assert list(table["wtau_paper"]) == ["scorer", *BASELINES, "copeland"]
+    assert set(table["wtau_paper"]["scorer"]) == {"target0", "target1", "mean"}
+    # The table's scorer row is the same weighted tau the module logged during validation.
+    assert table["wtau_paper"]["scorer"]["mean"] == pytest.approx(result["val"]["val/wtau_paper"], abs=1e-6)
+    assert table["wtau_symmetric"]["scorer"]["target1"] == pytest.approx(
+        result["val"]["val/wtau_symmetric/target1"], abs=1e-6)
+
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["val"] == pytest.approx(result["val"])
+    assert load_saved(run_dir / "config.yaml").trainer.max_epochs == 2
+
+
+def test_checkpoint_loads_with_weights_only(trained):
+    run_dir, _ = trained
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    info = state[CHECKPOINT_KEY]
+    assert info["scorer"] == "token" and info["model_names"] == ["ptm00", "ptm01", "ptm02", "ptm03"]
+    model = load_scorer(run_dir / "checkpoints" / "last.ckpt")
+    tokens, mask = torch.randn(2, 3, info["general_dim"]), torch.ones(2, 3, dtype=torch.bool)
+    assert model(tokens, mask).shape == (2, 4)
+
+
+def test_validating_the_checkpoint_reproduces_the_fit_metrics(trained, cache_dir):
+    run_dir, result = trained
+    again = validate_checkpoint(tiny(cache_dir, run_dir), run_dir / "checkpoints" / "last.ckpt")
+    assert again["val"] == pytest.approx(result["val"], abs=1e-6)
+    assert (run_dir / "metrics-validate.json").is_file()
+
+
+def test_existing_run_needs_resume_or_overwrite(trained, cache_dir):
+    run_dir, _ = trained
+    with pytest.raises(ConfigError, match="resume=true"):
+        fit(tiny(cache_dir, run_dir))
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(cache_dir, tmp_path):
+    # Dropout is on: the per-batch reseeding must make the resumed run repeat its masks.
+    common = ("model.dropout=0.2", "results_table=false")
+    fit(tiny(cache_dir, tmp_path / "straight", "trainer.max_epochs=3", *common))
+    fit(tiny(cache_dir, tmp_path / "resumed", "trainer.max_epochs=1", *common))
+    after_one = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    resumed = fit(tiny(cache_dir, tmp_path / "resumed", "trainer.max_epochs=3", "resume=true", *common))
+    assert resumed["epochs"] == 3
+
+    def weights(name):
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+    straight, interrupted = weights("straight"), weights("resumed")
+    assert straight.keys() == interrupted.keys()
+    for key in straight:
+        assert torch.equal(straight[key], interrupted[key]), key
+    # Not vacuous: epochs 2-3 changed the weights.
+    assert any(not torch.equal(after_one[k], straight[k]) for k in straight)
+
+
+def test_csv_logger_writes_metrics(cache_dir, tmp_path):
+    fit(tiny(cache_dir, tmp_path / "csv", "logger=csv", "trainer.max_epochs=1", "results_table=false"))
+    files = list((tmp_path / "csv" / "csv").rglob("metrics.csv"))
+    assert files and "train/loss" in files[0].read_text().splitlines()[0]
+
+
+def test_scorer_fields_it_does_not_take_are_rejected(cache_dir, tmp_path):
+    with pytest.raises(ConfigError, match="'model.rerank_topk'|'model.specific_mode'"):
+        fit(tiny(cache_dir, tmp_path / "bad", "model.specific_mode=append"))

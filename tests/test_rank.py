@@ -1,0 +1,99 @@
+"""``spider.rank``: ranking a task's PTMs from a checkpoint (API and CLI), with re-ranking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from spider.config import compose
+from spider.fit import build_datamodule, fit, load_scorer, prepare_store
+from spider.rank import main, rank_task
+
+
+def _config(tmp, run, *extra):
+    return compose([
+        "data=tiny", "logger=none", f"data.cache_dir={tmp / 'cache'}", f"run_dir={tmp / run}",
+        "data.baselines=[leep,nce]", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+        "trainer.max_epochs=1", "results_table=false", "data.val_tasks_per_target=0", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A re-ranker trained for one epoch on the tiny zoo; (config, checkpoint, store root)."""
+    tmp = tmp_path_factory.mktemp("rank")
+    cfg = _config(tmp, "reranker", "model=reranker", "data.specific_models=2", "model.rerank_topk=2")
+    fit(cfg)
+    return cfg, tmp / "reranker" / "checkpoints" / "last.ckpt", prepare_store(cfg)["store"]
+
+
+def test_scores_equal_the_validation_path_for_the_whole_target(trained):
+    cfg, checkpoint, store = trained
+    result = rank_task(checkpoint, store, "target1")
+    assert sorted(result.models) == ["ptm00", "ptm01", "ptm02", "ptm03"]
+    assert result.scores == sorted(result.scores, reverse=True)
+    assert set(result.tokens) == {"general"}
+    # The datamodule's evaluation episode of the same target (whole dataset, one task) gives
+    # the same task tokens, hence the same scores: rank.py reuses the training token code.
+    datamodule = build_datamodule(cfg, prepare_store(cfg), progress=False)
+    datamodule.setup("validate")
+    item = next(datamodule.eval_dataset[i] for i in range(len(datamodule.eval_dataset))
+                if datamodule.target_names[int(datamodule.eval_dataset[i]["target_index"])] == "target1")
+    model = load_scorer(checkpoint)
+    with torch.no_grad():
+        expected = model(item["task_tokens"][None], torch.ones(1, item["task_tokens"].shape[0], dtype=torch.bool))[0]
+    names = datamodule.model_names
+    for m, name in enumerate(names):
+        assert result.general_scores[name] == pytest.approx(float(expected[m]), abs=1e-5)
+    assert result.num_classes == item["task_tokens"].shape[0]
+    assert {"load", "tokens", "score", "total"} <= set(result.timings_ms)
+
+
+def test_rerank_permutes_only_the_general_top_k(trained):
+    _, checkpoint, store = trained
+    plain = rank_task(checkpoint, store, "target0")
+    reranked = rank_task(checkpoint, store, "target0", rerank_topk=2)
+    assert reranked.tokens == ["specific", "specific", "general", "general"]
+    assert set(reranked.models[:2]) == set(plain.models[:2])
+    assert reranked.models[2:] == plain.models[2:]
+    assert reranked.scores[0] >= reranked.scores[1]
+    assert "rerank" in reranked.timings_ms
+
+
+def test_cli_table_and_json(trained, tmp_path, capsys):
+    _, checkpoint, store = trained
+    out = tmp_path / "ranking.json"
+    code = main(["--checkpoint", str(checkpoint), "--store", store, "--dataset", "target0", "--rerank-topk", "1",
+                 "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "rank" in printed and "specific" in printed and "time:" in printed
+    data = json.loads(out.read_text())
+    assert [row["rank"] for row in data["ranking"]] == [1, 2, 3, 4]
+    assert data["ranking"][0]["tokens"] == "specific" and data["dataset"] == "target0"
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--dataset", "nowhere"], "general/nowhere/train"),
+        (["--dataset", "target0", "--general", "ptm00"], "dim"),  # PTM features are not Dg wide
+        (["--dataset", "target0", "--rerank-topk", "-1"], "rerank_topk"),
+    ],
+)
+def test_cli_bad_input_exits_2(trained, capsys, extra, fragment):
+    _, checkpoint, store = trained
+    assert main(["--checkpoint", str(checkpoint), "--store", store, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and fragment in err
+
+
+def test_rerank_needs_a_reranker_checkpoint(trained, tmp_path, capsys):
+    cfg, _, store = trained
+    fit(_config(tmp_path, "token", f"data.cache_dir={cfg.data.cache_dir}"))
+    checkpoint = tmp_path / "token" / "checkpoints" / "last.ckpt"
+    assert main(["--checkpoint", str(checkpoint), "--store", store, "--dataset", "target0",
+                 "--rerank-topk", "2"]) == 2
+    assert "ReRanker" in capsys.readouterr().err
