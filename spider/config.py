@@ -188,6 +188,9 @@ class FitConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # Python modules imported first, so the scorers, losses and baselines they register can be
+    # named below (e.g. ``imports=[my_project.scorers] model.scorer=my_scorer``).
+    imports: list[str] = field(default_factory=list)
     # Checkpoints (``checkpoints/last.ckpt``), resolved ``config.yaml``, ``metrics.json``, logs.
     run_dir: str = "runs/fit"
     seed: int = 0

@@ -55,6 +55,7 @@ __all__ = [
     "build_scorer",
     "build_trainer",
     "fit",
+    "import_plugins",
     "format_results",
     "main",
     "prepare_store",
@@ -499,6 +500,17 @@ def _fmt(value: float) -> str:
 # ----------------------------------------------------------------------------- entry points
 
 
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import user modules whose decorators register scorers, losses or baselines."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"imports: cannot import module {name!r} ({err})") from None
+
+
 def fit(cfg: DictConfig | FitConfig | dict | None = None) -> dict[str, Any]:
     """Train (or resume) the configured scorer, validate it and build the results table.
 
@@ -512,6 +524,7 @@ def fit(cfg: DictConfig | FitConfig | dict | None = None) -> dict[str, Any]:
         writes it to ``<run_dir>/metrics.json``. Every rank returns the same ``val`` values.
     """
     cfg = as_config(cfg)
+    import_plugins(cfg.imports)
     _quiet_lightning()
     _set_threads(cfg)
     if cfg.validate_checkpoint:
@@ -605,6 +618,7 @@ def load_scorer(checkpoint: str | os.PathLike, map_location: str = "cpu"):
     info = state.get(CHECKPOINT_KEY)
     if not isinstance(info, dict) or "scorer" not in info:
         raise ConfigError(f"checkpoint {checkpoint}: no '{CHECKPOINT_KEY}' entry (not written by spider.fit)")
+    import_plugins(info.get("imports", []))  # a user scorer registers itself on import
     cls = get_scorer(info["scorer"])
     model = cls(**info["hparams"])
     model.load_state_dict(state["state_dict"])
@@ -617,6 +631,7 @@ def _checkpoint_info(cfg: DictConfig, model: Any, datamodule: Any) -> dict[str, 
     hparams = {k: _plain(v) for k, v in dict(model.hparams).items()}
     return {
         "scorer": cfg.model.scorer,
+        "imports": list(cfg.imports),
         "hparams": hparams,
         "model_names": list(datamodule.model_names),
         "model_dims": [int(d) for d in datamodule.model_dims],

@@ -107,3 +107,31 @@ def test_csv_logger_writes_metrics(cache_dir, tmp_path):
 def test_scorer_fields_it_does_not_take_are_rejected(cache_dir, tmp_path):
     with pytest.raises(ConfigError, match="'model.rerank_topk'|'model.specific_mode'"):
         fit(tiny(cache_dir, tmp_path / "bad", "model.specific_mode=append"))
+
+
+PLUGIN = '''
+import torch.nn.functional as F
+from spider.modules import TokenScorer, register_scorer
+
+@register_scorer("token_cosine_test")
+class CosineTokenScorer(TokenScorer):
+    """Token scorer on L2-normalised class centres (the README's worked example)."""
+
+    def embed_tasks(self, task_tokens):
+        return super().embed_tasks(F.normalize(task_tokens, dim=-1))
+'''
+
+
+def test_a_scorer_registered_in_a_user_module_is_trained_by_name(cache_dir, tmp_path, monkeypatch):
+    (tmp_path / "my_scorers_test.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = fit(tiny(cache_dir, tmp_path / "plugin", "imports=[my_scorers_test]",
+                      "model.scorer=token_cosine_test", "trainer.max_epochs=1",
+                      "results_table=false"))
+    model = load_scorer(result["checkpoint"])
+    assert type(model).__name__ == "CosineTokenScorer"
+
+
+def test_unimportable_plugin_module_is_a_config_error(cache_dir, tmp_path):
+    with pytest.raises(ConfigError, match="imports: cannot import module 'no_such_module_xyz'"):
+        fit(tiny(cache_dir, tmp_path / "noplugin", "imports=[no_such_module_xyz]"))
