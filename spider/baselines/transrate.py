@@ -76,8 +76,8 @@ def coding_rates(x: torch.Tensor, y: torch.Tensor, num_classes: int, eps: float 
     if not small:
         return rates
     # Classes with n_c < D: bucket by size, zero-pad each bucket to its largest class, batch.
+    # A zero row adds an identity row and column to I + Z Z^T / a: the log-det is unchanged.
     small.sort(key=lambda c: sizes[c])
-    padded = torch.cat([x, x.new_zeros(1, d)])  # row N is the zero row used for padding
     bucket: list[int] = []
     buckets = []
     for c in small:
@@ -94,8 +94,8 @@ def coding_rates(x: torch.Tensor, y: torch.Tensor, num_classes: int, eps: float 
         offsets = torch.arange(width, device=x.device)
         within = offsets[None, :] < counts[cls][:, None]  # [B, width]: True = real sample
         pos = (starts[cls][:, None] + offsets[None, :]).clamp_max(n - 1)
-        rows = torch.where(within, order[pos], torch.full_like(pos, n))  # [B, width]
-        blocks = padded[rows]  # [B, width, D]
+        blocks = x[order[pos]]  # [B, width, D]
+        blocks.masked_fill_(~within[:, :, None], 0.0)  # padding rows become zero rows
         grams = blocks @ blocks.transpose(1, 2)  # [B, width, width]
         scale = 1.0 / (counts[cls].to(x.dtype) * eps)
         rates[cls] = _half_logdet_identity_plus(grams, scale)
