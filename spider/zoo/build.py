@@ -1,0 +1,478 @@
+"""Build a zoo from its recipe: pre-train -> extract features -> ground truth -> label cache.
+
+``python -m spider.zoo build minizoo`` runs :func:`build_zoo`. Every stage builds only what is
+missing (checkpoints with an up-to-date ``config.json``, store entries with a manifest, cached
+fine-tuning runs, label-cache shards), so the command resumes a killed build and does nothing on
+a finished one. The real data is read from ``SPIDER_DATA_DIR`` (default ``../shared/data``);
+when files are missing the build stops before any work with one line naming them.
+
+Output folder (default ``artifacts/<recipe>``)::
+
+    checkpoints/<ptm>/model.pth, config.json   timm models pre-trained here
+    store/<model>/<dataset>/train/             feature store: every PTM and ``general``
+    alternatives/<name>/store/                 another general encoder as ``general``, PTM
+                                               folders linked to ../../../store (ablations)
+    ground_truth/runs/<target>/<ptm>/*.json    one cached fine-tuning run each
+    ground_truth.csv                           dataset,model,accuracy (test %, selected lr)
+    ground_truth_details.csv                   + std over seeds, selected lr, val acc, in-domain
+    labels/                                    label cache of training tasks (spider.labels)
+    zoo.json                                   what was built: models, pool, targets, settings
+
+Python::
+
+    report = build_zoo("minizoo")              # BuildReport; report.paths["store"] etc.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spider.errors import SpiderError
+from spider.zoo.manifest import DataFileError, MANIFEST_NAME, resolve_data_dir
+from spider.zoo.minizoo import GENERAL_ID, ModelRef, ZooRecipe, get_recipe, timm_ref
+from spider.zoo.pretrain import PretrainSpec, is_pretrained, pretrain, progress_bar
+
+STAGES = ("pretrain", "extract", "groundtruth", "labels")
+SPLIT = "train"
+MANIFEST = "zoo.json"
+
+
+@dataclass
+class StageReport:
+    name: str
+    computed: int = 0  # items built in this call
+    reused: int = 0  # items found already built
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process and its finished workers
+    note: str = ""
+
+
+@dataclass
+class BuildReport:
+    recipe: str
+    out: Path
+    stages: list[StageReport] = field(default_factory=list)
+    paths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def computed(self) -> int:
+        return sum(s.computed for s in self.stages)
+
+    def table(self) -> str:
+        lines = [f"{'stage':<12} {'built':>6} {'reused':>6} {'wall s':>8} {'cpu s':>8}  note"]
+        for s in self.stages:
+            lines.append(f"{s.name:<12} {s.computed:>6} {s.reused:>6} {s.wall_seconds:>8.1f} "
+                         f"{s.cpu_seconds:>8.1f}  {s.note}")
+        return "\n".join(lines)
+
+
+def default_out(recipe: str) -> Path:
+    return Path("artifacts") / recipe
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+# ----------------------------------------------------------------------------- data check
+
+
+def required_files(recipe: ZooRecipe) -> list[str]:
+    """Files of the shared data folder the recipe reads (relative paths as in ``MANIFEST.md``)."""
+    from spider.zoo import get_zoo_model_info
+    from spider.zoo.datasets import DATASETS
+
+    names = {p.source for p in recipe.pool} | {t.source for t in recipe.targets}
+    names |= {s for spec in recipe.all_pretrain_specs() for s in spec.sources}
+    files = {DATASETS.get(n).file for n in names} - {None}
+    files |= {get_zoo_model_info(n).checkpoint for n in recipe.real_ptms}
+    return sorted(files) + [MANIFEST_NAME]
+
+
+def check_data(recipe: ZooRecipe, data_dir: str | Path | None = None) -> Path:
+    """The data folder, or :class:`DataFileError` (one line) naming every missing file."""
+    root = resolve_data_dir(data_dir)
+    missing = [f for f in required_files(recipe) if not (root / f).is_file()]
+    if missing:
+        raise DataFileError(
+            f"missing {len(missing)} data file(s) in {root}: {', '.join(missing)} - set SPIDER_DATA_DIR to the "
+            f"shared data folder; its {MANIFEST_NAME} describes where each file comes from"
+        )
+    return root
+
+
+# ---------------------------------------------------------------------------------- stages
+
+
+class _Timer:
+    def __init__(self, report: StageReport) -> None:
+        self.report = report
+
+    def __enter__(self) -> StageReport:
+        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+        return self.report
+
+    def __exit__(self, *exc) -> None:
+        self.report.wall_seconds = time.perf_counter() - self.wall
+        self.report.cpu_seconds = _cpu_seconds() - self.cpu
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _pool(workers: int, count: int):
+    # spawn: forked children of a process that already ran torch ops can deadlock in OpenMP.
+    return multiprocessing.get_context("spawn").Pool(min(workers, count), initializer=_single_thread)
+
+
+def _single_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _pretrain_one(args: tuple[PretrainSpec, str, str | None]):
+    spec, out, data_dir = args
+    return pretrain(spec, out, data_dir=data_dir, progress=False, threads=1)
+
+
+def stage_pretrain(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
+    report = StageReport("pretrain")
+    with _Timer(report):
+        checkpoints = out / "checkpoints"
+        specs = recipe.all_pretrain_specs()
+        todo = [s for s in specs if not is_pretrained(checkpoints, s)]
+        report.reused = len(specs) - len(todo)
+        if todo:
+            jobs = [(s, str(checkpoints), None if data_dir is None else str(data_dir)) for s in todo]
+            notes = []
+            with progress_bar(len(todo), "pretrain timm models", progress) as advance:
+                if workers <= 1 or len(todo) == 1:
+                    results = map(_pretrain_one, jobs)
+                    pool = None
+                else:
+                    pool = _pool(workers, len(todo))
+                    results = pool.imap_unordered(_pretrain_one, jobs, chunksize=1)
+                try:
+                    for result in results:
+                        report.computed += 1
+                        acc = "-" if result.holdout_accuracy is None else f"{result.holdout_accuracy:.1f}%"
+                        notes.append(f"{result.spec.id} {acc} {result.cpu_seconds:.0f}s")
+                        advance(1)
+                finally:
+                    if pool is not None:
+                        pool.close()
+                        pool.join()
+            report.note = "; ".join(notes)
+    return report
+
+
+@dataclass(frozen=True)
+class _ExtractTask:
+    ref: ModelRef
+    store: str
+    model_id: str
+    datasets: tuple[str, ...]
+
+
+_VIEW_SPECS: dict[str, Any] = {}
+_VIEWS: dict[str, Any] = {}
+
+
+def _view(dataset: str, data_dir) -> Any:
+    """The stored (train) view of a pool or target dataset, loaded once per process."""
+    if dataset not in _VIEWS:
+        spec = _VIEW_SPECS[dataset]
+        view = spec.load(data_dir)
+        _VIEWS[dataset] = view["train"] if isinstance(view, dict) else view
+    return _VIEWS[dataset]
+
+
+def _extract_init(view_specs: dict[str, Any]) -> None:
+    _single_thread()
+    _VIEW_SPECS.clear()
+    _VIEW_SPECS.update(view_specs)
+    _VIEWS.clear()
+
+
+def _extract_one(args: tuple[_ExtractTask, str | None, int]) -> list[tuple[str, bool]]:
+    from spider.extract import extract_to_store
+    from spider.store import FeatureStore
+
+    task, data_dir, batch_size = args
+    store = FeatureStore(task.store)
+    prepared = task.ref.load(data_dir)
+    done = []
+    for dataset in task.datasets:
+        _, skipped = extract_to_store(store, prepared, _view(dataset, data_dir).source(), dataset=dataset,
+                                      split=SPLIT, model_id=task.model_id, batch_size=batch_size,
+                                      progress=False)
+        done.append((dataset, skipped))
+    return done
+
+
+def _alternative_store(out: Path, name: str) -> Path:
+    return out / "alternatives" / name / "store"
+
+
+def extract_tasks(recipe: ZooRecipe, out: Path) -> tuple[list[_ExtractTask], int]:
+    """Models with missing store entries (and their missing datasets); count of entries present."""
+    from spider.store import FeatureStore
+
+    checkpoints = out / "checkpoints"
+    datasets = [p.id for p in recipe.pool] + [t.id for t in recipe.targets]
+    wanted = [(ref, out / "store", ref.id) for ref in recipe.ptm_refs(checkpoints)]
+    wanted.append((recipe.general_ref(checkpoints), out / "store", GENERAL_ID))
+    for name, spec in recipe.general_alternatives:
+        wanted.append((timm_ref(spec, checkpoints, GENERAL_ID), _alternative_store(out, name), GENERAL_ID))
+    tasks, present = [], 0
+    for ref, root, model_id in wanted:
+        store = FeatureStore(root)
+        missing = tuple(d for d in datasets if not store.has(model_id, d, SPLIT))
+        present += len(datasets) - len(missing)
+        if missing:
+            tasks.append(_ExtractTask(ref, str(root), model_id, missing))
+    return tasks, present
+
+
+def stage_extract(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
+    report = StageReport("extract")
+    with _Timer(report):
+        tasks, report.reused = extract_tasks(recipe, out)
+        view_specs = {p.id: p for p in recipe.pool} | {t.id: t for t in recipe.targets}
+        total = sum(len(t.datasets) for t in tasks)
+        if total:
+            jobs = [(t, None if data_dir is None else str(data_dir), recipe.extract_batch_size) for t in tasks]
+            with progress_bar(total, "extract features", progress) as advance:
+                if workers <= 1 or len(tasks) == 1:
+                    _extract_init(view_specs)
+                    results, pool = map(_extract_one, jobs), None
+                else:
+                    pool = multiprocessing.get_context("spawn").Pool(
+                        min(workers, len(tasks)), initializer=_extract_init, initargs=(view_specs,))
+                    results = pool.imap_unordered(_extract_one, jobs, chunksize=1)
+                try:
+                    for done in results:
+                        report.computed += sum(not skipped for _, skipped in done)
+                        report.reused += sum(skipped for _, skipped in done)
+                        advance(len(done))
+                finally:
+                    if pool is not None:
+                        pool.close()
+                        pool.join()
+        _link_alternatives(recipe, out)
+    return report
+
+
+def _link_alternatives(recipe: ZooRecipe, out: Path) -> None:
+    """Each alternative store sees the main store's PTM folders through relative symlinks."""
+    for name, _ in recipe.general_alternatives:
+        root = _alternative_store(out, name)
+        root.mkdir(parents=True, exist_ok=True)
+        for ptm in recipe.ptm_ids():
+            link = root / ptm
+            target = Path("..") / ".." / ".." / "store" / ptm
+            if link.is_symlink() and os.readlink(link) == str(target):
+                continue
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(target, target_is_directory=True)
+
+
+def ground_truth_jobs(recipe: ZooRecipe, out: Path, views: dict[str, Any] | None = None):
+    from spider.zoo.groundtruth import GroundTruthJob
+
+    refs = recipe.ptm_refs(out / "checkpoints")
+    cost = {r.id: (4.0 if r.kind == "zoo" else 1.0) for r in refs}  # the real PTMs are the heavy ones
+    identity = {t.id: {k: v for k, v in dataclasses.asdict(t).items() if k not in ("note", "in_domain")}
+                for t in recipe.targets}
+    return [GroundTruthJob(t.id, (views or {}).get(t.id), ref, epochs=t.epochs, identity=identity[t.id],
+                           cost=cost[ref.id])
+            for t in recipe.targets for ref in refs]
+
+
+def stage_groundtruth(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
+    from spider.zoo.groundtruth import RunCache, run_ground_truth, run_hash, summarize, write_tables
+
+    report = StageReport("groundtruth")
+    with _Timer(report):
+        cache_root = out / "ground_truth" / "runs"
+        config = recipe.finetune
+        jobs = ground_truth_jobs(recipe, out)
+        cache = RunCache(cache_root)
+        runs = [(lr, s) for lr in config.lrs for s in config.seeds]
+        need = {j.target for j in jobs
+                if any(cache.get(j.target, j.model.id, lr, s, run_hash(j, config)) is None for lr, s in runs)}
+        views = {t.id: t.load(data_dir) for t in recipe.targets if t.id in need}
+        jobs = ground_truth_jobs(recipe, out, views)
+        results = run_ground_truth(jobs, config, cache_root, data_dir=data_dir, workers=workers, progress=progress)
+        report.computed = sum(not r.cached for r in results)
+        report.reused = sum(r.cached for r in results)
+        summaries = summarize(results, config)
+        in_domain = {t.id: t.in_domain for t in recipe.targets}
+        write_tables(summaries, [t.id for t in recipe.targets], recipe.ptm_ids(), out / "ground_truth.csv",
+                     out / "ground_truth_details.csv", in_domain)
+        if report.computed:
+            report.note = f"{sum(r.seconds for r in results if not r.cached) / report.computed:.1f} cpu s/run"
+    return report
+
+
+def label_models(recipe: ZooRecipe) -> list[str]:
+    """PTM order of the label cache: sorted, as the datamodule's default (every stored model but
+    the general encoder) lists them, so a fit that leaves ``models`` unset reuses this cache."""
+    return sorted(recipe.ptm_ids())
+
+
+def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> StageReport:
+    report = StageReport("labels")
+    with _Timer(report):
+        try:
+            from spider.datamodules.labels import (
+                LabelCacheError,
+                build_label_cache,
+                open_label_cache,
+                resolve_label_config,
+            )
+        except ImportError as err:  # the label cache is optional for the zoo itself
+            report.note = f"skipped: {err}"
+            return report
+        settings = recipe.labels
+        config = resolve_label_config(
+            out / "store", general_encoder=GENERAL_ID, models=label_models(recipe), pool=[p.id for p in recipe.pool],
+            targets=[t.id for t in recipe.targets], split=SPLIT, task=settings.task_config(), seed=settings.seed,
+            baselines=list(settings.baselines), aggregator=settings.aggregator, shard_size=settings.shard_size)
+        try:  # a complete cache is left untouched (building would rewrite its manifest)
+            open_label_cache(out / "labels", settings.num_label_tasks, config=config)
+            report.reused = settings.num_label_tasks
+            return report
+        except LabelCacheError:
+            pass
+        result = build_label_cache(config, out / "labels", settings.num_label_tasks, workers=workers,
+                                   progress=progress)
+        report.computed, report.reused = result.computed, result.reused
+    return report
+
+
+# ------------------------------------------------------------------------------- manifest
+
+
+def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
+    """What ``out`` holds, with a ``data`` section of :class:`spider.config.DataConfig` keys."""
+    checkpoints = out / "checkpoints"
+    root = out.resolve()
+    settings = dataclasses.asdict(recipe.labels)
+    data = {
+        "store": str(root / "store"), "ground_truth": str(root / "ground_truth.csv"),
+        "label_cache": str(root / "labels"), "general": GENERAL_ID, "models": label_models(recipe),
+        "pool_datasets": [p.id for p in recipe.pool], "target_datasets": [t.id for t in recipe.targets],
+        "split": SPLIT, "target_split": SPLIT,
+    }
+    data |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
+    return {
+        "recipe": recipe.name, "recipe_hash": recipe.hash, "description": recipe.description,
+        "models": [r.to_dict() for r in recipe.ptm_refs(checkpoints)],
+        "general": dict(recipe.general_ref(checkpoints).to_dict(), description=recipe.general.description),
+        "alternatives": {name: {"store": str(root / "alternatives" / name / "store"),
+                                "encoder": timm_ref(spec, checkpoints, GENERAL_ID).to_dict(),
+                                "description": spec.description}
+                         for name, spec in recipe.general_alternatives},
+        "pool": [dataclasses.asdict(p) for p in recipe.pool],
+        "targets": [dataclasses.asdict(t) for t in recipe.targets],
+        "finetune": dataclasses.asdict(recipe.finetune),
+        "data": data,
+    }
+
+
+def read_manifest(out: str | Path) -> dict[str, Any]:
+    path = Path(out) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpiderError(f"{path} not found: build the zoo first (python -m spider.zoo build)") from None
+    except ValueError as err:
+        raise SpiderError(f"{path}: not valid JSON ({err})") from None
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any], report: BuildReport) -> None:
+    path = out / MANIFEST
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    manifest = json.loads(json.dumps(manifest, default=str))  # tuples -> lists, as read back
+    if old is not None and not report.computed and {k: v for k, v in old.items() if k != "last_build"} == manifest:
+        return  # nothing changed: leave the file (and its timestamp) alone
+    manifest = dict(manifest, last_build=[dataclasses.asdict(s) for s in report.stages])
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(manifest, indent=1, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------- driver
+
+
+def build_zoo(recipe: ZooRecipe | str = "minizoo", out: str | Path | None = None, *,
+              data_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
+              stages: Sequence[str] = STAGES, log=print) -> BuildReport:
+    """Build (or complete) the zoo of ``recipe`` in ``out``; see the module docstring.
+
+    Raises:
+        DataFileError: a data file the missing parts need is absent (one line naming all of them).
+        SpiderError: bad recipe, stage name or inconsistent existing output.
+    """
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise SpiderError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    out = (Path(out) if out is not None else default_out(recipe.name)).resolve()
+    workers = default_workers() if workers is None else int(workers)
+    if recipe.max_workers is not None:
+        workers = min(workers, recipe.max_workers)
+    report = BuildReport(recipe.name, out)
+    if _needs_data(recipe, out, stages):
+        data_dir = check_data(recipe, data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if "pretrain" in stages:
+        report.stages.append(stage_pretrain(recipe, out, data_dir, workers, progress))
+    if "extract" in stages:
+        report.stages.append(stage_extract(recipe, out, data_dir, workers, progress))
+    if "groundtruth" in stages:
+        report.stages.append(stage_groundtruth(recipe, out, data_dir, workers, progress))
+    if "labels" in stages:
+        report.stages.append(stage_labels(recipe, out, workers, progress))
+    _write_manifest(out, zoo_manifest(recipe, out), report)
+    report.paths = {"out": str(out), "store": str(out / "store"), "ground_truth": str(out / "ground_truth.csv"),
+                    "label_cache": str(out / "labels"), "manifest": str(out / MANIFEST)}
+    return report
+
+
+def _needs_data(recipe: ZooRecipe, out: Path, stages: Sequence[str]) -> bool:
+    """Whether any requested stage still has work that reads the shared data folder."""
+    if "pretrain" in stages and not all(is_pretrained(out / "checkpoints", s) for s in recipe.all_pretrain_specs()):
+        return True
+    if "extract" in stages and extract_tasks(recipe, out)[0]:
+        return True
+    if "groundtruth" in stages:
+        from spider.zoo.groundtruth import RunCache, run_hash
+
+        cache = RunCache(out / "ground_truth" / "runs")
+        config = recipe.finetune
+        for job in ground_truth_jobs(recipe, out):
+            h = run_hash(job, config)
+            if any(cache.get(job.target, job.model.id, lr, s, h) is None for lr in config.lrs for s in config.seeds):
+                return True
+    return False
