@@ -64,11 +64,17 @@ class DataConfig:
     """Where features, labels and ground truth live and how tasks are drawn.
 
     Field names are the arguments of :class:`spider.datamodules.episodes.EpisodeDataModule`
-    (plus ``name``, ``cache_dir`` and ``synthetic``, used by :mod:`spider.fit`).
+    (plus ``name``, ``zoo``, ``zoo_dir``, ``cache_dir`` and ``synthetic``, used by :mod:`spider.fit`).
     """
 
     name: str = "synthetic"
-    # Feature store root (``spider.store`` layout); empty -> the synthetic store (if enabled).
+    # Zoo recipe of ``python -m spider.zoo build`` (e.g. "minizoo"): spider.fit first builds what
+    # is missing, then takes the store, ground truth, PTMs, pool and targets from the zoo (and
+    # starts from its label cache when the task settings below match the recipe's). Empty -> ``store``.
+    zoo: Optional[str] = None
+    # Output folder of that build; empty -> ``artifacts/<zoo>`` (the build's default).
+    zoo_dir: Optional[str] = None
+    # Feature store root (``spider.store`` layout); empty -> the zoo's, else the synthetic store.
     store: Optional[str] = None
     # Folder for the label cache and a generated store; empty -> ``<run_dir>/cache``.
     cache_dir: Optional[str] = None

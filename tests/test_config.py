@@ -14,11 +14,11 @@ from spider.fit import main
 
 def test_default_composition_uses_the_files_named_in_fit_yaml():
     cfg = compose()
-    assert cfg.data.name == "synthetic"
+    assert cfg.data.name == "minizoo"
     assert cfg.model.scorer == "token"
     assert cfg.logger.name == "wandb" and cfg.logger.offline is True
     # run_dir interpolates the chosen group names and is resolved in place.
-    assert cfg.run_dir == "runs/synthetic-token"
+    assert cfg.run_dir == "runs/minizoo-token"
 
 
 @pytest.mark.parametrize("group", GROUPS)
