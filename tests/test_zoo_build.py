@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 
@@ -25,35 +24,12 @@ from spider.zoo.minizoo import (
     list_recipes,
 )
 from spider.zoo.pretrain import PretrainSpec
+from zoo_run_support import fake_data_dir
 
 LOW, HIGH = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 
 
 # ------------------------------------------------------------------------ synthetic data
-
-
-def _digits(rng, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [n, size, size] images where digit d lights row d (scaled), labels [n]."""
-    labels = np.arange(n) % 10
-    images = rng.integers(0, 50, size=(n, size, size)).astype(np.uint8)
-    rows = (labels * size) // 10
-    images[np.arange(n), rows] = 230
-    return images, labels.astype(np.int64)
-
-
-def fake_data_dir(root):
-    """A shared-data folder with synthetic mnist.npz / usps.npz and a MANIFEST.md listing them."""
-    rng = np.random.default_rng(0)
-    (root / "datasets").mkdir(parents=True)
-    for name, size in (("mnist", 28), ("usps", 16)):
-        x_train, y_train = _digits(rng, 200, size)
-        x_test, y_test = _digits(rng, 100, size)
-        np.savez_compressed(root / "datasets" / f"{name}.npz", x_train=x_train, y_train=y_train,
-                            x_test=x_test, y_test=y_test)
-    lines = [f"{hashlib.sha256((root / 'datasets' / f).read_bytes()).hexdigest()} datasets/{f}"
-             for f in ("mnist.npz", "usps.npz")]
-    (root / "MANIFEST.md").write_text("# synthetic\n\n```\n" + "\n".join(lines) + "\n```\n")
-    return root
 
 
 def synthetic_recipe() -> ZooRecipe:
