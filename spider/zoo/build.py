@@ -445,6 +445,9 @@ def build_zoo(recipe: ZooRecipe | str = "minizoo", out: str | Path | None = None
     report = BuildReport(recipe.name, out)
     if _needs_data(recipe, out, stages):
         data_dir = check_data(recipe, data_dir)
+        # The first stage can run for minutes before its progress bar moves: say what is going on.
+        log(f"zoo {recipe.name}: building the missing parts in {out} (stages {', '.join(stages)}; "
+            f"{workers} worker(s); interrupt and re-run to resume)")
     out.mkdir(parents=True, exist_ok=True)
     if "pretrain" in stages:
         report.stages.append(stage_pretrain(recipe, out, data_dir, workers, progress))
