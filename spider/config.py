@@ -18,45 +18,54 @@ the small function :func:`compose`.
 from __future__ import annotations
 
 import dataclasses
-import os
+import importlib.resources
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from spider.datamodules.tasks import TaskConfig
 from spider.errors import ConfigError
-from spider.paths import REPO_ROOT
 
 GROUPS = ("data", "model", "trainer", "logger")
+# DataConfig fields that define the labels of the task bank (with the store's contents): runs
+# that agree on them share one label cache, and a fit reuses a zoo's cache when they equal the
+# zoo's. (``num_label_tasks`` is not one: a cache grows, keeping its first tasks.)
+LABEL_FIELDS = ("general", "models", "pool_datasets", "split", "task", "seed", "baselines", "aggregator",
+                "shard_size")
 LOGGERS = ("wandb", "csv", "none")
+
+
+# Schemas give types only: every value lives in the YAML files under ``configs/`` (shipped inside
+# the package as ``spider/configs``). A field has a default here only where that default means
+# "not set" (None, an empty list or mapping); ``tests/test_config.py`` checks that no YAML file
+# disagrees with one, and :func:`compose` rejects a composition that leaves a field unset.
 
 
 @dataclass
 class SyntheticConfig:
-    """Generated demo zoo (:func:`spider.synthetic.make_synthetic_zoo`); never a benchmark.
+    """Generated demo zoo (:func:`spider.synthetic.make_synthetic_zoo`; field names are the
+    generator's); never a benchmark. ``targets`` are test targets, ``val_targets`` validation
+    targets (classes of their own, disjoint from the pool and the test targets)."""
 
-    Used when ``data.store`` is empty and ``enabled`` is true: the store and its ground-truth CSV
-    are generated once into ``<data.cache_dir>/synthetic`` (field names are the generator's).
-    """
-
-    enabled: bool = True
-    num_models: int = 8
-    pool_datasets: int = 3
-    classes_per_pool: int = 20
-    targets: int = 3
-    classes_per_target: int = 10
-    samples_per_class: int = 30
-    general_dim: int = 32
-    model_dims: list[int] = field(default_factory=lambda: [16, 24, 32])
-    latent_dim: int = 32
-    num_factors: int = 4
-    source_classes: int = 50
-    gt_noise: float = 1.0
-    seed: int = 0
+    num_models: int = MISSING
+    pool_datasets: int = MISSING
+    classes_per_pool: int = MISSING
+    targets: int = MISSING
+    val_targets: int = MISSING
+    classes_per_target: int = MISSING
+    samples_per_class: int = MISSING
+    general_dim: int = MISSING
+    model_dims: list[int] = MISSING
+    latent_dim: int = MISSING
+    num_factors: int = MISSING
+    source_classes: int = MISSING
+    gt_noise: float = MISSING
+    seed: int = MISSING
 
 
 @dataclass
@@ -67,58 +76,58 @@ class DataConfig:
     (plus ``name``, ``zoo``, ``zoo_dir``, ``cache_dir`` and ``synthetic``, used by :mod:`spider.fit`).
     """
 
-    name: str = "synthetic"
-    # Zoo recipe of ``python -m spider.zoo build`` (e.g. "minizoo"): spider.fit first builds what
-    # is missing, then takes the store, ground truth, PTMs, pool and targets from the zoo (and
-    # starts from its label cache when the task settings below match the recipe's). Empty -> ``store``.
+    name: str = MISSING
+    # Zoo recipe of ``spider zoo build`` (e.g. "minizoo"): the CLI first builds what is missing,
+    # then takes the store, ground truth, PTMs, pool, val and test targets from the zoo (and
+    # starts from its label cache when the task settings below match the recipe's). null -> ``store``.
     zoo: Optional[str] = None
-    # Output folder of that build; empty -> ``artifacts/<zoo>`` (the build's default).
+    # Output folder of that build; null -> ``artifacts/<zoo>`` (the build's default).
     zoo_dir: Optional[str] = None
-    # Feature store root (``spider.store`` layout); empty -> the zoo's, else the synthetic store.
+    # Feature store root (``spider.store`` layout); null -> the zoo's, else the synthetic store.
     store: Optional[str] = None
-    # Folder for the label cache and a generated store; empty -> ``<run_dir>/cache``.
+    # Folder for the label cache and a generated store; null -> ``<run_dir>/cache``.
     cache_dir: Optional[str] = None
-    # Label cache folder; empty -> ``<cache_dir>/labels-<hash of the settings that define labels>``.
+    # Label cache folder; null -> ``<cache_dir>/labels-<hash of the settings that define labels>``.
     label_cache: Optional[str] = None
-    # CSV ``dataset,model,accuracy`` of the targets; empty -> the synthetic zoo's CSV.
+    # CSV ``dataset,model,accuracy`` of the val and test targets; null -> the zoo's CSV.
     ground_truth: Optional[str] = None
-    general: str = "general"
-    # PTM ids ranked by the scorer; empty -> every model of the store except ``general``.
+    general: str = MISSING
+    # PTM ids ranked by the scorer; null -> every model of the store except ``general``.
     models: Optional[list[str]] = None
-    # Datasets that training tasks are drawn from; empty -> every dataset that is not a target.
+    # Datasets that training tasks are drawn from; null -> every dataset that is not a target.
     pool_datasets: Optional[list[str]] = None
-    # Datasets with ground truth used for validation; empty -> every dataset of the CSV.
-    target_datasets: Optional[list[str]] = None
-    split: str = "train"
-    target_split: str = "train"
-    # Task sizes (paper: 2-4 datasets, up to 100 classes, up to 50 samples per class).
-    min_datasets_per_task: int = 2
-    max_datasets_per_task: int = 4
-    min_classes_per_task: int = 2
-    max_classes_per_task: int = 100
-    min_samples_per_class: int = 2
-    max_samples_per_class: int = 50
-    min_class_size: Optional[int] = None
+    # Validation targets (every decision: val/* metrics each epoch, checkpoint choice, sweeps);
+    # null -> the zoo's. [] -> no validation (val/* metrics are skipped with a warning).
+    val_datasets: Optional[list[str]] = None
+    # Test targets (test/* metrics, computed once at the end, never used to decide anything);
+    # null -> the zoo's, or every dataset of the ground-truth CSV that is not a val dataset.
+    test_datasets: Optional[list[str]] = None
+    split: str = MISSING
+    target_split: str = MISSING
+    # Task sizes (:class:`spider.datamodules.tasks.TaskConfig`; paper: 2-4 datasets, up to 100
+    # classes, up to 50 samples per class).
+    task: TaskConfig = MISSING
     # Size of the bank of labelled training tasks (the label cache) ...
-    num_label_tasks: int = 256
-    # ... of which this many are drawn per epoch (a function of seed and epoch); empty -> the bank.
+    num_label_tasks: int = MISSING
+    # ... of which this many are drawn per epoch (a function of seed and epoch); null -> the bank.
     tasks_per_epoch: Optional[int] = None
-    # Validation tasks drawn per target dataset (0 -> the whole target dataset as one task).
-    val_tasks_per_target: int = 0
-    baselines: list[str] = field(default_factory=lambda: ["logme", "leep", "nce", "hscore"])
-    aggregator: str = "copeland"
-    batch_size: int = 16
+    # Evaluation tasks drawn per target dataset (0 -> the whole target dataset as one task).
+    val_tasks_per_target: int = MISSING
+    baselines: list[str] = MISSING
+    aggregator: str = MISSING
+    batch_size: int = MISSING
     val_batch_size: Optional[int] = None
     # PTMs per task that get PTM-specific tokens (re-ranker training); 0 -> none.
-    specific_models: int = 0
-    num_workers: int = 0
+    specific_models: int = MISSING
+    num_workers: int = MISSING
     # Parallel processes building the label cache.
-    label_workers: int = 1
-    shard_size: int = 64
+    label_workers: int = MISSING
+    shard_size: int = MISSING
     # Where label baselines compute (null = CPU; e.g. "cuda").
     label_device: Optional[str] = None
-    seed: int = 0
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    seed: int = MISSING
+    # Generated demo zoo, used when ``store`` and ``zoo`` are null; null -> none.
+    synthetic: Optional[SyntheticConfig] = None
 
 
 @dataclass
@@ -126,48 +135,48 @@ class ModelConfig:
     """The scorer (a name in :func:`spider.modules.list_scorers`) and its optimisation.
 
     Field names are the scorer's constructor arguments (``TokenScorer``/``ReRanker``); a field
-    the chosen scorer does not take must stay at its default (else a ConfigError).
+    the chosen scorer does not take must stay null (else a ConfigError).
     """
 
-    name: str = "token"
-    scorer: str = "token"
-    dim: int = 64
-    depth: int = 1
-    heads: int = 4
-    mlp_ratio: float = 2.0
-    dropout: float = 0.1
-    attn_dropout: float = 0.0
-    norm_first: bool = True
+    name: str = MISSING
+    scorer: str = MISSING
+    dim: int = MISSING
+    depth: int = MISSING
+    heads: int = MISSING
+    mlp_ratio: float = MISSING
+    dropout: float = MISSING
+    attn_dropout: float = MISSING
+    norm_first: bool = MISSING
     head_hidden: Optional[int] = None
-    loss: str = "listwise"
+    loss: str = MISSING
     loss_options: dict[str, Any] = field(default_factory=dict)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    scheduler: str = "none"
-    warmup_steps: int = 0
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    scheduler: str = MISSING
+    warmup_steps: int = MISSING
     # Re-ranker only: PTM-specific tokens "replace" or are appended to ("append") the general ones.
-    specific_mode: str = "replace"
+    specific_mode: Optional[str] = None
     # Re-ranker only: how many top PTMs the results table re-scores with specific tokens.
-    rerank_topk: int = 0
+    rerank_topk: Optional[int] = None
 
 
 @dataclass
 class TrainerConfig:
     """Arguments of :class:`lightning.Trainer` (same names)."""
 
-    name: str = "default"
-    max_epochs: int = 5
-    accelerator: str = "auto"
-    devices: Union[int, str] = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
-    log_every_n_steps: int = 10
-    deterministic: bool = True
+    name: str = MISSING
+    max_epochs: int = MISSING
+    accelerator: str = MISSING
+    devices: Union[int, str] = MISSING
+    strategy: str = MISSING
+    num_nodes: int = MISSING
+    precision: str = MISSING
+    log_every_n_steps: int = MISSING
+    deterministic: bool = MISSING
     gradient_clip_val: Optional[float] = None
-    check_val_every_n_epoch: int = 1
-    num_sanity_val_steps: int = 0
-    enable_progress_bar: bool = True
+    check_val_every_n_epoch: int = MISSING
+    num_sanity_val_steps: int = MISSING
+    enable_progress_bar: bool = MISSING
     # torch CPU threads per process (torch.set_num_threads); null = torch's default. Episodes
     # are small tensors: on CPU, thread synchronisation can cost more than it saves.
     threads: Optional[int] = None
@@ -177,10 +186,10 @@ class TrainerConfig:
 class LoggerConfig:
     """Experiment logging: ``wandb`` (offline by default), ``csv`` or ``none``."""
 
-    name: str = "wandb"
-    project: str = "spider"
-    # W&B: true -> offline run files in ``<run_dir>/wandb`` (``wandb sync`` them later).
-    offline: bool = True
+    name: str = MISSING
+    project: str = MISSING
+    # W&B only: true -> offline run files in ``<run_dir>/wandb`` (``wandb sync`` them later).
+    offline: Optional[bool] = None
     entity: Optional[str] = None
     run_name: Optional[str] = None
     tags: list[str] = field(default_factory=list)
@@ -188,7 +197,7 @@ class LoggerConfig:
 
 @dataclass
 class FitConfig:
-    """Everything ``python -m spider.fit`` needs; see the module docstring for overrides."""
+    """Everything ``spider fit`` needs; see the module docstring for overrides."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -198,26 +207,27 @@ class FitConfig:
     # named below (e.g. ``imports=[my_project.scorers] model.scorer=my_scorer``).
     imports: list[str] = field(default_factory=list)
     # Checkpoints (``checkpoints/last.ckpt``), resolved ``config.yaml``, ``metrics.json``, logs.
-    run_dir: str = "runs/fit"
-    seed: int = 0
+    run_dir: str = MISSING
+    seed: int = MISSING
     # Continue from ``<run_dir>/checkpoints/last.ckpt`` (optimizer, epoch and sampler state).
-    resume: bool = False
+    resume: bool = MISSING
     # Start again in a run_dir that already holds checkpoints (they are deleted first).
-    overwrite: bool = False
-    print_config: bool = False
-    # Skip training: validate this checkpoint with the configured trainer and write metrics.
+    overwrite: bool = MISSING
+    print_config: bool = MISSING
+    # Skip training: evaluate this checkpoint with the configured trainer and write metrics.
     validate_checkpoint: Optional[str] = None
-    # After training, compute the per-target results table (scorer, baselines, aggregate).
-    results_table: bool = True
+    # After training, compute the per-target results tables (scorer, baselines, aggregate).
+    results_table: bool = MISSING
 
 
 def config_dir() -> Path:
-    """``$SPIDER_CONFIG_DIR`` or the repository's ``configs/`` folder."""
-    return Path(os.environ.get("SPIDER_CONFIG_DIR", REPO_ROOT / "configs"))
+    """The ``configs/`` folder shipped inside the package (``spider/configs``; in a source
+    checkout a link to the repository's top-level ``configs/``)."""
+    return Path(str(importlib.resources.files("spider") / "configs"))
 
 
 def default_config() -> DictConfig:
-    """The schema with its dataclass defaults (no YAML files read), type-checked and mutable."""
+    """The bare schema: types only, every value not given by a YAML file still MISSING."""
     cfg = OmegaConf.structured(FitConfig)
     OmegaConf.set_struct(cfg, True)
     return cfg
@@ -229,14 +239,18 @@ def compose(overrides: typing.Sequence[str] = (), root: Union[str, Path, None] =
     Args:
         overrides: ``key=value`` items (``data=synthetic``, ``model.lr=1e-3``).
         root: config folder holding ``fit.yaml`` and ``data/``, ``model/``, ... (default
-            :func:`config_dir`). A missing ``fit.yaml`` means "dataclass defaults only".
+            :func:`config_dir`).
 
     Raises:
-        ConfigError: malformed override, unknown group file, unknown key or wrong type.
+        ConfigError: missing ``fit.yaml``, malformed override, unknown group file, unknown key,
+            wrong type, or a field that no file or override sets.
     """
     root = Path(root) if root is not None else config_dir()
     group_choices, field_overrides = _split_overrides(overrides)
-    primary = _read_yaml(root / "fit.yaml") if (root / "fit.yaml").is_file() else {}
+    if not (root / "fit.yaml").is_file():
+        raise ConfigError(f"config folder {root}: no fit.yaml (the package's configs/ folder is missing; "
+                          "reinstall spider)")
+    primary = _read_yaml(root / "fit.yaml")
     defaults = primary.pop("defaults", None) or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{root / 'fit.yaml'}: 'defaults' must be a mapping group -> file name")
@@ -260,8 +274,24 @@ def compose(overrides: typing.Sequence[str] = (), root: Union[str, Path, None] =
     return cfg
 
 
+def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys of ``cfg`` whose value is still MISSING (``???``)."""
+    out = []
+    for key in cfg:
+        full = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            out.append(full)
+        elif isinstance(cfg[key], DictConfig):
+            out += missing_keys(cfg[key], f"{full}.")
+    return out
+
+
 def check(cfg: DictConfig) -> None:
-    """Value checks that types alone cannot express (choices, ranges)."""
+    """Every field set, and value checks that types alone cannot express (choices, ranges)."""
+    unset = missing_keys(cfg)
+    if unset:
+        raise ConfigError(f"config key {unset[0]!r}: no value (set it in its configs/ YAML file or as "
+                          f"{unset[0]}=...){f'; also unset: {len(unset) - 1} more' if len(unset) > 1 else ''}")
     if cfg.logger.name not in LOGGERS:
         raise ConfigError(f"config key 'logger.name': expected one of {', '.join(LOGGERS)}, got {cfg.logger.name!r}")
     positive = {
@@ -284,7 +314,7 @@ def check(cfg: DictConfig) -> None:
         "model.rerank_topk": cfg.model.rerank_topk,
     }
     for key, value in non_negative.items():
-        if value < 0:
+        if value is not None and value < 0:
             raise ConfigError(f"config key {key!r}: expected an int >= 0, got {value}")
     if cfg.data.tasks_per_epoch is not None and cfg.data.tasks_per_epoch < 1:
         raise ConfigError(f"config key 'data.tasks_per_epoch': expected a positive int or null, got {cfg.data.tasks_per_epoch}")
@@ -292,6 +322,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"config key 'model.dropout': expected a float in [0, 1), got {cfg.model.dropout}")
     if cfg.model.lr <= 0:
         raise ConfigError(f"config key 'model.lr': expected a positive float, got {cfg.model.lr}")
+    if cfg.logger.name == "wandb" and cfg.logger.offline is None:
+        raise ConfigError("config key 'logger.offline': expected true or false for logger=wandb, got null")
     devices = cfg.trainer.devices
     if isinstance(devices, str) and devices != "auto" and not devices.lstrip("-").isdigit():
         raise ConfigError(f"config key 'trainer.devices': expected an int or 'auto', got {devices!r}")
@@ -308,16 +340,20 @@ def load_saved(path: Union[str, Path]) -> DictConfig:
 
 
 def as_config(cfg: Union[DictConfig, FitConfig, dict, None]) -> DictConfig:
-    """Accept a composed DictConfig, a :class:`FitConfig` or a plain nested dict (tests)."""
+    """Accept a composed DictConfig, or overrides of the default composition (:func:`compose`
+    with no arguments): a nested dict, or a :class:`FitConfig` whose unset fields stay MISSING.
+
+    ``fit({})``, ``fit(compose([]))`` and ``spider fit`` therefore resolve the same config.
+    """
     if cfg is None:
         return compose()
-    if isinstance(cfg, FitConfig):
-        out = OmegaConf.structured(cfg)
-        OmegaConf.set_struct(out, True)
+    if isinstance(cfg, FitConfig):  # fields left at the bare schema's value are "not set"
+        given = OmegaConf.to_container(OmegaConf.structured(cfg))
+        out = _merge(compose(), _changed(given, OmegaConf.to_container(default_config())))
     elif isinstance(cfg, DictConfig):
         out = _merge(default_config(), OmegaConf.to_container(cfg, resolve=True))
     elif isinstance(cfg, dict):
-        out = _merge(default_config(), cfg)
+        out = _merge(compose(), cfg)
     else:
         raise ConfigError(f"config: expected a DictConfig, FitConfig or dict, got {type(cfg).__name__}")
     check(out)
@@ -326,6 +362,19 @@ def as_config(cfg: Union[DictConfig, FitConfig, dict, None]) -> DictConfig:
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _changed(given: dict, base: dict) -> dict:
+    """The entries of ``given`` that differ from ``base`` (recursively)."""
+    out = {}
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            value = _changed(value, base[key])
+            if value:
+                out[key] = value
+        elif value != base.get(key):
+            out[key] = value
+    return out
 
 
 def _split_overrides(overrides: typing.Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -479,6 +528,7 @@ def _type_name(tp: Any) -> str:
 
 __all__ = [
     "GROUPS",
+    "LABEL_FIELDS",
     "DataConfig",
     "FitConfig",
     "LoggerConfig",
@@ -491,5 +541,6 @@ __all__ = [
     "config_dir",
     "default_config",
     "load_saved",
+    "missing_keys",
     "to_yaml",
 ]

@@ -131,7 +131,7 @@ def task_tokens(store: Any, model: str, dataset: str, split: str = "train",
 def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module], device: str,
                  rerank_topk: int) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
     """(scorer in eval mode on ``device``, its checkpoint info, PTM ids in model-index order)."""
-    from spider.fit import load_scorer
+    from spider.modules.registry import load_scorer
     from spider.modules import ReRanker
 
     if rerank_topk < 0:
@@ -224,7 +224,7 @@ def rank_task(
 
     Args:
         checkpoint: a checkpoint written by ``spider.fit`` (loaded with ``weights_only=True``)
-            or an already loaded scorer (from :func:`spider.fit.load_scorer`).
+            or an already loaded scorer (from :func:`spider.modules.load_scorer`).
         store: feature-store root or :class:`~spider.store.FeatureStore` holding the task's
             features under the general encoder (and under the PTMs, for re-ranking).
         general: id of the general encoder in the store (default: the one used in training).
@@ -346,7 +346,7 @@ def rank_images(
     import timm  # noqa: F401
     import torchvision.datasets.folder  # noqa: F401
 
-    import spider.fit  # noqa: F401
+    import spider.train  # noqa: F401
     from spider.datamodules.tokens import class_centres
     from spider.extract import extract
 

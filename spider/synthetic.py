@@ -56,6 +56,8 @@ class SyntheticZoo:
     target_datasets: list[str]
     general_model: str = GENERAL_ID
     affinity: dict[str, dict[str, float]] = field(default_factory=dict)  # affinity[dataset][model]
+    # Validation targets (``val0``...): classes of their own, ground truth like the test targets.
+    val_datasets: list[str] = field(default_factory=list)
 
 
 def make_synthetic_zoo(
@@ -65,6 +67,7 @@ def make_synthetic_zoo(
     pool_datasets: int = 3,
     classes_per_pool: int = 20,
     targets: int = 3,
+    val_targets: int = 0,
     classes_per_target: int = 10,
     samples_per_class: int = 30,
     general_dim: int = 32,
@@ -79,7 +82,9 @@ def make_synthetic_zoo(
     """Write a synthetic zoo under ``root``: ``root/store`` (FeatureStore) and
     ``root/ground_truth.csv`` (``dataset,model,accuracy,affinity``; accuracy in %).
 
-    PTM ``i`` has feature dim ``model_dims[i % len(model_dims)]``. The same ``seed`` (and
+    ``targets`` test targets (``target0``...) and ``val_targets`` validation targets (``val0``...)
+    are drawn alike; the validation targets use a random stream of their own, so adding them
+    leaves every other array unchanged. PTM ``i`` has feature dim ``model_dims[i % len(model_dims)]``. The same ``seed`` (and
     arguments) gives byte-identical arrays. Without ``overwrite`` an existing non-empty store is
     an error (checked before anything is written); with it, entries of the same ids are replaced
     and any others (e.g. from a larger earlier zoo) are left alone.
@@ -90,6 +95,8 @@ def make_synthetic_zoo(
                 source_classes=source_classes)
     if not model_dims or any(int(d) < 1 for d in model_dims):
         raise SpiderError(f"model_dims: expected positive ints, got {tuple(model_dims)!r}")
+    if not isinstance(val_targets, (int, np.integer)) or val_targets < 0:
+        raise SpiderError(f"val_targets: expected an int >= 0, got {val_targets!r}")
     if gt_noise < 0:
         raise SpiderError(f"gt_noise: expected >= 0, got {gt_noise}")
     root = Path(root)
@@ -111,6 +118,11 @@ def make_synthetic_zoo(
     domains = np.concatenate([pool_domains, target_domains])
     expertise = rng.normal(size=(num_models, num_factors))
     bias = rng.normal(scale=0.5, size=num_models)
+    vals = [f"val{i}" for i in range(val_targets)]
+    val_rng = np.random.default_rng([seed, 1])  # own stream: val targets change nothing else
+    val_mix = val_rng.dirichlet(np.ones(pool_datasets), size=val_targets)
+    val_domains = _unit(val_mix @ pool_domains + 0.3 * _unit(val_rng.normal(size=(val_targets, num_factors))))
+    domains = np.concatenate([domains, val_domains])
     affinity = 1 / (1 + np.exp(-(2.0 * expertise @ domains.T + bias[:, None])))  # [M, datasets]
     dims = [int(model_dims[i % len(model_dims)]) for i in range(num_models)]
     projections = [rng.normal(size=(d, latent_dim)) / np.sqrt(latent_dim) for d in dims]
@@ -121,40 +133,48 @@ def make_synthetic_zoo(
     if not overwrite and next(store.entries(), None) is not None:
         raise StoreError(f"{store.root}: already holds a store (pass overwrite=True / --overwrite to replace "
                          "its entries)")
+    datasets += [(d, classes_per_target) for d in vals]
     for k, (dataset, num_classes) in enumerate(datasets):
-        centres = rng.normal(size=(num_classes, latent_dim))
+        draw = val_rng if dataset in vals else rng
+        centres = draw.normal(size=(num_classes, latent_dim))
         labels = np.repeat(np.arange(num_classes), samples_per_class)
-        rng.shuffle(labels)  # samples of a class are not contiguous, as in a real dataset
-        shared_noise = rng.normal(scale=0.6, size=(labels.size, latent_dim))
+        draw.shuffle(labels)  # samples of a class are not contiguous, as in a real dataset
+        shared_noise = draw.normal(scale=0.6, size=(labels.size, latent_dim))
         offset = domain_basis @ domains[k]
         names = [f"{dataset}_class{c}" for c in range(num_classes)]
         ids = np.array([f"{dataset}/{i:05d}" for i in range(labels.size)])
         common = dict(labels=labels, sample_ids=ids, class_names=names, overwrite=overwrite,
                       info={"generator": "spider.synthetic", "seed": seed})
         z = centres[labels] + offset + shared_noise
-        general = (z @ general_proj.T + rng.normal(scale=0.5, size=(labels.size, general_dim)))
+        general = (z @ general_proj.T + draw.normal(scale=0.5, size=(labels.size, general_dim)))
         store.write(GENERAL_ID, dataset, "train", features=general.astype(np.float32), **common)
         for m, model in enumerate(models):
             latent = affinity[m, k] * centres[labels] + offset + shared_noise
-            latent += rng.normal(scale=0.6, size=latent.shape)
+            latent += draw.normal(scale=0.6, size=latent.shape)
             feats = np.tanh(latent @ projections[m].T)  # bounded, mildly non-linear, like post-ReLU pools
             store.write(model, dataset, "train", features=feats.astype(np.float32),
                         logits=(feats @ heads[m].T).astype(np.float32), **common)
 
+    tgts_all = tgts + vals
     target_affinity = affinity[:, len(pools):]
-    accuracy = np.clip(30 + 60 * target_affinity + rng.normal(scale=gt_noise, size=target_affinity.shape), 0, 100)
+    accuracy = np.clip(30 + 60 * target_affinity[:, :len(tgts)]
+                       + rng.normal(scale=gt_noise, size=(num_models, len(tgts))), 0, 100)
+    if vals:
+        val_accuracy = np.clip(30 + 60 * target_affinity[:, len(tgts):]
+                               + val_rng.normal(scale=gt_noise, size=(num_models, len(vals))), 0, 100)
+        accuracy = np.concatenate([accuracy, val_accuracy], axis=1)
     gt_path = root / "ground_truth.csv"
     tmp = gt_path.with_name(gt_path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["dataset", "model", "accuracy", "affinity"])
-        for t, dataset in enumerate(tgts):
+        for t, dataset in enumerate(tgts_all):
             for m, model in enumerate(models):
                 writer.writerow([dataset, model, f"{accuracy[m, t]:.4f}", f"{target_affinity[m, t]:.6f}"])
     tmp.replace(gt_path)
     zoo = SyntheticZoo(store.root, gt_path, models, pools, tgts, GENERAL_ID,
                        {d: {m: float(affinity[i, k]) for i, m in enumerate(models)}
-                        for k, (d, _) in enumerate(datasets)})
+                        for k, (d, _) in enumerate(datasets)}, vals)
     (root / "zoo.json").write_text(json.dumps(asdict(zoo), indent=1, default=str))
     return zoo
 
@@ -179,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pool-datasets", type=int, default=3)
     parser.add_argument("--classes-per-pool", type=int, default=20)
     parser.add_argument("--targets", type=int, default=3)
+    parser.add_argument("--val-targets", type=int, default=0)
     parser.add_argument("--classes-per-target", type=int, default=10)
     parser.add_argument("--samples-per-class", type=int, default=30)
     parser.add_argument("--general-dim", type=int, default=32)

@@ -37,9 +37,16 @@ def test_group_choice_then_field_overrides():
 
 def test_group_file_by_path(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("batch_size: 3\nnum_label_tasks: 5\n")
+    path.write_text((config_dir() / "data" / "tiny.yaml").read_text() + "batch_size: 3\nnum_label_tasks: 5\n")
     cfg = compose([f"data={path}"])
     assert cfg.data.batch_size == 3 and cfg.data.num_label_tasks == 5 and cfg.data.name == "mine"
+
+
+def test_a_group_file_that_leaves_a_field_unset_is_an_error(tmp_path):
+    path = tmp_path / "partial.yaml"
+    path.write_text("batch_size: 3\n")
+    with pytest.raises(ConfigError, match=r"^config key 'data\.general': no value"):
+        compose([f"data={path}"])
 
 
 @pytest.mark.parametrize(
@@ -95,9 +102,40 @@ def test_bad_values_and_overrides(overrides, fragment):
     assert fragment in str(info.value)
 
 
-def test_defaults_without_config_files_are_the_schema(tmp_path):
-    cfg = compose([], root=tmp_path)  # no fit.yaml: dataclass defaults only
-    assert OmegaConf.to_container(cfg) == OmegaConf.to_container(default_config())
+def test_a_missing_config_folder_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="no fit.yaml"):
+        compose([], root=tmp_path)
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_schema_defaults_never_compete_with_the_yaml_files():
+    """A schema default is MISSING or "not set" (None / empty), and no YAML file of its group
+    contradicts a non-MISSING one it leaves in place; so the YAML files are the only source."""
+    schema = dict(_leaves(OmegaConf.to_container(default_config())))
+    for key, value in schema.items():
+        assert value in ("???", None, [], {}), f"{key} has a schema default {value!r}"
+    for group in GROUPS:
+        for path in sorted((config_dir() / group).glob("*.yaml")):
+            composed = dict(_leaves(OmegaConf.to_container(compose([f"{group}={path.stem}"]))))
+            assert "???" not in composed.values(), path
+
+
+def test_cli_python_dict_and_compose_resolve_the_same_config(capsys):
+    from spider.config import as_config
+
+    assert main(["--print-config"]) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert printed == compose([]) == as_config({}) == as_config(FitConfig()) == as_config(None)
+    assert as_config({"model": {"scorer": "reranker"}}).model.specific_mode is None  # not the reranker file's
+    assert compose(["model=reranker"]).model.specific_mode == "append"
+    assert as_config({"trainer": {"max_epochs": 3}}).data.name == "minizoo"
 
 
 def test_unknown_group_in_defaults_is_rejected(tmp_path):
@@ -114,7 +152,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_as_config_accepts_dataclass_and_dict():
-    assert as_config(FitConfig()).model.lr == FitConfig().model.lr
+    assert as_config(FitConfig()).model.lr == compose().model.lr
     assert as_config({"model": {"lr": 0.25}}).model.lr == 0.25
     with pytest.raises(ConfigError, match="'model.depth'"):
         as_config({"model": {"depth": "deep"}})

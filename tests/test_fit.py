@@ -9,7 +9,9 @@ import torch
 
 from spider.config import compose, load_saved
 from spider.errors import ConfigError
-from spider.fit import CHECKPOINT_KEY, fit, load_scorer, validate_checkpoint
+from spider.fit import fit
+from spider.modules.registry import CHECKPOINT_KEY, load_scorer
+from spider.train import validate_checkpoint
 
 # Cheapest baselines: the fit machinery, not the baselines, is under test here.
 BASELINES = ["leep", "nce"]
@@ -39,19 +41,26 @@ def trained(cache_dir, tmp_path_factory):
 def test_fit_returns_metrics_and_writes_the_run_dir(trained):
     run_dir, result = trained
     assert result["epochs"] == 2 and result["episodes_per_second"] > 0
-    for key in ("val/wtau_paper", "val/wtau_symmetric", "val/wtau_paper/target0", "val/pearson"):
+    # val/* from the validation target only, test/* from the test targets only.
+    for key in ("val/wtau_paper", "val/wtau_symmetric", "val/wtau_paper/val0", "val/pearson"):
         assert key in result["val"]
-    table = result["table"]
-    assert set(table) == {"wtau_paper", "wtau_symmetric"}
-    assert list(table["wtau_paper"]) == ["scorer", *BASELINES, "copeland"]
-    assert set(table["wtau_paper"]["scorer"]) == {"target0", "target1", "mean"}
-    # The table's scorer row is the same weighted tau the module logged during validation.
-    assert table["wtau_paper"]["scorer"]["mean"] == pytest.approx(result["val"]["val/wtau_paper"], abs=1e-6)
-    assert table["wtau_symmetric"]["scorer"]["target1"] == pytest.approx(
-        result["val"]["val/wtau_symmetric/target1"], abs=1e-6)
+    assert not any("target" in key for key in result["val"])
+    for key in ("test/wtau_paper", "test/wtau_paper/target0", "test/wtau_symmetric/target1"):
+        assert key in result["test"]
+    assert not any("val0" in key for key in result["test"])
+    val, test = result["tables"]["val"], result["tables"]["test"]
+    assert set(test) == {"wtau_paper", "wtau_symmetric"}
+    assert list(test["wtau_paper"]) == ["scorer", *BASELINES, "copeland"]
+    assert set(test["wtau_paper"]["scorer"]) == {"target0", "target1", "mean"}
+    assert set(val["wtau_paper"]["scorer"]) == {"val0", "mean"}
+    # The tables' scorer rows are the same weighted tau the module logged.
+    assert val["wtau_paper"]["scorer"]["mean"] == pytest.approx(result["val"]["val/wtau_paper"], abs=1e-6)
+    assert test["wtau_paper"]["scorer"]["mean"] == pytest.approx(result["test"]["test/wtau_paper"], abs=1e-6)
+    assert test["wtau_symmetric"]["scorer"]["target1"] == pytest.approx(
+        result["test"]["test/wtau_symmetric/target1"], abs=1e-6)
 
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert saved["val"] == pytest.approx(result["val"])
+    assert saved["val"] == pytest.approx(result["val"]) and saved["test"] == pytest.approx(result["test"])
     assert load_saved(run_dir / "config.yaml").trainer.max_epochs == 2
 
 
@@ -69,6 +78,7 @@ def test_validating_the_checkpoint_reproduces_the_fit_metrics(trained, cache_dir
     run_dir, result = trained
     again = validate_checkpoint(tiny(cache_dir, run_dir), run_dir / "checkpoints" / "last.ckpt")
     assert again["val"] == pytest.approx(result["val"], abs=1e-6)
+    assert again["test"] == pytest.approx(result["test"], abs=1e-6)
     assert (run_dir / "metrics-validate.json").is_file()
 
 
@@ -105,7 +115,7 @@ def test_csv_logger_writes_metrics(cache_dir, tmp_path):
 
 
 def test_scorer_fields_it_does_not_take_are_rejected(cache_dir, tmp_path):
-    with pytest.raises(ConfigError, match="'model.rerank_topk'|'model.specific_mode'"):
+    with pytest.raises(ConfigError, match="'model.specific_mode': scorer 'token' does not take it"):
         fit(tiny(cache_dir, tmp_path / "bad", "model.specific_mode=append"))
 
 
@@ -130,6 +140,34 @@ def test_a_scorer_registered_in_a_user_module_is_trained_by_name(cache_dir, tmp_
                       "results_table=false"))
     model = load_scorer(result["checkpoint"])
     assert type(model).__name__ == "CosineTokenScorer"
+
+
+def test_a_checkpoint_of_an_unregistered_scorer_names_the_module_and_imports_nothing(trained, tmp_path):
+    run_dir, _ = trained
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_scorers_test.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    state[CHECKPOINT_KEY] = dict(state[CHECKPOINT_KEY], scorer="never_registered", module="evil_scorers_test",
+                                 imports=["evil_scorers_test"])
+    torch.save(state, tmp_path / "other.ckpt")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(ConfigError) as info:
+            load_scorer(tmp_path / "other.ckpt")
+    finally:
+        sys.path.remove(str(tmp_path))
+    message = str(info.value)
+    assert "\n" not in message and "'never_registered' is not registered" in message and "evil_scorers_test" in message
+    assert not marker.exists()  # the module named in the file was not imported
+
+
+def test_without_validation_targets_val_metrics_are_skipped_with_a_warning(cache_dir, tmp_path, capsys):
+    result = fit(tiny(cache_dir, tmp_path / "noval", "data.val_datasets=[]", "trainer.max_epochs=1"))
+    assert result["val"] == {} and result["tables"]["val"] == {}
+    assert "test/wtau_paper" in result["test"]  # test targets are never used in val's place
+    assert "warning: no validation targets" in capsys.readouterr().err
 
 
 def test_unimportable_plugin_module_is_a_config_error(cache_dir, tmp_path):

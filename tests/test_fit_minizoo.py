@@ -10,9 +10,12 @@ import pytest
 import torch
 from zoo_run_support import FAKE_RECIPE, fake_data_dir, fake_recipe, recipes_with, trained_on_zoo
 
+from omegaconf import OmegaConf
+
 from spider.config import compose
 from spider.errors import ConfigError
-from spider.fit import main, prepare_store
+from spider.fit import main
+from spider.run_inputs import prepare_store
 from spider.zoo import minizoo
 from spider.zoo.build import required_files
 from spider.zoo.minizoo import get_recipe
@@ -25,7 +28,7 @@ def test_default_config_trains_on_the_minizoo():
     cfg = compose()
     assert cfg.data.name == "minizoo" and cfg.data.zoo == "minizoo"
     assert cfg.data.store is None and cfg.data.ground_truth is None  # the zoo provides them
-    assert cfg.data.synthetic.enabled is False
+    assert cfg.data.synthetic is None
     assert cfg.run_dir == "runs/minizoo-token"
 
 
@@ -34,9 +37,9 @@ def test_zoo_data_configs_match_their_recipes_label_settings(config, recipe):
     """Same task settings as the recipe, so a fit reuses the label cache the build made."""
     cfg = compose([f"data={config}"])
     settings = dataclasses.asdict(get_recipe(recipe).labels)
+    data = OmegaConf.to_container(cfg.data)
     assert cfg.data.zoo == recipe
-    assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()} == \
-        {k: cfg.data[k] if not isinstance(settings[k], tuple) else list(cfg.data[k]) for k in LABEL_KEYS}
+    assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()} == {k: data[k] for k in LABEL_KEYS}
 
 
 def test_missing_data_is_one_line_naming_the_files(tmp_path, monkeypatch, capsys):
@@ -93,7 +96,7 @@ def test_other_task_settings_get_their_own_label_cache(fake_run, tmp_path, monke
     monkeypatch.setattr(minizoo, "RECIPES", recipes_with(**{FAKE_RECIPE: fake_recipe}))
     common = ["data=minizoo_tiny", f"data.zoo={FAKE_RECIPE}", f"data.zoo_dir={zoo_dir}", f"run_dir={tmp_path}"]
     same = prepare_store(compose(common))
-    other = prepare_store(compose(common + ["data.max_samples_per_class=5"]))
+    other = prepare_store(compose(common + ["data.task.max_samples_per_class=5"]))
     assert Path(same["label_cache"]).parent == Path(other["label_cache"]).parent == zoo_dir / "cache"
     assert same["label_cache"] != other["label_cache"]
     assert not Path(other["label_cache"]).exists()  # built on first use, not copied from the zoo
@@ -120,7 +123,7 @@ def test_fit_on_the_tiny_recipe_built_from_the_real_files(data_dir, tmp_path_fac
     recipe = get_recipe("tiny")
     assert checkpoint.is_file()
     if result:  # this session trained it (else another test module did, with the same settings)
-        table = result["table"]["wtau_paper"]
+        table = result["tables"]["test"]["wtau_paper"]
         assert set(table["scorer"]) == {t.id for t in recipe.targets} | {"mean"}
         assert all(math.isfinite(v) for v in table["scorer"].values())
     info = torch.load(checkpoint, weights_only=True)["spider"]

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from spider.config import compose
-from spider.fit import build_datamodule, fit, load_scorer, prepare_store
+from spider.fit import fit
+from spider.modules.registry import load_scorer
+from spider.run_inputs import build_datamodule, prepare_store
 from spider.rank import main, rank_task
 
 

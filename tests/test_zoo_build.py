@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from spider.datamodules.groundtruth import read_ground_truth
+from spider.datamodules.tasks import TaskConfig
 from spider.store import FeatureStore, validate
 from spider.zoo.__main__ import main
 from spider.zoo.build import build_zoo, required_files
@@ -44,9 +45,9 @@ def synthetic_recipe() -> ZooRecipe:
         targets=(TargetSpec("usps", "usps", 4, 2, 4, test_split="test", classes=HIGH,
                             in_domain=("test_vit.mnist",)),),
         finetune=FinetuneConfig(epochs=1, batch_size=8),
-        labels=LabelSettings(num_label_tasks=2, min_datasets_per_task=1, max_datasets_per_task=1,
-                             min_classes_per_task=2, max_classes_per_task=4, min_samples_per_class=2,
-                             max_samples_per_class=4, shard_size=2),
+        labels=LabelSettings(num_label_tasks=2, shard_size=2, task=TaskConfig(
+            min_datasets_per_task=1, max_datasets_per_task=1, min_classes_per_task=2, max_classes_per_task=4,
+            min_samples_per_class=2, max_samples_per_class=4)),
         extract_batch_size=32,
         max_workers=1,
     )
@@ -92,7 +93,8 @@ def test_build_makes_store_ground_truth_and_labels(synthetic_build):
     assert (out / "labels" / "labels.json").is_file()
     manifest = json.loads((out / "zoo.json").read_text())
     assert manifest["data"]["store"] == str(out / "store")
-    assert manifest["data"]["target_datasets"] == ["usps"] and manifest["data"]["pool_datasets"] == ["mnist"]
+    assert manifest["data"]["test_datasets"] == ["usps"] and manifest["data"]["val_datasets"] == []
+    assert manifest["data"] and manifest["data"]["pool_datasets"] == ["mnist"]
     assert {m["id"] for m in manifest["models"]} == {"test_vit.mnist", "test_resnet.mnist"}
 
 

@@ -146,7 +146,7 @@ def open_zoo(root: str | Path, data_dir: str | Path | None = None) -> Zoo:
     if not gt_path.is_file():
         raise ReportError(f"{gt_path}: missing; finish the zoo build (python -m spider.zoo build {recipe.name})")
     gt = read_ground_truth(gt_path)
-    models, targets = list(data["models"]), list(data["target_datasets"])
+    models, targets = list(data["models"]), list(data.get("test_datasets", data.get("target_datasets", [])))
     truth = gt.matrix(targets, models)
     if np.isnan(truth).any():
         t, m = np.argwhere(np.isnan(truth))[0]
@@ -417,7 +417,7 @@ def _main_label_bank(main_store: str, main_general: str) -> Iterator[None]:
     also names and hashes the general encoder, so without this the bank would be recomputed
     (~6 CPU s per task on the mini zoo) to identical numbers.
     """
-    import spider.fit as fit_module
+    import spider.train as fit_module  # train() builds its datamodule through this name
 
     original = fit_module.build_datamodule
 
@@ -492,7 +492,7 @@ def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[st
     "models": [[k PTM ids re-scored] per target]}}``; time = general extraction (+ the k
     re-scored PTMs' extractions) + the scorer's token and scoring stages.
     """
-    from spider.fit import load_scorer
+    from spider.modules.registry import load_scorer
     from spider.rank import rank_task
 
     model = load_scorer(ckpt)
@@ -589,7 +589,7 @@ def ability_profiles(ckpt: Path, zoo: Zoo, datasets: Sequence[str], tasks: int, 
     the profile is their mean: the paper's "averaged similarity between a PTM and the tasks".
     """
     from spider.datamodules.tokens import class_centres
-    from spider.fit import load_scorer
+    from spider.modules.registry import load_scorer
 
     model = load_scorer(ckpt)
     rng = np.random.default_rng(seed)

@@ -6,8 +6,11 @@ function of ``(seed, epoch)``. The train sampler yields ``(epoch, bank index)`` 
 DataLoader worker needs no epoch state and Lightning's distributed sampler wrapper shards the
 keys across ranks with equal counts (it pads), so no rank waits for another's extra batch.
 
-Evaluation episodes are the target datasets of the ground-truth file (each whole target dataset is
-one task, or ``val_tasks_per_target`` tasks sampled from it). Validation is *replicated*, not
+Evaluation episodes come from the target datasets of the ground-truth file (each whole target
+dataset is one task, or ``val_tasks_per_target`` tasks sampled from it): validation targets feed
+``val_dataloader`` (every decision), test targets ``test_dataloader`` (reported, never used to
+decide). ``target_index`` of an evaluation batch indexes :attr:`EpisodeDataModule.target_names`
+(validation targets first, then test targets). Validation is *replicated*, not
 sharded: every rank scores every target (targets are few), so per-task metric averages reduced
 with ``sum`` across ranks equal the single-process values exactly.
 
@@ -28,11 +31,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from spider.baselines.batch import DEFAULT_BASELINES
 from spider.datamodules.groundtruth import GroundTruth, read_ground_truth
 from spider.datamodules.labels import (
-    DEFAULT_BASELINES,
     LabelConfig,
     _contiguous,
     build_label_cache,
@@ -281,10 +284,10 @@ class EpisodeDataModule(L.LightningDataModule):
         general: id of the general encoder in the store.
         models: PTMs to rank (default: every stored model except ``general``).
         pool_datasets: training datasets (default: every stored dataset that is not a target).
-        target_datasets: evaluation datasets (default: every dataset of the ground truth).
+        val_datasets: validation targets (default: none, so no validation data).
+        test_datasets: test targets (default: every dataset of the ground truth not in ``val_datasets``).
         split / target_split: stored split of pool / target datasets.
-        min_/max_datasets_per_task, min_/max_classes_per_task, min_/max_samples_per_class,
-            min_class_size: task sizes (:class:`TaskConfig`).
+        task: task sizes (:class:`TaskConfig`; default its paper defaults).
         num_label_tasks: size of the labelled bank; tasks_per_epoch: draws per epoch (default: the bank).
         val_tasks_per_target: 0 = each whole target dataset is one task; k > 0 = k tasks sampled
             from it (same size ranges, one dataset).
@@ -298,10 +301,9 @@ class EpisodeDataModule(L.LightningDataModule):
     def __init__(self, store: str | os.PathLike, label_cache: str | os.PathLike,
                  ground_truth: str | os.PathLike | None = None, *, general: str = "general",
                  models: Sequence[str] | None = None, pool_datasets: Sequence[str] | None = None,
-                 target_datasets: Sequence[str] | None = None, split: str = "train", target_split: str = "train",
-                 min_datasets_per_task: int = 2, max_datasets_per_task: int = 4, min_classes_per_task: int = 2,
-                 max_classes_per_task: int = 100, min_samples_per_class: int = 2, max_samples_per_class: int = 50,
-                 min_class_size: int | None = None, num_label_tasks: int = 256, tasks_per_epoch: int | None = None,
+                 val_datasets: Sequence[str] | None = None, test_datasets: Sequence[str] | None = None,
+                 split: str = "train", target_split: str = "train", task: TaskConfig | None = None,
+                 num_label_tasks: int = 256, tasks_per_epoch: int | None = None,
                  val_tasks_per_target: int = 0, baselines: Sequence[str] = DEFAULT_BASELINES,
                  aggregator: str = "copeland", batch_size: int = 16, val_batch_size: int | None = None,
                  specific_models: int = 0, num_workers: int = 0, label_workers: int = 1, seed: int = 0,
@@ -314,11 +316,10 @@ class EpisodeDataModule(L.LightningDataModule):
         self.general = general
         self._models_arg = None if models is None else list(models)
         self._pool_arg = None if pool_datasets is None else list(pool_datasets)
-        self._targets_arg = None if target_datasets is None else list(target_datasets)
+        self._val_arg = [] if val_datasets is None else list(val_datasets)
+        self._test_arg = None if test_datasets is None else list(test_datasets)
         self.split, self.target_split = split, target_split
-        self.task_config = TaskConfig(min_datasets_per_task, max_datasets_per_task, min_classes_per_task,
-                                      max_classes_per_task, min_samples_per_class, max_samples_per_class,
-                                      min_class_size)
+        self.task_config = task if task is not None else TaskConfig()
         for name, value in (("num_label_tasks", num_label_tasks), ("batch_size", batch_size)):
             if value < 1:
                 raise ConfigError(f"{name}: expected >= 1, got {value}")
@@ -356,12 +357,17 @@ class EpisodeDataModule(L.LightningDataModule):
         store = FeatureStore(self.store_root)
         self.ground_truth: GroundTruth | None = (None if self.ground_truth_path is None
                                                  else read_ground_truth(self.ground_truth_path))
-        if self._targets_arg is not None:
-            targets = self._targets_arg
+        val = self._val_arg
+        if self._test_arg is not None:
+            test = self._test_arg
         else:
-            targets = self.ground_truth.datasets if self.ground_truth is not None else []
+            test = [d for d in self.ground_truth.datasets if d not in val] if self.ground_truth is not None else []
+        overlap = sorted(set(val) & set(test))
+        if overlap:
+            raise ConfigError(f"val_datasets/test_datasets: {overlap[0]!r} is both a validation and a test target")
+        targets = [*val, *test]
         if targets and self.ground_truth is None:
-            raise ConfigError("target_datasets: evaluation targets need a ground_truth file")
+            raise ConfigError("val_datasets/test_datasets: evaluation targets need a ground_truth file")
         self.label_config: LabelConfig = resolve_label_config(
             store, general_encoder=self.general, models=self._models_arg, pool=self._pool_arg, targets=targets,
             split=self.split, task=self.task_config, seed=self.seed, baselines=self.baselines,
@@ -370,13 +376,14 @@ class EpisodeDataModule(L.LightningDataModule):
         for dataset in targets:
             for model in (self.general, *models):
                 if not store.has(model, dataset, self.target_split):
-                    raise StoreError(f"target_datasets: no entry {model}/{dataset}/{self.target_split} in the "
+                    raise StoreError(f"val_datasets/test_datasets: no entry {model}/{dataset}/{self.target_split} in the "
                                      f"store at {store.root}")
             if dataset not in self.ground_truth.datasets:
-                raise ConfigError(f"target_datasets: {dataset!r} has no rows in {self.ground_truth_path}")
+                raise ConfigError(f"val_datasets/test_datasets: {dataset!r} has no rows in {self.ground_truth_path}")
         pool0 = self.label_config.pool[0]
         self._model_names = models
         self._target_names = list(targets)
+        self._val_names, self._test_names = list(val), list(test)
         self._model_dims = [store.entry(m, pool0, self.split).dim for m in models]
         self._general_dim = store.entry(self.general, pool0, self.split).dim
         self._resolved = True
@@ -396,6 +403,22 @@ class EpisodeDataModule(L.LightningDataModule):
         """Target dataset ids (``target_index`` of evaluation batches indexes this list)."""
         self._resolve()
         return list(self._target_names)
+
+    @property
+    def val_names(self) -> list[str]:
+        """Validation targets (the first ``len(val_names)`` entries of :attr:`target_names`)."""
+        self._resolve()
+        return list(self._val_names)
+
+    @property
+    def test_names(self) -> list[str]:
+        """Test targets (the last ``len(test_names)`` entries of :attr:`target_names`)."""
+        self._resolve()
+        return list(self._test_names)
+
+    def stage_names(self, stage: str) -> list[str]:
+        """Targets of ``stage`` ("val" or "test")."""
+        return self.val_names if stage == "val" else self.test_names
 
     @property
     def baseline_names(self) -> list[str]:
@@ -471,21 +494,24 @@ class EpisodeDataModule(L.LightningDataModule):
                           collate_fn=collate_episodes, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
-    def _eval_dataloader(self) -> DataLoader | list:
+    def eval_dataloader(self, stage: str) -> DataLoader | list:
+        """Episodes of the ``stage`` targets ("val" or "test"); [] when there are none."""
         if self.eval_dataset is None:
             self.setup("validate")
-        if self.eval_dataset is None:
+        names = set(self.stage_names(stage))
+        if self.eval_dataset is None or not names:
             return []
+        subset = Subset(self.eval_dataset, [i for i, (d, _) in enumerate(self.eval_dataset.tasks) if d in names])
         # A one-replica DistributedSampler: Lightning leaves it in place, so every rank sees all targets.
-        sampler = DistributedSampler(self.eval_dataset, num_replicas=1, rank=0, shuffle=False)
-        return DataLoader(self.eval_dataset, batch_size=self.val_batch_size, sampler=sampler,
+        sampler = DistributedSampler(subset, num_replicas=1, rank=0, shuffle=False)
+        return DataLoader(subset, batch_size=self.val_batch_size, sampler=sampler,
                           collate_fn=collate_episodes, num_workers=0)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._eval_dataloader()
+        return self.eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader | list:
-        return self._eval_dataloader()
+        return self.eval_dataloader("test")
 
     def specific_tokens_for(self, batch: dict[str, torch.Tensor], models: torch.Tensor) -> torch.Tensor:
         """PTM-specific tokens for re-ranking an evaluation batch.

@@ -6,20 +6,31 @@ Importing this package registers the built-in scorers ``token`` (:class:`TokenSc
 
 from spider.modules._checks import ScorerInputError
 from spider.modules.losses import get_loss, list_losses, register_loss
-from spider.modules.registry import SCORERS, get_scorer, list_scorers, register_scorer
+from spider.modules.registry import (
+    CHECKPOINT_KEY,
+    SCORERS,
+    create_scorer,
+    get_scorer,
+    list_scorers,
+    load_scorer,
+    register_scorer,
+)
 from spider.modules.token_scorer import TokenScorer
 from spider.modules.reranker import RerankResult, ReRanker  # noqa: I001  (after TokenScorer)
 
 __all__ = [
+    "CHECKPOINT_KEY",
     "SCORERS",
     "ReRanker",
     "RerankResult",
     "ScorerInputError",
     "TokenScorer",
+    "create_scorer",
     "get_loss",
     "get_scorer",
     "list_losses",
     "list_scorers",
+    "load_scorer",
     "register_loss",
     "register_scorer",
 ]

@@ -350,7 +350,7 @@ def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> 
         settings = recipe.labels
         config = resolve_label_config(
             out / "store", general_encoder=GENERAL_ID, models=label_models(recipe), pool=[p.id for p in recipe.pool],
-            targets=[t.id for t in recipe.targets], split=SPLIT, task=settings.task_config(), seed=settings.seed,
+            targets=[t.id for t in recipe.targets], split=SPLIT, task=settings.task, seed=settings.seed,
             baselines=list(settings.baselines), aggregator=settings.aggregator, shard_size=settings.shard_size)
         try:  # a complete cache is left untouched (building would rewrite its manifest)
             open_label_cache(out / "labels", settings.num_label_tasks, config=config)
@@ -375,7 +375,8 @@ def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
     data = {
         "store": str(root / "store"), "ground_truth": str(root / "ground_truth.csv"),
         "label_cache": str(root / "labels"), "general": GENERAL_ID, "models": label_models(recipe),
-        "pool_datasets": [p.id for p in recipe.pool], "target_datasets": [t.id for t in recipe.targets],
+        "pool_datasets": [p.id for p in recipe.pool], "val_datasets": [t.id for t in recipe.val_targets],
+        "test_datasets": [t.id for t in recipe.targets],
         "split": SPLIT, "target_split": SPLIT,
     }
     data |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}

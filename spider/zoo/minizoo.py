@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from spider.baselines.batch import DEFAULT_BASELINES
+from spider.datamodules.tasks import TaskConfig
 from spider.errors import SpiderError
 from spider.registry import Registry
 from spider.zoo.groundtruth import FinetuneConfig
@@ -260,21 +262,13 @@ class LabelSettings:
     """Label cache of training tasks (keys as in :class:`spider.config.DataConfig`)."""
 
     num_label_tasks: int = 256
-    min_datasets_per_task: int = 1
-    max_datasets_per_task: int = 3
-    min_classes_per_task: int = 5
-    max_classes_per_task: int = 30
-    min_samples_per_class: int = 10
-    max_samples_per_class: int = 30
-    baselines: tuple[str, ...] = ("logme", "leep", "nce", "hscore")
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(
+        min_datasets_per_task=1, max_datasets_per_task=3, min_classes_per_task=5, max_classes_per_task=30,
+        min_samples_per_class=10, max_samples_per_class=30))
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
     aggregator: str = "copeland"
     seed: int = 0
     shard_size: int = 64
-
-    def task_config(self):
-        from spider.datamodules.tasks import TaskConfig
-
-        return TaskConfig.from_mapping(dataclasses.asdict(self))
 
 
 # ---------------------------------------------------------------------------------------- recipe
@@ -299,6 +293,9 @@ class ZooRecipe:
     # Upper bound on worker processes: for a tiny zoo their start-up costs more than they save.
     max_workers: int | None = None
     description: str = ""
+    # Validation targets (every decision: early stopping, checkpoint choice, sweeps); ``targets``
+    # are the test targets (reported, never used to decide).
+    val_targets: tuple[TargetSpec, ...] = ()
 
     def __post_init__(self) -> None:
         ids = self.ptm_ids()
@@ -306,7 +303,7 @@ class ZooRecipe:
             raise SpiderError(f"recipe {self.name!r}: duplicate PTM ids")
         if GENERAL_ID in ids:
             raise SpiderError(f"recipe {self.name!r}: a PTM cannot be called {GENERAL_ID!r}")
-        datasets = [p.id for p in self.pool] + [t.id for t in self.targets]
+        datasets = [p.id for p in self.pool] + [t.id for t in self.targets] + [t.id for t in self.val_targets]
         if len(set(datasets)) != len(datasets):
             raise SpiderError(f"recipe {self.name!r}: duplicate dataset ids")
         unknown = sorted({d for t in self.targets for d in t.in_domain} - set(ids))
@@ -417,8 +414,9 @@ def tiny() -> ZooRecipe:
         PoolSpec("mnist", "mnist", classes=DIGITS_LOW, per_class=12),
         PoolSpec("omniglot_background", "omniglot_background", split="all", max_classes=8, per_class=12),
     )
-    labels = LabelSettings(num_label_tasks=4, min_classes_per_task=2, max_classes_per_task=6,
-                           min_samples_per_class=3, max_samples_per_class=6, shard_size=4)
+    labels = LabelSettings(num_label_tasks=4, shard_size=4, task=TaskConfig(
+        min_datasets_per_task=1, max_datasets_per_task=3, min_classes_per_task=2, max_classes_per_task=6,
+        min_samples_per_class=3, max_samples_per_class=6))
     finetune = FinetuneConfig(epochs=1, batch_size=16)
     random_general = dataclasses.replace(general, id="general.random", epochs=0)
     return ZooRecipe("tiny", ("mnist_cnn", "usps_cnn"), pretrained, general, pool, targets,
