@@ -12,6 +12,7 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from spider.aggregate import copeland
 from spider.datamodules.episodes import EpisodeDataModule, EpochBankSampler, collate_episodes, epoch_order
 from spider.datamodules.groundtruth import read_ground_truth
+from spider.datamodules.tasks import TaskConfig
 from spider.datamodules.labels import DEFAULT_BASELINES, open_label_cache, task_array
 from spider.datamodules.tokens import class_centres
 from spider.errors import ConfigError
@@ -20,13 +21,18 @@ from spider.store import FeatureStore
 TASKS = dict(min_datasets_per_task=2, max_datasets_per_task=3, max_classes_per_task=8, max_samples_per_class=6)
 
 
+def _tasks(**overrides) -> TaskConfig:
+    return TaskConfig(**{**TASKS, **overrides})
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     return tiny_zoo(tmp_path_factory.mktemp("zoo"))
 
 
 def _datamodule(zoo, cache, **kwargs) -> EpisodeDataModule:
-    options = dict(baselines=FAST_BASELINES, num_label_tasks=12, shard_size=8, batch_size=5, progress=False, **TASKS)
+    options = dict(baselines=FAST_BASELINES, num_label_tasks=12, shard_size=8, batch_size=5, progress=False,
+                   task=_tasks())
     return EpisodeDataModule(zoo.store_root, cache, zoo.ground_truth_csv, **{**options, **kwargs})
 
 
@@ -142,8 +148,8 @@ def test_same_seed_same_batches_and_epochs_reshuffle(zoo, ready, tmp_path):
 
 
 def test_validation_batches_carry_truth_and_baseline_scores(zoo, ready):
-    assert ready.val_dataloader().sampler.num_replicas == 1  # replicated on every rank, never sharded
-    batch = next(iter(ready.val_dataloader()))
+    assert ready.test_dataloader().sampler.num_replicas == 1  # replicated on every rank, never sharded
+    batch = next(iter(ready.test_dataloader()))
     truth = read_ground_truth(zoo.ground_truth_csv).matrix(zoo.target_datasets, zoo.models)
     assert batch["target_index"].tolist() == [0, 1]
     np.testing.assert_allclose(batch["truth"].numpy(), truth, rtol=1e-6)
@@ -165,10 +171,11 @@ def test_validation_batches_carry_truth_and_baseline_scores(zoo, ready):
 
 def test_sampled_validation_tasks_per_target(zoo, tmp_path):
     dm = _datamodule(zoo, tmp_path / "labels", num_label_tasks=2, val_tasks_per_target=3, val_batch_size=10,
-                     max_classes_per_task=3)
+                     task=_tasks(max_classes_per_task=3))
     dm.prepare_data()
     dm.setup("validate")
-    batch = next(iter(dm.val_dataloader()))
+    assert dm.val_dataloader() == []  # no validation targets given: no validation data
+    batch = next(iter(dm.test_dataloader()))
     assert batch["target_index"].tolist() == [0, 0, 0, 1, 1, 1]
     assert batch["task_mask"].sum(1).max() <= 3
     assert torch.equal(batch["truth"][0], batch["truth"][2])
@@ -178,7 +185,19 @@ def test_overlap_and_unknown_targets_are_rejected(zoo, tmp_path):
     with pytest.raises(ConfigError, match="also a target"):
         _datamodule(zoo, tmp_path, pool_datasets=[zoo.pool_datasets[0], zoo.target_datasets[0]]).model_names
     with pytest.raises(ConfigError, match="no rows in"):
-        _datamodule(zoo, tmp_path, target_datasets=[zoo.pool_datasets[0]]).model_names
+        _datamodule(zoo, tmp_path, test_datasets=[zoo.pool_datasets[0]]).model_names
+    with pytest.raises(ConfigError, match="both a validation and a test target"):
+        _datamodule(zoo, tmp_path, val_datasets=zoo.target_datasets[:1], test_datasets=zoo.target_datasets).model_names
+
+
+def test_val_and_test_loaders_hold_their_own_targets(zoo, tmp_path):
+    val, test = zoo.target_datasets[:1], zoo.target_datasets[1:]
+    dm = _datamodule(zoo, tmp_path / "labels", num_label_tasks=2, val_datasets=val)
+    assert dm.val_names == val and dm.test_names == test and dm.target_names == val + test
+    dm.prepare_data()
+    names = {stage: {dm.target_names[int(i)] for batch in loader for i in batch["target_index"]}
+             for stage, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader()))}
+    assert names == {"val": set(val), "test": set(test)}
     with pytest.raises(ConfigError, match="batch_size"):
         _datamodule(zoo, tmp_path, batch_size=0)
 

@@ -134,3 +134,18 @@ def test_module_entry_point(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert str(tmp_path / "ground_truth.csv") in run.stdout
+
+
+def test_validation_targets_have_ground_truth_and_change_nothing_else(tmp_path):
+    small = dict(num_models=2, pool_datasets=1, classes_per_pool=4, targets=1, classes_per_target=3,
+                 samples_per_class=4, general_dim=4, model_dims=(4,), latent_dim=4, num_factors=2, source_classes=5)
+    plain = make_synthetic_zoo(tmp_path / "plain", **small)
+    with_val = make_synthetic_zoo(tmp_path / "val", val_targets=2, **small)
+    assert plain.val_datasets == [] and with_val.val_datasets == ["val0", "val1"]
+    rows = (tmp_path / "val" / "ground_truth.csv").read_text().splitlines()
+    assert rows[: len(rows) - 4] == (tmp_path / "plain" / "ground_truth.csv").read_text().splitlines()
+    assert {r.split(",")[0] for r in rows[1:]} == {"target0", "val0", "val1"}
+    a, b = FeatureStore(plain.store_root), FeatureStore(with_val.store_root)
+    assert np.array_equal(a.entry(plain.models[0], "target0").features(), b.entry(plain.models[0], "target0").features())
+    val_classes = set(b.entry("general", "val0").class_names)
+    assert not val_classes & set(b.entry("general", "target0").class_names)

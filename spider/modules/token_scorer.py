@@ -341,6 +341,8 @@ class TokenScorer(L.LightningModule):
         per_metric: dict[str, list[torch.Tensor]] = {key: [] for key in EVAL_METRICS}
         for i, name in enumerate(self.eval_target_names):
             for key, metric in self.eval_metrics[f"t{i}"].items():
+                if not metric.update_called:  # a target of the other stage (val vs test); evaluation
+                    continue                  # is replicated, so every rank skips the same ones
                 # compute() syncs across processes; every rank calls it for every target.
                 value = torch.as_tensor(metric.compute(), dtype=torch.float32).detach()
                 metric.reset()
