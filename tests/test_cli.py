@@ -1,0 +1,19 @@
+"""The ``spider`` console command dispatches to each module's ``main``."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from spider.cli import COMMANDS, main
+
+
+def test_subcommands_run_the_module_mains(capsys):
+    assert set(COMMANDS) == {"fit", "rank", "zoo", "labels", "baselines", "extract"}
+    assert main(["fit", "--print-config", "data=tiny"]) == 0
+    assert OmegaConf.create(capsys.readouterr().out).data.name == "tiny"
+
+
+def test_unknown_command_is_one_line_and_exit_2(capsys):
+    assert main(["nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown command 'nope'") and err.count("\n") == 1
