@@ -47,4 +47,4 @@ def test_two_process_ddp_fit_matches_single_process_validation(tmp_path):
     assert set(validated["val"]) == set(metrics["val"])
     for key, value in metrics["val"].items():
         assert validated["val"][key] == pytest.approx(value, abs=1e-6), key
-    assert validated["table"]["wtau_paper"]["scorer"] == pytest.approx(metrics["table"]["wtau_paper"]["scorer"])
+    assert validated["tables"]["test"]["wtau_paper"]["scorer"] == pytest.approx(metrics["tables"]["test"]["wtau_paper"]["scorer"])

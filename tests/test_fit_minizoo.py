@@ -72,7 +72,8 @@ def fake_run(tmp_path_factory):
 def test_fit_builds_the_zoo_then_trains_and_ends_with_the_table(fake_run):
     zoo_dir, checkpoint, result, _ = fake_run
     assert (zoo_dir / "zoo.json").is_file() and checkpoint.is_file()
-    table = result["table"]["wtau_paper"]
+    assert result["tables"]["val"] == {}  # the recipe declares no validation targets
+    table = result["tables"]["test"]["wtau_paper"]
     assert set(table) == {"scorer", "rerank@2", "logme", "leep", "nce", "hscore", "copeland"}
     assert set(table["scorer"]) == {"usps", "mean"} and math.isfinite(table["scorer"]["usps"])
     # Same task settings as the build: the fit's label cache started as a copy of the build's

@@ -378,7 +378,14 @@ def _fit_config(zoo: Zoo, spec: TrainSpec, budget: Budget, work: Path, bank: int
                 num_label_tasks=spec.label_tasks or bank, tasks_per_epoch=budget.tasks_per_epoch,
                 batch_size=budget.batch_size, val_tasks_per_target=0, label_workers=budget.label_workers, num_workers=0,
                 specific_models=budget.specific_models if spec.scorer == "reranker" else 0)
-    data["synthetic"] = {"enabled": False}
+    # A built zoo's store, read as a plain store (old manifests: flat task keys, target_datasets).
+    task_keys = [k for k in ("min_datasets_per_task", "max_datasets_per_task", "min_classes_per_task",
+                             "max_classes_per_task", "min_samples_per_class", "max_samples_per_class") if k in data]
+    if task_keys:
+        data["task"] = {k: data.pop(k) for k in task_keys}
+    if "target_datasets" in data:
+        data["test_datasets"], data["val_datasets"] = data.pop("target_datasets"), []
+    data.update(zoo=None, zoo_dir=None, synthetic=None)
     model = dict(SCORER, name=spec.scorer, scorer=spec.scorer, loss=spec.loss)
     if spec.scorer == "reranker":
         model.update(specific_mode="append", rerank_topk=0)
