@@ -3,28 +3,53 @@
 
 Layout::
 
-    <root>/<model>/<dataset>/<split>/
-        features.npy    [N, D] float16 or float32
-        labels.npy      [N] int64 class ids, or [N, K] float regression targets
-        logits.npy      [N, Cs] source-head logits (optional; LEEP/NCE need them)
-        sample_ids.npy  [N] int or str (optional)
-        manifest.json   written last: an entry exists iff its directory has one
+    <root>/<model>/<dataset>/
+        <split> -> .v-<split>-<uuid>   symlink to the entry's current version
+        .v-<split>-<uuid>/             one complete, never-modified version of the entry
+            features.npy    [N, D] float16 or float32
+            labels.npy      [N] int64 class ids, or [N, K] float regression targets
+            logits.npy      [N, Cs] source-head logits (optional; LEEP/NCE need them)
+            sample_ids.npy  [N] int or str (optional)
+            manifest.json   shapes, dtypes and sha256 of the arrays
+        .lock-<split>                  flock()ed by writers while they publish a version
+
+so ``<root>/<model>/<dataset>/<split>/features.npy`` reads the current version. A plain
+``<split>/`` directory holding the files (stores written before versions existed) is read as is
+and replaced by a symlink on its next overwrite.
 
 Arrays are pickle-free ``.npy`` files read memory-mapped, so selecting 500 rows of a 1M-row
-entry touches only the pages holding those rows. An entry is written into a hidden temp
-directory next to its final place and renamed into place, so a killed writer never leaves an
-entry that looks valid; hidden names (``.tmp-*``, ``.old-*``) are never ids and never listed.
+entry touches only the pages holding those rows. The first open of a file in a process checks its
+sha256 once (cached by path, inode, size, mtime and ctime), so a corrupted array raises StoreError
+instead of being scored.
+
+Writes and overwrites are atomic for readers and crash-safe: a version is written into a hidden
+``.tmp-*`` directory, fsynced, renamed to ``.v-*`` and published by atomically replacing the
+symlink (``os.replace``), so a reader or a writer killed at any point sees the old or the new
+entry, complete. Concurrent writers of one entry publish one at a time (the lock covers only
+publishing, not writing the arrays): with ``overwrite=True`` the last one wins, without it the
+later one gets "entry exists". The publisher deletes every unreferenced version (readers that
+already opened one keep their memory maps) and the temp dirs of writers that died (pid no longer
+running). Hidden names never are ids and are never listed. The one exception to atomicity: on a
+filesystem without Linux's ``renameat2(RENAME_EXCHANGE)``, the first overwrite of a plain
+pre-version directory briefly has no entry; a writer dying just then is reported by
+:func:`validate` and repaired by the next write of that entry.
 Convention: every model's entry of one (dataset, split) lists the same samples in the same order.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,13 +64,20 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = ("features", "labels", "logits", "sample_ids")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
+# Ids are file names; with the hidden prefixes and suffixes added to them they must stay well
+# below the usual 255-byte limit of one path component.
+MAX_ID_LENGTH = 128
 _CHUNK_ROWS = 65536  # rows per chunk when scanning a whole array (bounds memory in validate)
+_OPEN_ATTEMPTS = 50  # re-reads of an entry whose version is replaced while being opened
 
 
 def check_id(kind: str, value: Any) -> str:
     """Return ``value`` if it is a valid model/dataset/split id, else raise StoreError."""
     if not isinstance(value, str) or not _ID.match(value):
-        raise StoreError(f"{kind}: invalid id {value!r} (expected [A-Za-z0-9][A-Za-z0-9_.+-]*)")
+        raise StoreError(f"{kind}: invalid id {value!r:.80} (expected [A-Za-z0-9][A-Za-z0-9_.+-]*)")
+    if len(value) > MAX_ID_LENGTH:
+        raise StoreError(f"{kind}: invalid id {value[:40]!r}... of {len(value)} characters "
+                         f"(expected at most {MAX_ID_LENGTH})")
     return value
 
 
@@ -65,11 +97,15 @@ class StoreEntry:
     """A read-only view of one stored (model, dataset, split), arrays memory-mapped.
 
     Row arguments are any integer index array (unsorted and repeated rows allowed); every read
-    returns an in-memory copy, so callers may modify results freely.
+    returns an in-memory copy, so callers may modify results freely. ``path`` is the entry's
+    ``<root>/<model>/<dataset>/<split>``; ``version`` the name of the version directory it reads
+    (None for an entry written before versions existed).
     """
 
-    def __init__(self, path: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    def __init__(self, path: Path, manifest: dict, arrays: dict[str, np.ndarray],
+                 version: str | None = None) -> None:
         self.path = path
+        self.version = version
         self.manifest = manifest
         self._arrays = arrays
         self.model, self.dataset, self.split = manifest["model"], manifest["dataset"], manifest["split"]
@@ -128,8 +164,9 @@ class StoreEntry:
 
     def __reduce__(self):
         # Pickling a memmap would copy the whole array; DataLoader workers and spawned DDP
-        # processes re-open the files instead.
-        return _open_entry, (self.path,)
+        # processes re-open the files instead, of the same version, so that no process mixes
+        # the data of two writes (StoreError if that version has been overwritten since).
+        return _reopen, (self.path, self.version)
 
     def __repr__(self) -> str:
         return (f"StoreEntry({self.model}/{self.dataset}/{self.split}, N={self.num_samples}, "
@@ -155,10 +192,10 @@ class FeatureStore:
 
     def splits(self, model: str, dataset: str) -> list[str]:
         base = self.root / check_id("model", model) / check_id("dataset", dataset)
-        return [s for s in _id_dirs(base) if (base / s / MANIFEST).is_file()]
+        return [s for s in _id_dirs(base) if _is_entry(base / s)]
 
     def has(self, model: str, dataset: str, split: str = "train") -> bool:
-        return (self.path(model, dataset, split) / MANIFEST).is_file()
+        return _is_entry(self.path(model, dataset, split))
 
     def entries(self) -> Iterator[tuple[str, str, str]]:
         """Yield every (model, dataset, split) that has a manifest, sorted."""
@@ -168,9 +205,12 @@ class FeatureStore:
                     yield m, d, s
 
     def entry(self, model: str, dataset: str, split: str = "train") -> StoreEntry:
-        """Open an entry; StoreError (one line naming the file) if missing or inconsistent."""
+        """Open an entry; StoreError (one line naming the file) if missing, inconsistent or if an
+        array's sha256 differs from the manifest (checked once per file and process)."""
         path = self.path(model, dataset, split)
-        if not (path / MANIFEST).is_file():
+        if not _is_entry(path):
+            if path.is_symlink():
+                raise StoreError(f"{path}: store entry points to missing {os.readlink(path)}")
             raise StoreError(f"{path}: no such store entry (model={model}, dataset={dataset}, split={split})")
         return _open_entry(path)
 
@@ -183,6 +223,7 @@ class FeatureStore:
         ``[0, len(class_names))`` (or ``[0, max+1)`` without names) or float [N, K] regression
         targets, ``logits`` [N, Cs] float, ``sample_ids`` [N] int or str, ``info`` any
         JSON-serialisable dict kept in the manifest. An existing entry needs ``overwrite=True``.
+        Returns the entry as written (even if a concurrent writer has replaced it since).
         """
         final = self.path(model, dataset, split)
         arrays, num_classes, class_names = _prepare(features, labels, logits, sample_ids, class_names)
@@ -190,12 +231,12 @@ class FeatureStore:
             info_json = json.loads(json.dumps(info if info is not None else {}))
         except (TypeError, ValueError) as err:
             raise StoreError(f"info: not JSON-serialisable ({err})") from None
-        if (final / MANIFEST).is_file() and not overwrite:
-            raise StoreError(f"{final}: entry exists (pass overwrite=True to replace it)")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _clean_leftovers(final.parent, split)
-        tmp = final.parent / f".tmp-{split}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = None
         try:
+            if not overwrite and _is_entry(final):
+                raise StoreError(f"{final}: entry exists (pass overwrite=True to replace it)")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.parent / f".tmp-{split}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
             specs = {name: _save(tmp / f"{name}.npy", arr) for name, arr in arrays.items()}
             manifest = {
@@ -206,18 +247,43 @@ class FeatureStore:
                             "spider_version": _version(), "info": info_json},
             }
             _write_manifest(tmp / MANIFEST, manifest)
-            _move_into_place(tmp, final, overwrite)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return self.entry(model, dataset, split)
+            _fsync_dir(tmp)
+            with _publish_lock(final):
+                version = _publish(tmp, final, overwrite)
+                tmp = None
+                # The checksums were just computed from the files: no need to hash them again.
+                for spec in specs.values():
+                    _VERIFIED[_file_key(final.parent / version / spec["file"])] = spec["sha256"]
+                # Opened under the lock, so no other writer can delete this version meanwhile.
+                return _open_version(final, version)
+        except OSError as err:
+            raise StoreError(f"{final}: cannot write the entry ({type(err).__name__}: {err})") from None
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _open_entry(path: Path) -> StoreEntry:
-    manifest, arrays, problems = _inspect(path)
+    manifest, arrays, problems, version = _read(path)
     if problems:
         raise StoreError(str(problems[0]))
-    return StoreEntry(path, manifest, arrays)
+    return StoreEntry(path, manifest, arrays, version)
+
+
+def _open_version(path: Path, version: str) -> StoreEntry:
+    """Open one given version of the entry at ``path``, current or not."""
+    real = path.parent / version
+    manifest, arrays, problems = _inspect(real, path, checksums=True)
+    if problems:
+        if not real.is_dir():
+            raise StoreError(f"{path}: the entry was overwritten after it was opened ({version} is gone); "
+                             f"open it again")
+        raise StoreError(str(problems[0]))
+    return StoreEntry(path, manifest, arrays, version)
+
+
+def _reopen(path: Path, version: str | None) -> StoreEntry:
+    return _open_version(path, version) if version is not None else _open_entry(path)
 
 
 def validate(store_or_root: FeatureStore | str | os.PathLike, checksums: bool = True) -> list[StoreProblem]:
@@ -229,48 +295,105 @@ def validate(store_or_root: FeatureStore | str | os.PathLike, checksums: bool = 
     problems: list[StoreProblem] = []
     for m in _id_dirs(store.root):
         for d in _id_dirs(store.root / m):
-            for s in _id_dirs(store.root / m / d):
-                path = store.root / m / d / s
-                if not (path / MANIFEST).is_file():
-                    problems.append(StoreProblem(path, MANIFEST, "missing (directory is not an entry)"))
-                    continue
-                problems += _inspect(path, deep=True, checksums=checksums)[2]
+            problems += _validate_dataset_dir(store.root / m / d, checksums)
+    return problems
+
+
+def _validate_dataset_dir(base: Path, checksums: bool) -> list[StoreProblem]:
+    problems = []
+    for s in _id_dirs(base):
+        path = base / s
+        if not _is_entry(path):
+            problems.append(StoreProblem(path, MANIFEST, "missing (directory is not an entry)"))
+            continue
+        problems += _read(path, deep=True, checksums=checksums)[2]
+    for p in sorted(base.iterdir()):
+        if _ID.match(p.name) and p.is_symlink() and not p.exists():
+            problems.append(StoreProblem(p, "entry", f"points to missing {os.readlink(p)}"))
+        displaced = re.fullmatch(r"\.old-(.+)-(\d+)-[0-9a-f]{8}", p.name)
+        if (displaced and _ID.match(displaced[1]) and not os.path.lexists(base / displaced[1])
+                and not _pid_alive(int(displaced[2])) and (p / MANIFEST).is_file()):
+            problems.append(StoreProblem(base / displaced[1], "entry", f"missing: a writer died while replacing it; "
+                                         f"the old entry waits in {p.name} and the next write restores it"))
     return problems
 
 
 # ----------------------------------------------------------------------------- reading helpers
 
-def _inspect(path: Path, deep: bool = False, checksums: bool = False):
-    """Return (manifest, memory-mapped arrays, problems) for the entry directory ``path``.
-
-    The shallow check (used when opening) reads only the manifest and .npy headers; ``deep``
-    also scans the data (finiteness, label range) and ``checksums`` hashes every file.
-    """
-    mpath = path / MANIFEST
+def _pointer(path: Path) -> tuple[str, Any] | None:
+    """What the entry name ``path`` holds now: ("link", target), ("dir", inode) for a plain
+    directory (a store written before versions existed), or None."""
     try:
-        manifest = json.loads(mpath.read_text())
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            return "link", os.readlink(path)
+    except OSError:
+        return None
+    return ("dir", st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _is_entry(path: Path) -> bool:
+    """Whether ``path`` is an entry (has a manifest). A version replaced and deleted while its
+    manifest is looked up through the old symlink is no evidence of absence: look again."""
+    for _ in range(_OPEN_ATTEMPTS):
+        before = _pointer(path)
+        if (path / MANIFEST).is_file():
+            return True
+        if _pointer(path) == before:
+            return False
+    return False
+
+
+def _read(path: Path, deep: bool = False, checksums: bool = True):
+    """Return (manifest, memory-mapped arrays, problems, version) of the entry at ``path``,
+    never mixing two versions: a symlinked version is read through its own directory (a
+    version never changes; if it is deleted while being read, the symlink has moved on and the
+    read is retried), a plain directory is re-read if it was replaced while being read."""
+    for attempt in range(_OPEN_ATTEMPTS):
+        before = _pointer(path)
+        version = before[1] if before is not None and before[0] == "link" else None
+        manifest, arrays, problems = _inspect(path.parent / version if version else path, path,
+                                              deep=deep, checksums=checksums)
+        if (version is not None and not problems) or _pointer(path) == before:
+            return manifest, arrays, problems, version
+        time.sleep(min(0.001 * 2 ** attempt, 0.05))
+    return None, {}, [StoreProblem(path, "entry", f"replaced {_OPEN_ATTEMPTS} times while being opened; "
+                                                  f"are writers overwriting it in a loop?")], None
+
+
+def _inspect(path: Path, shown: Path, deep: bool = False, checksums: bool = False):
+    """Return (manifest, memory-mapped arrays, problems) for the entry files in directory
+    ``path``; problems name the files under ``shown`` (the entry's path in the store).
+
+    The shallow check (used when opening) reads the manifest and .npy headers and, if
+    ``checksums``, compares each file's sha256 (computed once per process and file) with the
+    manifest; ``deep`` also scans the data (finiteness, label range) and always re-hashes.
+    """
+    mpath = shown / MANIFEST
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
         return None, {}, [StoreProblem(mpath, "manifest", f"unreadable JSON ({type(err).__name__}: {err})")]
-    problems = _check_manifest(manifest, path)
+    problems = _check_manifest(manifest, shown)
     if problems:
         return manifest, {}, problems
     arrays: dict[str, np.ndarray] = {}
     for name, spec in manifest["arrays"].items():
-        fpath = path / f"{name}.npy"
+        fpath, shown_file = path / f"{name}.npy", shown / f"{name}.npy"
         try:
             array = np.load(fpath, mmap_mode="r", allow_pickle=False)
+            if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"]:
+                problems.append(StoreProblem(shown_file, name, f"file holds {array.dtype}{list(array.shape)}, "
+                                                               f"manifest says {spec['dtype']}{spec['shape']}"))
+                continue
+            if checksums and (_sha256(fpath) if deep else _verified_sha256(fpath)) != spec["sha256"]:
+                problems.append(StoreProblem(shown_file, name, "sha256 does not match the manifest"))
         except (OSError, ValueError, EOFError) as err:
-            problems.append(StoreProblem(fpath, name, f"cannot read .npy ({type(err).__name__}: {err})"))
-            continue
-        if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"]:
-            problems.append(StoreProblem(fpath, name, f"file holds {array.dtype}{list(array.shape)}, "
-                                                      f"manifest says {spec['dtype']}{spec['shape']}"))
+            problems.append(StoreProblem(shown_file, name, f"cannot read .npy ({type(err).__name__}: {err})"))
             continue
         arrays[name] = array
-        if checksums and _sha256(fpath) != spec["sha256"]:
-            problems.append(StoreProblem(fpath, name, "sha256 does not match the manifest"))
         if deep:
-            problems += _check_values(fpath, name, array, manifest["num_classes"])
+            problems += _check_values(shown_file, name, array, manifest["num_classes"])
     return manifest, arrays, problems
 
 
@@ -410,35 +533,112 @@ def _write_manifest(path: Path, manifest: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Rename the finished temp dir to ``final``. A directory cannot be renamed over a non-empty
-    one, so an existing one is first renamed to a hidden name and removed afterwards."""
-    old = None
-    if final.exists():
-        if not overwrite and (final / MANIFEST).is_file():  # another writer got there first
-            raise StoreError(f"{final}: entry exists (pass overwrite=True to replace it)")
-        old = final.parent / f".old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.rename(final, old)
+@contextlib.contextmanager
+def _publish_lock(final: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``.lock-<split>`` while publishing; the kernel releases it
+    when its holder dies, so a killed writer never blocks the next one."""
+    fd = os.open(final.parent / f".lock-{final.name}", os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        os.rename(tmp, final)
-    except OSError as err:  # a concurrent writer put an entry there first: keep the old one
-        if old is not None and not final.exists():
-            os.rename(old, final)
-        raise StoreError(f"{final}: could not move the new entry into place ({err})") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(final.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _clean_leftovers(parent: Path, split: str) -> None:
-    """Remove temp dirs of ``split`` left by writers that died (their pid no longer runs).
+def _publish(tmp: Path, final: Path, overwrite: bool) -> str:
+    """Make the finished temp dir ``tmp`` the current version of the entry ``final``; return
+    the version's name. Called under the publish lock. Every state a kill can leave between two
+    steps has a complete entry at ``final`` (the old one until the swap, then the new one)."""
+    parent, split = final.parent, final.name
+    if _pointer(final) is None:
+        _restore_displaced(final)
+    current = _pointer(final)
+    if current is not None and not overwrite and (final / MANIFEST).is_file():  # another writer was first
+        raise StoreError(f"{final}: entry exists (pass overwrite=True to replace it)")
+    version = f".v-{split}-{uuid.uuid4().hex}"
+    os.rename(tmp, parent / version)
+    link = parent / f".tmp-{split}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.symlink(version, link)
+    displaced = _swap(link, final, plain_dir=current is not None and current[0] == "dir")
+    _fsync_dir(parent)
+    if displaced is not None:
+        _remove(displaced)
+    _collect(parent, split, keep=version)
+    return version
 
-    Names are ``.tmp-<split>-<pid>-<hex>`` / ``.old-<split>-<pid>-<hex>``; split may contain '-'.
-    """
+
+def _swap(link: Path, final: Path, plain_dir: bool) -> Path | None:
+    """Atomically replace ``final`` by the symlink ``link``; return where a replaced plain
+    directory now is (None if ``final`` was a symlink or nothing)."""
+    if not plain_dir:
+        os.replace(link, final)  # a symlink (or nothing) is replaced in one step
+        return None
+    # A plain entry directory cannot be renamed over: exchange it with the link in one step,
+    # which leaves the old directory under the link's temp name.
+    if _exchange(link, final):
+        return link
+    # No atomic exchange on this filesystem: between these two renames there is no entry; if the
+    # writer dies there, the next writer's _restore_displaced puts the old directory back.
+    old = final.parent / f".old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(final, old)
+    os.rename(link, final)
+    return old
+
+
+def _collect(parent: Path, split: str, keep: str) -> None:
+    """Delete the versions of ``split`` other than ``keep`` (called under the publish lock, so
+    no writer is between creating a version and publishing it) and the temp dirs of writers
+    that died. Readers that already opened a deleted version keep reading their memory maps."""
     for p in parent.iterdir():
-        head, _, rest = p.name.rpartition("-")[0].rpartition("-")
-        if head in (f".tmp-{split}", f".old-{split}") and rest.isdigit() and not _pid_alive(int(rest)):
-            shutil.rmtree(p, ignore_errors=True)
+        kind, pid = _hidden(p.name, split)
+        if (kind == "v" and p.name != keep) or (kind in ("tmp", "old") and not _pid_alive(pid)):
+            _remove(p)
+
+
+def _restore_displaced(final: Path) -> None:
+    """After a writer died between the two renames of _swap's fallback, move the old entry back."""
+    for p in sorted(final.parent.iterdir()):
+        kind, pid = _hidden(p.name, final.name)
+        if kind == "old" and not _pid_alive(pid) and (p / MANIFEST).is_file():
+            os.rename(p, final)
+            return
+
+
+def _hidden(name: str, split: str) -> tuple[str | None, int | None]:
+    """("v", None) for a version of ``split``, ("tmp" or "old", pid) for a writer's temp name
+    (``.tmp-<split>-<pid>-<hex>``, also a pending symlink), else (None, None). ``split`` may
+    contain '-': the fixed-format tail after it tells the names of two splits apart."""
+    for kind, tail in (("v", r"[0-9a-f]{32}"), ("tmp", r"(\d+)-[0-9a-f]{8}"), ("old", r"(\d+)-[0-9a-f]{8}")):
+        prefix = f".{kind}-{split}-"
+        if name.startswith(prefix) and (match := re.fullmatch(tail, name[len(prefix):])):
+            return kind, int(match.group(1)) if match.groups() else None
+    return None, None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap the names ``a`` and ``b`` (Linux renameat2 RENAME_EXCHANGE); False if the
+    platform or filesystem cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -462,6 +662,26 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# sha256 of files already hashed by this process. The key changes whenever the file is replaced
+# or rewritten (inode, size, mtime, ctime), so only a change that keeps all of them (bit rot on
+# disk after the file was first read here) goes unseen until the next process or validate().
+_VERIFIED: dict[tuple, str] = {}
+
+
+def _file_key(path: Path) -> tuple:
+    st = os.stat(path)
+    return str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _verified_sha256(path: Path) -> str:
+    key = _file_key(path)
+    if key not in _VERIFIED:
+        if len(_VERIFIED) >= 1 << 16:  # a process reading ever new versions: bound the memory
+            _VERIFIED.clear()
+        _VERIFIED[key] = _sha256(path)
+    return _VERIFIED[key]
 
 
 def _sha256(path: Path) -> str:

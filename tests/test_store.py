@@ -1,6 +1,7 @@
 """Feature store: round trips, row reads, atomic writes, corruption handling and validate()."""
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -22,6 +23,12 @@ def _data(n=40, d=6, c=4, cs=3, seed=0):
         sample_ids=np.array([f"img{i:03d}" for i in range(n)]),
         class_names=[f"class{k}" for k in range(c)],
     )
+
+
+def _only_current_version(parent, split="train"):
+    """The entry's directory holds its symlink, the version it points to and the writers' lock
+    file: no temp dir, no older version."""
+    return sorted(p.name for p in parent.iterdir()) == sorted([split, os.readlink(parent / split), f".lock-{split}"])
 
 
 @pytest.fixture
@@ -155,7 +162,7 @@ def test_overwrite_rules_and_other_entries_untouched(store):
     store.write("resnet", "cifar", "train", **_data(seed=5), overwrite=True)
     np.testing.assert_array_equal(store.entry("resnet", "cifar").features(), _data(seed=5)["features"])
     assert (other.stat().st_ino, other.stat().st_mtime_ns) == before
-    assert sorted(p.name for p in store.path("resnet", "cifar").parent.iterdir()) == ["train"]
+    assert _only_current_version(store.path("resnet", "cifar").parent)
 
 
 def test_failed_write_leaves_old_entry_and_no_temp(store, monkeypatch):
@@ -166,7 +173,7 @@ def test_failed_write_leaves_old_entry_and_no_temp(store, monkeypatch):
     with pytest.raises(RuntimeError):
         store.write("resnet", "cifar", "train", **_data(seed=9), overwrite=True)
     np.testing.assert_array_equal(store.entry("resnet", "cifar").features(), _data()["features"])
-    assert [p.name for p in store.path("resnet", "cifar").parent.iterdir()] == ["train"]
+    assert _only_current_version(store.path("resnet", "cifar").parent)
 
 
 def test_killed_writer_leaves_no_valid_entry(tmp_path):
@@ -189,7 +196,7 @@ def test_killed_writer_leaves_no_valid_entry(tmp_path):
     assert validate(s) == []
     # The next write of that entry cleans the dead writer's temp dir.
     s.write("m", "d", "train", features=np.ones((4, 2), np.float32), labels=np.zeros(4, int))
-    assert [p.name for p in (root / "m" / "d").iterdir()] == ["train"]
+    assert _only_current_version(root / "m" / "d")
 
 
 def test_directory_without_manifest_is_not_an_entry(store):
