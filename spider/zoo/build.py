@@ -411,11 +411,41 @@ def stage_bank(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: b
 # ------------------------------------------------------------------------------- manifest
 
 
+def param_counts(recipe: ZooRecipe, out: Path, data_dir=None) -> dict[str, int]:
+    """Parameter count of every PTM (metadata for the ``param_count`` prior), cached in
+    ``<out>/ptm_params.json`` by what identifies each PTM's weights; PTMs whose checkpoint does
+    not exist yet are left out."""
+    path = out / "ptm_params.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    counts, changed = {}, False
+    for ref in recipe.ptm_refs(out / "checkpoints"):
+        key = f"{ref.id}|{ref.weights}"
+        if key not in cached:
+            if ref.kind == "timm" and not Path(ref.checkpoint).is_file():
+                continue
+            try:
+                module = ref.load(data_dir).module
+            except (OSError, SpiderError):
+                continue
+            cached[key] = int(sum(p.numel() for p in module.parameters()))
+            changed = True
+        counts[ref.id] = cached[key]
+    if changed:
+        from spider.zoo.groundtruth import _write_text_if_changed
+
+        _write_text_if_changed(path, json.dumps(cached, indent=1, sort_keys=True))
+    return counts
+
+
 def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
     """What ``out`` holds, with a ``data`` section of :class:`spider.config.DataConfig` keys."""
     checkpoints = out / "checkpoints"
     root = out.resolve()
     settings = dataclasses.asdict(recipe.labels)
+    params = param_counts(recipe, out)
     data = {
         "store": str(root / "store"), "ground_truth": str(root / "ground_truth.csv"),
         "label_cache": str(root / "labels"), "general": GENERAL_ID, "models": label_models(recipe),
@@ -426,7 +456,7 @@ def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
     data |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
     return {
         "recipe": recipe.name, "recipe_hash": recipe.hash, "description": recipe.description,
-        "models": [r.to_dict() for r in recipe.ptm_refs(checkpoints)],
+        "models": [dict(r.to_dict(), params=params.get(r.id)) for r in recipe.ptm_refs(checkpoints)],
         "general": dict(recipe.general_ref(checkpoints).to_dict(), description=recipe.general.description),
         "alternatives": {name: {"store": str(root / "alternatives" / name / "store"),
                                 "encoder": timm_ref(spec, checkpoints, GENERAL_ID).to_dict(),
