@@ -13,6 +13,8 @@ from spider.datamodules.groundtruth import read_ground_truth
 from spider.datamodules.tasks import TaskConfig
 from spider.store import FeatureStore, validate
 from spider.zoo.__main__ import main
+from spider.datamodules.labels import open_label_cache
+from spider.zoo.bank import BankSettings, open_bank
 from spider.zoo.build import build_zoo, required_files
 from spider.zoo.groundtruth import FinetuneConfig, RunCache
 from spider.zoo.minizoo import (
@@ -50,6 +52,9 @@ def synthetic_recipe() -> ZooRecipe:
             min_samples_per_class=2, max_samples_per_class=4)),
         extract_batch_size=32,
         max_workers=1,
+        # (fake data: a mechanism test, not a disjoint-class benchmark)
+        val_targets=(TargetSpec("usps_val", "usps", 4, 2, 4, test_split="test", classes=(5, 6)),),
+        bank=BankSettings(num_tasks=2, finetune=FinetuneConfig(lrs=(3e-3,), seeds=(0,), epochs=1, batch_size=8)),
     )
 
 
@@ -76,8 +81,8 @@ def synthetic_build(tmp_path_factory):
 
 def test_build_makes_store_ground_truth_and_labels(synthetic_build):
     report, out, _ = synthetic_build
-    assert [s.name for s in report.stages] == ["pretrain", "extract", "groundtruth", "labels"]
-    assert [s.computed for s in report.stages] == [3, 6, 8, 2]
+    assert [s.name for s in report.stages] == ["pretrain", "extract", "groundtruth", "labels", "bank"]
+    assert [s.computed for s in report.stages] == [3, 9, 16, 2, 4]
     store = FeatureStore(out / "store")
     assert store.models() == ["general", "test_resnet.mnist", "test_vit.mnist"]
     assert validate(store) == []
@@ -86,15 +91,19 @@ def test_build_makes_store_ground_truth_and_labels(synthetic_build):
     assert store.entry("general", "mnist").class_names == ["0", "1", "2", "3", "4"]
     assert store.entry("general", "usps").class_names == ["5", "6", "7", "8", "9"]
     truth = read_ground_truth(out / "ground_truth.csv")
-    assert truth.datasets == ["usps"] and truth.models == ["test_vit.mnist", "test_resnet.mnist"]
+    assert truth.datasets == ["usps_val", "usps"] and truth.models == ["test_vit.mnist", "test_resnet.mnist"]
     assert np.all((truth.accuracy >= 0) & (truth.accuracy <= 100))
     details = (out / "ground_truth_details.csv").read_text().splitlines()
-    assert details[1].startswith("usps,test_vit.mnist,") and details[1].endswith(",1")
+    assert details[3].startswith("usps,test_vit.mnist,") and details[3].endswith(",1")
     assert (out / "labels" / "labels.json").is_file()
     manifest = json.loads((out / "zoo.json").read_text())
     assert manifest["data"]["store"] == str(out / "store")
-    assert manifest["data"]["test_datasets"] == ["usps"] and manifest["data"]["val_datasets"] == []
-    assert manifest["data"] and manifest["data"]["pool_datasets"] == ["mnist"]
+    assert manifest["data"]["test_datasets"] == ["usps"] and manifest["data"]["val_datasets"] == ["usps_val"]
+    assert manifest["data"]["pool_datasets"] == ["mnist"]
+    assert all(m["params"] > 1000 for m in manifest["models"])
+    bank = open_bank(out, ["test_vit.mnist", "test_resnet.mnist"])
+    assert bank.num_tasks == 2 and bank.accuracy.shape == (2, 2) and np.isfinite(bank.accuracy).all()
+    assert [s.to_json() for s in bank.specs] == open_label_cache(out / "labels").spec_texts[:2]
     assert {m["id"] for m in manifest["models"]} == {"test_vit.mnist", "test_resnet.mnist"}
 
 
@@ -137,7 +146,7 @@ def test_killed_build_resumes_only_missing_parts(synthetic_build, tmp_path):
     (copy / "ground_truth.csv").unlink()
     report = build_zoo(synthetic_recipe(), copy, data_dir=data, progress=False)
     assert {s.name: s.computed for s in report.stages} == {"pretrain": 0, "extract": 1, "groundtruth": 1,
-                                                           "labels": 0}
+                                                           "labels": 0, "bank": 0}
     assert (copy / "ground_truth.csv").read_text() == truth_before
 
 
@@ -189,14 +198,19 @@ def test_recipes_meet_the_issue():
             if target.source == pool.source:
                 assert not set(pool.classes or ()) & set(target.classes or ())
     assert "omniglot_background" in pool_sources and "omniglot_evaluation" in target_sources
+    assert len(recipe.val_targets) >= 3 and recipe.bank.num_tasks >= 32
+    for val in recipe.val_targets:  # validation classes are neither pool nor test classes
+        for other in (*recipe.pool, *recipe.targets):
+            if other.source == val.source:
+                assert val.classes and other.classes and not set(val.classes) & set(other.classes)
     usps = next(t for t in recipe.targets if t.id == "usps")
     assert set(usps.classes).isdisjoint(next(p for p in recipe.pool if p.id == "mnist").classes)
     assert "usps_cnn" in usps.in_domain
 
 
 def test_omniglot_tasks_use_disjoint_characters():
-    tasks = [t for t in get_recipe("minizoo").targets if t.source == "omniglot_evaluation"]
-    assert len(tasks) >= 3 and all(len(t.classes) == 20 for t in tasks)
+    tasks = [t for t in get_recipe("minizoo").all_targets if t.source == "omniglot_evaluation"]
+    assert len(tasks) >= 4 and all(len(t.classes) == 20 for t in tasks)
     chars = [c for t in tasks for c in t.classes]
     assert len(chars) == len(set(chars))
 
@@ -207,7 +221,8 @@ def test_tiny_preset_builds_from_the_real_files(data_dir, tmp_path):
     assert main(["build", "tiny", "--out", str(out), "--no-progress"]) == 0
     recipe = get_recipe("tiny")
     truth = read_ground_truth(out / "ground_truth.csv")
-    assert truth.datasets == [t.id for t in recipe.targets] and truth.models == recipe.ptm_ids()
+    assert truth.datasets == [t.id for t in recipe.all_targets] and truth.models == recipe.ptm_ids()
+    assert open_bank(out, recipe.ptm_ids()).num_tasks == recipe.bank.num_tasks
     assert np.isfinite(truth.accuracy).all()
     store = FeatureStore(out / "store")
     assert validate(store) == []

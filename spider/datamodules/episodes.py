@@ -44,6 +44,8 @@ from spider.datamodules.labels import (
     target_baseline_scores,
     task_array,
 )
+from spider.datamodules.label_sources import TrainingLabels, training_labels
+from spider.zoo.bank import open_bank
 from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec
 from spider.datamodules.tokens import class_centres
 from spider.errors import ConfigError, StoreError
@@ -308,7 +310,9 @@ class EpisodeDataModule(L.LightningDataModule):
                  aggregator: str = "copeland", batch_size: int = 16, val_batch_size: int | None = None,
                  specific_models: int = 0, num_workers: int = 0, label_workers: int = 1, seed: int = 0,
                  shard_size: int = 64, build_labels: bool = True, progress: bool = True,
-                 label_device: str | None = None) -> None:
+                 label_device: str | None = None, label_source: str = "copeland",
+                 finetune_bank: str | os.PathLike | None = None, mixed_weight: int = 1,
+                 selected_members: int = 3) -> None:
         super().__init__()
         self.store_root = str(store)
         self.label_cache_dir = Path(label_cache)
@@ -342,6 +346,9 @@ class EpisodeDataModule(L.LightningDataModule):
         self.build_labels = bool(build_labels)
         self.progress = bool(progress)
         self.label_device = label_device
+        self.label_source, self.mixed_weight, self.selected_members = label_source, mixed_weight, selected_members
+        self.finetune_bank = None if finetune_bank is None else Path(finetune_bank)
+        self.training_labels: TrainingLabels | None = None
         self._resolved = False
         self.train_dataset: LabelledTaskDataset | None = None
         self.eval_dataset: EvalTaskDataset | None = None
@@ -476,9 +483,13 @@ class EpisodeDataModule(L.LightningDataModule):
         self._resolve()
         if stage in (None, "fit") and self.train_dataset is None:
             cache = open_label_cache(self.label_cache_dir, self.num_label_tasks, self.label_config)
+            bank = None if self.finetune_bank is None else open_bank(self.finetune_bank, cache.models)
+            labels = training_labels(self.label_source, cache, bank, mixed_weight=self.mixed_weight,
+                                     selected_members=self.selected_members)
+            self.training_labels = labels
             self.train_dataset = LabelledTaskDataset(
-                self.store_root, self.general, cache.spec_texts, cache.scores, self._model_names, self._model_dims,
-                specific_models=self.specific_models, seed=self.seed)
+                self.store_root, self.general, labels.spec_texts, labels.scores, self._model_names,
+                self._model_dims, specific_models=self.specific_models, seed=self.seed)
         if stage in (None, "fit", "validate", "test") and self.eval_dataset is None and self._target_names:
             tasks, raw, aggregate = self._target_scores()
             truth = self.ground_truth.matrix(self._target_names, self._model_names)

@@ -216,7 +216,7 @@ class ReRanker(TokenScorer):
                 general = block.self_attend(general, task_mask)
             all_models, pair_models = new_all, new_pairs
         scores = self.head(all_models).squeeze(-1)
-        return self._merge_specific(scores, models, slot_mask, self.head(pair_models).squeeze(-1))
+        return self.add_prior(self._merge_specific(scores, models, slot_mask, self.head(pair_models).squeeze(-1)))
 
     def forward_reference(
         self,
@@ -246,7 +246,7 @@ class ReRanker(TokenScorer):
         seq, mask = seq.reshape(b * s, length + 1, d), mask.reshape(b * s, length + 1)
         for block in self.blocks:
             seq = block.self_attend(seq, mask)
-        pair_scores = self.head(seq[:, 0]).view(b, s)
+        pair_scores = self.add_prior(self.head(seq[:, 0]).view(b, s), models)
         return self._merge_specific(scores, models, slot_mask, pair_scores)
 
     def score_batch(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

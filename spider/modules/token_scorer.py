@@ -43,6 +43,25 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def standardise(values: list[float] | None, num_models: int) -> torch.Tensor:
+    """z-scores of ``values`` as float32 [M] (zeros when None or constant).
+
+    Raises:
+        ScorerInputError: wrong length or a non-finite value (one line).
+    """
+    if values is None:
+        return torch.zeros(num_models)
+    if len(values) != num_models:
+        raise ScorerInputError(f"model_prior: expected {num_models} values (num_models), got {len(values)}")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise ScorerInputError("model_prior: expected finite numbers")
+    prior = torch.tensor(values, dtype=torch.float64)
+    std = prior.std(unbiased=False)
+    prior = prior - prior.mean()
+    return (prior / std if std > 0 else prior).float()
+
+
+
 @register_scorer("token")
 class TokenScorer(L.LightningModule):
     """Scores every model of a zoo for a task from learnable model tokens and task tokens.
@@ -75,6 +94,9 @@ class TokenScorer(L.LightningModule):
         lr, weight_decay: AdamW settings (no decay on biases and LayerNorm weights).
         scheduler: ``"none"`` or ``"cosine"`` (per step, with ``warmup_steps`` linear warm-up).
         model_names: optional ids of the M models (kept in checkpoints for ranking tables).
+        model_prior: optional static prior, one float per model (higher = better), e.g. the
+            fine-tuning history prior (:mod:`spider.priors`); standardised, then added to every
+            score times a learnable weight initialised to ``prior_scale``.
         target_names: validation target names, used when the datamodule has no
             ``target_names`` attribute (otherwise all tasks are logged as one target ``all``).
 
@@ -125,6 +147,8 @@ class TokenScorer(L.LightningModule):
         warmup_steps: int = 0,
         model_names: list[str] | None = None,
         target_names: list[str] | None = None,
+        model_prior: list[float] | None = None,
+        prior_scale: float = 1.0,
     ) -> None:
         super().__init__()
         _require(num_models >= 1, "num_models", "an integer >= 1", num_models)
@@ -151,12 +175,26 @@ class TokenScorer(L.LightningModule):
             layers += [nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout)]
         layers.append(nn.Linear(hidden if hidden > 0 else dim, 1))
         self.head = nn.Sequential(*layers)
+        # A static prior (e.g. mean fine-tuned accuracy on pool tasks): given, not learned, so the
+        # tokens learn what a task changes; only its weight is learned. Registered only when
+        # given, so checkpoints without one keep their state-dict keys.
+        if model_prior is not None:
+            self.register_buffer("model_prior", standardise(model_prior, num_models))
+            self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
         self.eval_metrics: nn.ModuleDict | None = None
         self.eval_target_names: list[str] = []
 
     @property
     def num_models(self) -> int:
         return self.model_tokens.shape[0]
+
+    def add_prior(self, scores: torch.Tensor, models: torch.Tensor | None = None) -> torch.Tensor:
+        """``scores`` [B, M] (or [B, k] of the model indices ``models`` [B, k]) plus the weighted
+        standardised prior; unchanged without one."""
+        if not hasattr(self, "model_prior"):
+            return scores
+        prior = self.model_prior if models is None else self.model_prior[models]
+        return scores + self.prior_scale * prior
 
     # -- scoring ----------------------------------------------------------------------------------
     def embed_tasks(self, task_tokens: torch.Tensor) -> torch.Tensor:
@@ -198,7 +236,7 @@ class TokenScorer(L.LightningModule):
             if i + 1 < len(self.blocks):  # task-token outputs of the last layer are never read
                 tasks = block.self_attend(tasks, task_mask)
             models = updated
-        return self.head(models).squeeze(-1)
+        return self.add_prior(self.head(models).squeeze(-1))
 
     def forward_reference(
         self, task_tokens: torch.Tensor, task_mask: torch.Tensor, *, loop: bool = False
@@ -223,7 +261,7 @@ class TokenScorer(L.LightningModule):
                 for block in self.blocks:
                     seq = block.self_attend(seq, mask)
                 columns.append(self.head(seq[:, 0]))
-            return torch.cat(columns, dim=1)
+            return self.add_prior(torch.cat(columns, dim=1))
         seq = torch.cat(
             [
                 self.model_tokens[None, :, None, :].expand(batch, num, 1, dim),
@@ -235,7 +273,7 @@ class TokenScorer(L.LightningModule):
         mask = mask[:, None].expand(batch, num, classes + 1).reshape(batch * num, classes + 1)
         for block in self.blocks:
             seq = block.self_attend(seq, mask)
-        return self.head(seq[:, 0]).view(batch, num)
+        return self.add_prior(self.head(seq[:, 0]).view(batch, num))
 
     def score_batch(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Scores [B, M] for an episode batch dict (subclasses add their extra keys)."""

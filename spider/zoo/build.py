@@ -41,7 +41,7 @@ from spider.zoo.manifest import DataFileError, MANIFEST_NAME, resolve_data_dir
 from spider.zoo.minizoo import GENERAL_ID, ModelRef, ZooRecipe, get_recipe, timm_ref
 from spider.zoo.pretrain import PretrainSpec, is_pretrained, pretrain, progress_bar
 
-STAGES = ("pretrain", "extract", "groundtruth", "labels")
+STAGES = ("pretrain", "extract", "groundtruth", "labels", "bank")
 SPLIT = "train"
 MANIFEST = "zoo.json"
 
@@ -91,7 +91,7 @@ def required_files(recipe: ZooRecipe) -> list[str]:
     from spider.zoo import get_zoo_model_info
     from spider.zoo.datasets import DATASETS
 
-    names = {p.source for p in recipe.pool} | {t.source for t in recipe.targets}
+    names = {p.source for p in recipe.pool} | {t.source for t in recipe.all_targets}
     names |= {s for spec in recipe.all_pretrain_specs() for s in spec.sources}
     files = {DATASETS.get(n).file for n in names} - {None}
     files |= {get_zoo_model_info(n).checkpoint for n in recipe.real_ptms}
@@ -231,7 +231,7 @@ def extract_tasks(recipe: ZooRecipe, out: Path) -> tuple[list[_ExtractTask], int
     from spider.store import FeatureStore
 
     checkpoints = out / "checkpoints"
-    datasets = [p.id for p in recipe.pool] + [t.id for t in recipe.targets]
+    datasets = [p.id for p in recipe.pool] + [t.id for t in recipe.all_targets]
     wanted = [(ref, out / "store", ref.id) for ref in recipe.ptm_refs(checkpoints)]
     wanted.append((recipe.general_ref(checkpoints), out / "store", GENERAL_ID))
     for name, spec in recipe.general_alternatives:
@@ -250,7 +250,7 @@ def stage_extract(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress
     report = StageReport("extract")
     with _Timer(report):
         tasks, report.reused = extract_tasks(recipe, out)
-        view_specs = {p.id: p for p in recipe.pool} | {t.id: t for t in recipe.targets}
+        view_specs = {p.id: p for p in recipe.pool} | {t.id: t for t in recipe.all_targets}
         total = sum(len(t.datasets) for t in tasks)
         if total:
             jobs = [(t, None if data_dir is None else str(data_dir), recipe.extract_batch_size) for t in tasks]
@@ -296,10 +296,10 @@ def ground_truth_jobs(recipe: ZooRecipe, out: Path, views: dict[str, Any] | None
     refs = recipe.ptm_refs(out / "checkpoints")
     cost = {r.id: (4.0 if r.kind == "zoo" else 1.0) for r in refs}  # the real PTMs are the heavy ones
     identity = {t.id: {k: v for k, v in dataclasses.asdict(t).items() if k not in ("note", "in_domain")}
-                for t in recipe.targets}
+                for t in recipe.all_targets}
     return [GroundTruthJob(t.id, (views or {}).get(t.id), ref, epochs=t.epochs, identity=identity[t.id],
                            cost=cost[ref.id])
-            for t in recipe.targets for ref in refs]
+            for t in recipe.all_targets for ref in refs]
 
 
 def stage_groundtruth(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
@@ -314,14 +314,14 @@ def stage_groundtruth(recipe: ZooRecipe, out: Path, data_dir, workers: int, prog
         runs = [(lr, s) for lr in config.lrs for s in config.seeds]
         need = {j.target for j in jobs
                 if any(cache.get(j.target, j.model.id, lr, s, run_hash(j, config)) is None for lr, s in runs)}
-        views = {t.id: t.load(data_dir) for t in recipe.targets if t.id in need}
+        views = {t.id: t.load(data_dir) for t in recipe.all_targets if t.id in need}
         jobs = ground_truth_jobs(recipe, out, views)
         results = run_ground_truth(jobs, config, cache_root, data_dir=data_dir, workers=workers, progress=progress)
         report.computed = sum(not r.cached for r in results)
         report.reused = sum(r.cached for r in results)
         summaries = summarize(results, config)
-        in_domain = {t.id: t.in_domain for t in recipe.targets}
-        write_tables(summaries, [t.id for t in recipe.targets], recipe.ptm_ids(), out / "ground_truth.csv",
+        in_domain = {t.id: t.in_domain for t in recipe.all_targets}
+        write_tables(summaries, [t.id for t in recipe.all_targets], recipe.ptm_ids(), out / "ground_truth.csv",
                      out / "ground_truth_details.csv", in_domain)
         if report.computed:
             report.note = f"{sum(r.seconds for r in results if not r.cached) / report.computed:.1f} cpu s/run"
@@ -350,7 +350,7 @@ def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> 
         settings = recipe.labels
         config = resolve_label_config(
             out / "store", general_encoder=GENERAL_ID, models=label_models(recipe), pool=[p.id for p in recipe.pool],
-            targets=[t.id for t in recipe.targets], split=SPLIT, task=settings.task, seed=settings.seed,
+            targets=[t.id for t in recipe.all_targets], split=SPLIT, task=settings.task, seed=settings.seed,
             baselines=list(settings.baselines), aggregator=settings.aggregator, shard_size=settings.shard_size)
         try:  # a complete cache is left untouched (building would rewrite its manifest)
             open_label_cache(out / "labels", settings.num_label_tasks, config=config)
@@ -364,7 +364,80 @@ def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> 
     return report
 
 
+def _bank_specs(recipe: ZooRecipe, out: Path) -> list:
+    """The first ``recipe.bank.num_tasks`` task specs of the zoo's label cache."""
+    from spider.datamodules.labels import open_label_cache
+
+    if recipe.bank.num_tasks == 0:
+        return []
+    if recipe.bank.num_tasks > recipe.labels.num_label_tasks:
+        raise SpiderError(f"recipe {recipe.name!r}: bank.num_tasks {recipe.bank.num_tasks} exceeds the "
+                          f"{recipe.labels.num_label_tasks} label tasks it is drawn from")
+    return open_label_cache(out / "labels", recipe.labels.num_label_tasks).specs[:recipe.bank.num_tasks]
+
+
+def stage_bank(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
+    """Fine-tune every PTM on the bank's pool tasks (:mod:`spider.zoo.bank`); needs the labels."""
+    from spider.zoo.bank import bank_jobs, task_id, write_specs
+    from spider.zoo.groundtruth import RunCache, run_ground_truth, run_hash, summarize, write_tables
+
+    report = StageReport("bank")
+    with _Timer(report):
+        specs = _bank_specs(recipe, out)
+        if not specs:
+            report.note = "no bank tasks"
+            return report
+        settings, root = recipe.bank, out / "bank"
+        config, cache = settings.finetune, RunCache(root / "runs")
+        refs = recipe.ptm_refs(out / "checkpoints")
+        jobs = bank_jobs(specs, refs, settings)
+        need = {int(j.target[4:]) for j in jobs
+                if any(cache.get(j.target, j.model.id, lr, s, run_hash(j, config)) is None
+                       for lr in config.lrs for s in config.seeds)}
+        pool_views = {p.id: p.load(data_dir) for p in recipe.pool} if need else None
+        jobs = bank_jobs(specs, refs, settings, pool_views, need)
+        results = run_ground_truth(jobs, config, root / "runs", data_dir=data_dir, workers=workers,
+                                   progress=progress)
+        report.computed = sum(not r.cached for r in results)
+        report.reused = sum(r.cached for r in results)
+        write_specs(root / "tasks.jsonl", specs)
+        write_tables(summarize(results, config), [task_id(i) for i in range(len(specs))], recipe.ptm_ids(),
+                     root / "accuracy.csv")
+        if report.computed:
+            report.note = f"{sum(r.seconds for r in results if not r.cached) / report.computed:.1f} cpu s/run"
+    return report
+
+
 # ------------------------------------------------------------------------------- manifest
+
+
+def param_counts(recipe: ZooRecipe, out: Path, data_dir=None) -> dict[str, int]:
+    """Parameter count of every PTM (metadata for the ``param_count`` prior), cached in
+    ``<out>/ptm_params.json`` by what identifies each PTM's weights; PTMs whose checkpoint does
+    not exist yet are left out."""
+    path = out / "ptm_params.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    counts, changed = {}, False
+    for ref in recipe.ptm_refs(out / "checkpoints"):
+        key = f"{ref.id}|{ref.weights}"
+        if key not in cached:
+            if ref.kind == "timm" and not Path(ref.checkpoint).is_file():
+                continue
+            try:
+                module = ref.load(data_dir).module
+            except (OSError, SpiderError):
+                continue
+            cached[key] = int(sum(p.numel() for p in module.parameters()))
+            changed = True
+        counts[ref.id] = cached[key]
+    if changed:
+        from spider.zoo.groundtruth import _write_text_if_changed
+
+        _write_text_if_changed(path, json.dumps(cached, indent=1, sort_keys=True))
+    return counts
 
 
 def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
@@ -372,6 +445,7 @@ def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
     checkpoints = out / "checkpoints"
     root = out.resolve()
     settings = dataclasses.asdict(recipe.labels)
+    params = param_counts(recipe, out)
     data = {
         "store": str(root / "store"), "ground_truth": str(root / "ground_truth.csv"),
         "label_cache": str(root / "labels"), "general": GENERAL_ID, "models": label_models(recipe),
@@ -382,7 +456,7 @@ def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
     data |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
     return {
         "recipe": recipe.name, "recipe_hash": recipe.hash, "description": recipe.description,
-        "models": [r.to_dict() for r in recipe.ptm_refs(checkpoints)],
+        "models": [dict(r.to_dict(), params=params.get(r.id)) for r in recipe.ptm_refs(checkpoints)],
         "general": dict(recipe.general_ref(checkpoints).to_dict(), description=recipe.general.description),
         "alternatives": {name: {"store": str(root / "alternatives" / name / "store"),
                                 "encoder": timm_ref(spec, checkpoints, GENERAL_ID).to_dict(),
@@ -390,6 +464,8 @@ def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
                          for name, spec in recipe.general_alternatives},
         "pool": [dataclasses.asdict(p) for p in recipe.pool],
         "targets": [dataclasses.asdict(t) for t in recipe.targets],
+        "val_targets": [dataclasses.asdict(t) for t in recipe.val_targets],
+        "bank": dataclasses.asdict(recipe.bank),
         "finetune": dataclasses.asdict(recipe.finetune),
         "data": data,
     }
@@ -458,6 +534,8 @@ def build_zoo(recipe: ZooRecipe | str = "minizoo", out: str | Path | None = None
         report.stages.append(stage_groundtruth(recipe, out, data_dir, workers, progress))
     if "labels" in stages:
         report.stages.append(stage_labels(recipe, out, workers, progress))
+    if "bank" in stages:
+        report.stages.append(stage_bank(recipe, out, data_dir, workers, progress))
     _write_manifest(out, zoo_manifest(recipe, out), report)
     report.paths = {"out": str(out), "store": str(out / "store"), "ground_truth": str(out / "ground_truth.csv"),
                     "label_cache": str(out / "labels"), "manifest": str(out / MANIFEST)}
@@ -476,6 +554,20 @@ def _needs_data(recipe: ZooRecipe, out: Path, stages: Sequence[str]) -> bool:
         cache = RunCache(out / "ground_truth" / "runs")
         config = recipe.finetune
         for job in ground_truth_jobs(recipe, out):
+            h = run_hash(job, config)
+            if any(cache.get(job.target, job.model.id, lr, s, h) is None for lr in config.lrs for s in config.seeds):
+                return True
+    if "bank" in stages and recipe.bank.num_tasks:
+        from spider.datamodules.labels import LabelCacheError
+        from spider.zoo.bank import bank_jobs
+        from spider.zoo.groundtruth import RunCache, run_hash
+
+        try:
+            specs = _bank_specs(recipe, out)
+        except LabelCacheError:
+            return True  # labels come first; the bank then reads pool images
+        cache, config = RunCache(out / "bank" / "runs"), recipe.bank.finetune
+        for job in bank_jobs(specs, recipe.ptm_refs(out / "checkpoints"), recipe.bank):
             h = run_hash(job, config)
             if any(cache.get(job.target, job.model.id, lr, s, h) is None for lr in config.lrs for s in config.seeds):
                 return True

@@ -102,6 +102,27 @@ def _omniglot(relative: str) -> Callable[[str, Path, bool], tuple[np.ndarray, np
     return load
 
 
+class _SecondBatch:
+    """Loader of a second-batch file: ``x``/``y`` is the train split, ``x_test``/``y_test`` the
+    test split where the source has one; class names are read from the file itself (no pickles).
+    ``invert`` turns dark strokes on white paper bright on dark, the convention of every grey
+    dataset here."""
+
+    def __init__(self, relative: str, invert: bool = False) -> None:
+        self.relative, self.invert, self.names = relative, invert, ()
+
+    def __call__(self, split: str, root: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+        suffix = "_test" if split == "test" else ""
+        with _npz(self.relative, root, verify) as arrays:
+            images, labels = arrays[f"x{suffix}"], arrays[f"y{suffix}"]
+            # WordNet-style "goldfish, Carassius auratus" -> "goldfish"
+            self.names = tuple(str(n).split(",")[0] for n in arrays["class_names"])
+        return (255 - images if self.invert else images), labels
+
+    def class_names(self, labels: np.ndarray) -> tuple[str, ...]:
+        return self.names
+
+
 def _sklearn_digits(split: str, root: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
@@ -136,6 +157,17 @@ register_dataset("omniglot_background", ("all",), _omniglot("datasets/omniglot_b
                  _numbered("character"), "datasets/omniglot_background.npz")
 register_dataset("omniglot_evaluation", ("all",), _omniglot("datasets/omniglot_evaluation.npz"),
                  _numbered("character"), "datasets/omniglot_evaluation.npz")
+# Second batch (MANIFEST.md): more domains for pool datasets and targets.
+for _name, _file, _splits, _invert in (
+    ("tiny_imagenet", "datasets/tiny_imagenet200.npz", ("train", "test"), False),
+    ("gtsrb", "datasets/gtsrb43.npz", ("train", "test"), False),
+    ("cmaterdb", "datasets/cmaterdb_numerals.npz", ("train", "test"), True),
+    ("chars74k", "datasets/chars74k_fnt.npz", ("train",), True),
+    ("binary_alphadigits", "datasets/binary_alphadigits.npz", ("train",), False),
+    ("orl_faces", "datasets/orl_faces.npz", ("train",), False),
+):
+    _loader = _SecondBatch(_file, _invert)
+    register_dataset(_name, _splits, _loader, _loader.class_names, _file)
 if importlib.util.find_spec("sklearn") is not None:  # optional: not a project dependency
     register_dataset("sklearn_digits", ("all",), _sklearn_digits, _fixed(DIGITS))
 

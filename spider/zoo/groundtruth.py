@@ -242,7 +242,12 @@ def _tensors(job: GroundTruthJob, prepared) -> dict[str, tuple[torch.Tensor, tor
     for part in ("train", "val", "test"):
         view = job.views[part]
         y = torch.as_tensor(np.asarray(view.labels), dtype=torch.int64)
-        out[part] = (preprocess(np.asarray(view.images), prepared), y)
+        # A list holds chunks of different image sizes (a task mixing datasets): each chunk is
+        # preprocessed to the model's input on its own, rows in chunk order.
+        chunks = view.images if isinstance(view.images, (list, tuple)) else [view.images]
+        chunks = [preprocess(np.asarray(c), prepared) for c in chunks if len(c)]
+        x = torch.cat(chunks) if chunks else out["train"][0][:0]
+        out[part] = (x, y)
     return out
 
 

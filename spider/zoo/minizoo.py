@@ -37,6 +37,7 @@ from spider.baselines.batch import DEFAULT_BASELINES
 from spider.datamodules.tasks import TaskConfig
 from spider.errors import SpiderError
 from spider.registry import Registry
+from spider.zoo.bank import BankSettings
 from spider.zoo.groundtruth import FinetuneConfig
 from spider.zoo.pretrain import PretrainSpec, checkpoint_path
 
@@ -283,6 +284,7 @@ class ZooRecipe:
     pretrained: tuple[PretrainSpec, ...]
     general: PretrainSpec
     pool: tuple[PoolSpec, ...]
+    # Test targets: reported once, never used to decide anything.
     targets: tuple[TargetSpec, ...]
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     labels: LabelSettings = field(default_factory=LabelSettings)
@@ -290,12 +292,14 @@ class ZooRecipe:
     # whose PTM folders link to the main store's (``<out>/alternatives/<name>/store``).
     general_alternatives: tuple[tuple[str, PretrainSpec], ...] = ()
     extract_batch_size: int = 256
+    # Validation targets: every decision (early stop, checkpoint, sweep, ablation winner) is made
+    # on these; like the test targets, their classes are absent from the pool.
+    val_targets: tuple[TargetSpec, ...] = ()
+    # Fine-tuning bank: real fine-tuning of every PTM on the first tasks of the label cache.
+    bank: BankSettings = field(default_factory=lambda: BankSettings())
     # Upper bound on worker processes: for a tiny zoo their start-up costs more than they save.
     max_workers: int | None = None
     description: str = ""
-    # Validation targets (every decision: early stopping, checkpoint choice, sweeps); ``targets``
-    # are the test targets (reported, never used to decide).
-    val_targets: tuple[TargetSpec, ...] = ()
 
     def __post_init__(self) -> None:
         ids = self.ptm_ids()
@@ -303,12 +307,17 @@ class ZooRecipe:
             raise SpiderError(f"recipe {self.name!r}: duplicate PTM ids")
         if GENERAL_ID in ids:
             raise SpiderError(f"recipe {self.name!r}: a PTM cannot be called {GENERAL_ID!r}")
-        datasets = [p.id for p in self.pool] + [t.id for t in self.targets] + [t.id for t in self.val_targets]
+        datasets = [p.id for p in self.pool] + [t.id for t in self.all_targets]
         if len(set(datasets)) != len(datasets):
             raise SpiderError(f"recipe {self.name!r}: duplicate dataset ids")
-        unknown = sorted({d for t in self.targets for d in t.in_domain} - set(ids))
+        unknown = sorted({d for t in self.all_targets for d in t.in_domain} - set(ids))
         if unknown:
             raise SpiderError(f"recipe {self.name!r}: in_domain names unknown PTMs {unknown}")
+
+    @property
+    def all_targets(self) -> tuple[TargetSpec, ...]:
+        """Validation then test targets: everything that gets fine-tuning ground truth."""
+        return tuple(self.val_targets) + tuple(self.targets)
 
     def ptm_ids(self) -> list[str]:
         return list(self.real_ptms) + [s.id for s in self.pretrained]
@@ -356,6 +365,10 @@ def _timm(arch: str, source: str | tuple[str, ...], *, rgb: bool, size: int = 32
 # Classes of CIFAR-10 that are also Animal-MNIST classes (bird, cat, dog, horse) stay out of the pool.
 CIFAR10_POOL_CLASSES = (0, 1, 4, 6, 8, 9)  # airplane, automobile, deer, frog, ship, truck
 DIGITS_LOW, DIGITS_HIGH = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+# Validation classes (indices into the registered datasets' class lists).
+TINY_IMAGENET_OBJECTS = (59, 80, 83, 109, 160, 168, 171, 174, 187, 191)  # abacus ... lemon, pizza
+GTSRB_VAL_SIGNS = (1, 2, 12, 13, 14, 17, 25, 33, 35, 38)  # 30/50 km/h, priority, yield, stop, ...
+CHARS74K_VAL_LETTERS = tuple(range(10, 20))  # A B C D E F G H J K
 
 
 @register_recipe("minizoo")
@@ -388,6 +401,18 @@ def minizoo() -> ZooRecipe:
     ) + omniglot_tasks(3, in_domain=("test_resnet.omniglot", "test_convnext.omniglot"),
                        train_per_class=10, val_per_class=4, test_per_class=6, epochs=4,
                        note="20 Omniglot-evaluation characters (alphabets unseen in the pool)")
+    # Validation targets: new domains and classes (none in the pool or the test targets).
+    val_targets = (
+        TargetSpec("tiny_imagenet_objects", "tiny_imagenet", 25, 10, 10, test_split="test",
+                   classes=TINY_IMAGENET_OBJECTS, note="10 Tiny-ImageNet objects and foods (photos)"),
+        TargetSpec("gtsrb_signs", "gtsrb", 40, 20, 20, test_split="test", classes=GTSRB_VAL_SIGNS,
+                   note="10 German traffic signs; no PTM saw this domain"),
+        TargetSpec("chars74k_letters", "chars74k", 50, 20, 50, classes=CHARS74K_VAL_LETTERS,
+                   note="capital letters A-K (no I) in computer fonts"),
+        omniglot_tasks(4, in_domain=("test_resnet.omniglot", "test_convnext.omniglot"),
+                       train_per_class=10, val_per_class=4, test_per_class=6, epochs=4,
+                       note="20 more Omniglot-evaluation characters")[3],
+    )
     pool = (
         PoolSpec("mnist", "mnist", classes=DIGITS_LOW, per_class=200, note="MNIST digits 0-4"),
         PoolSpec("cifar10", "cifar10", classes=CIFAR10_POOL_CLASSES, per_class=200,
@@ -397,8 +422,9 @@ def minizoo() -> ZooRecipe:
     )
     return ZooRecipe("minizoo", REAL_PTMS, pretrained, general, pool, targets,
                      finetune=FinetuneConfig(), labels=LabelSettings(),
-                     general_alternatives=(("random", random_general),),
-                     description="20 PTMs (12 real + 8 timm pre-trained here), 3 pool datasets, 6 targets")
+                     general_alternatives=(("random", random_general),), val_targets=val_targets,
+                     description="20 PTMs (12 real + 8 timm pre-trained here), 3 pool datasets, "
+                                 "4 validation and 6 test targets")
 
 
 @register_recipe("tiny")
@@ -410,6 +436,7 @@ def tiny() -> ZooRecipe:
         TargetSpec("usps", "usps", 6, 3, 6, test_split="test", classes=DIGITS_HIGH,
                    in_domain=("usps_cnn", "mnist_cnn", "test_vit.mnist")),
     ) + omniglot_tasks(1, ways=5, train_per_class=5, val_per_class=2, test_per_class=3)
+    val_targets = omniglot_tasks(2, ways=5, train_per_class=5, val_per_class=2, test_per_class=3)[1:]
     pool = (
         PoolSpec("mnist", "mnist", classes=DIGITS_LOW, per_class=12),
         PoolSpec("omniglot_background", "omniglot_background", split="all", max_classes=8, per_class=12),
@@ -419,6 +446,8 @@ def tiny() -> ZooRecipe:
         min_samples_per_class=3, max_samples_per_class=6))
     finetune = FinetuneConfig(epochs=1, batch_size=16)
     random_general = dataclasses.replace(general, id="general.random", epochs=0)
+    bank = BankSettings(num_tasks=2, finetune=FinetuneConfig(lrs=(3e-3,), seeds=(0,), epochs=1))
     return ZooRecipe("tiny", ("mnist_cnn", "usps_cnn"), pretrained, general, pool, targets,
                      finetune=finetune, labels=labels, general_alternatives=(("random", random_general),),
-                     extract_batch_size=64, max_workers=1, description="3 PTMs, 2 pool datasets, 2 targets (tests)")
+                     extract_batch_size=64, max_workers=1, val_targets=val_targets, bank=bank,
+                     description="3 PTMs, 2 pool datasets, 1 validation and 2 test targets (tests)")

@@ -1,0 +1,105 @@
+"""Static priors: rank the PTMs without looking at the task.
+
+A learned ranker must beat "the model that fine-tunes best on average" to be worth its cost, so
+every results table shows these beside the forward baselines. A prior maps what is known about
+the zoo *before* a target arrives (training labels, the fine-tuning bank of pool tasks, model
+metadata) to one score per PTM, higher = better; every target gets the same scores.
+
+Registered like the baselines (``register_prior`` + ``prior_scores(name, inputs)``):
+
+* ``label_mean`` - mean training label of each PTM over the label cache's tasks (Copeland).
+* ``finetune_mean`` - mean fine-tuned accuracy over the fine-tuning bank's pool tasks (the
+  "fine-tuning history" prior).
+* ``param_count`` - number of parameters (bigger first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spider.errors import ConfigError
+from spider.registry import Registry
+
+PRIORS: Registry[Callable[["PriorInputs"], np.ndarray]] = Registry("static prior")
+
+
+@dataclass(frozen=True)
+class PriorInputs:
+    """What the priors may use; any part may be missing (that prior is then unavailable).
+
+    ``labels`` [N, M] training labels in ``models`` order (NaN = none); ``bank_accuracy`` [K, M]
+    fine-tuned accuracies (%) on pool tasks; ``params`` PTM id -> parameter count.
+    """
+
+    models: Sequence[str]
+    labels: np.ndarray | None = None
+    bank_accuracy: np.ndarray | None = None
+    params: Mapping[str, int] = field(default_factory=dict)
+
+
+def register_prior(name: str, **meta: Any):
+    """Decorator: register ``fn(inputs: PriorInputs) -> float [M]`` as a static prior."""
+    return PRIORS.register(name, **meta)
+
+
+def list_priors(pattern: str = "*") -> list[str]:
+    return PRIORS.list(pattern)
+
+
+def available_priors(inputs: PriorInputs) -> list[str]:
+    """The registered priors whose inputs are present."""
+    out = []
+    for name in list_priors():
+        try:
+            prior_scores(name, inputs)
+        except ConfigError:
+            continue
+        out.append(name)
+    return out
+
+
+def prior_scores(name: str, inputs: PriorInputs) -> np.ndarray:
+    """float64 [M] scores of prior ``name`` (finite; higher = better).
+
+    Raises:
+        RegistryError: unknown prior.  ConfigError: its inputs are missing or not finite.
+    """
+    scores = np.asarray(PRIORS.get(name)(inputs), dtype=np.float64)
+    if scores.shape != (len(inputs.models),):
+        raise ConfigError(f"prior {name!r}: expected {len(inputs.models)} scores, got shape {scores.shape}")
+    if not np.isfinite(scores).all():
+        raise ConfigError(f"prior {name!r}: non-finite score for "
+                          f"{[m for m, s in zip(inputs.models, scores) if not np.isfinite(s)][:3]}")
+    return scores
+
+
+def _column_means(matrix: np.ndarray | None, what: str) -> np.ndarray:
+    if matrix is None or np.asarray(matrix).size == 0:
+        raise ConfigError(f"static prior: no {what}")
+    matrix = np.asarray(matrix, dtype=np.float64)
+    seen = np.isfinite(matrix)
+    if not seen.any(0).all():
+        raise ConfigError(f"static prior: a PTM has no {what}")
+    return np.where(seen, matrix, 0.0).sum(0) / seen.sum(0)
+
+
+@register_prior("label_mean")
+def label_mean(inputs: PriorInputs) -> np.ndarray:
+    return _column_means(inputs.labels, "training labels")
+
+
+@register_prior("finetune_mean")
+def finetune_mean(inputs: PriorInputs) -> np.ndarray:
+    return _column_means(inputs.bank_accuracy, "fine-tuning bank")
+
+
+@register_prior("param_count")
+def param_count(inputs: PriorInputs) -> np.ndarray:
+    missing = [m for m in inputs.models if m not in inputs.params]
+    if missing:
+        raise ConfigError(f"static prior 'param_count': no parameter count for {missing[:3]}")
+    return np.log10(np.asarray([float(inputs.params[m]) for m in inputs.models]))

@@ -1,0 +1,194 @@
+"""Fine-tuning bank task splits, label sources, static priors and the scorer's prior term."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from spider.datamodules.label_sources import LABEL_SOURCES, baseline_agreement, training_labels
+from spider.datamodules.tasks import TaskSpec
+from spider.errors import ConfigError, SpiderError
+from spider.modules import ReRanker, ScorerInputError, TokenScorer
+from spider.priors import PriorInputs, available_priors, list_priors, prior_scores
+from spider.zoo.bank import BankSettings, FinetuneBank, open_bank, split_task
+
+MODELS = ["a", "b", "c", "d"]
+
+
+def _spec(i: int) -> TaskSpec:
+    return TaskSpec(classes=(("p", 0), ("p", 1 + i)), rows=((0, 1, 2), (3, 4, 5, 6)))
+
+
+def _cache(n: int = 5) -> SimpleNamespace:
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(n, 4))
+    raw = np.stack([truth, -truth, truth + 0.01 * rng.normal(size=(n, 4))], axis=1)  # [N, K=3, M]
+    return SimpleNamespace(spec_texts=[_spec(i).to_json() for i in range(n)], scores=rng.normal(size=(n, 4)),
+                           raw=raw, baselines=["good", "inverted", "also_good"], models=list(MODELS),
+                           truth=truth)
+
+
+def _bank(cache: SimpleNamespace, k: int = 3) -> FinetuneBank:
+    return FinetuneBank([TaskSpec.from_json(t) for t in cache.spec_texts[:k]], list(MODELS),
+                        50 + 10 * cache.truth[:k])
+
+
+# ------------------------------------------------------------------------- bank splits
+
+
+def test_bank_split_is_deterministic_disjoint_and_covers_every_class():
+    images = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
+    views = {"p": SimpleNamespace(images=images)}
+    spec = TaskSpec(classes=(("p", 0), ("p", 1)), rows=((0, 1, 2), (3, 4, 5, 6, 7, 8)))
+    a = split_task(spec, views, 7, BankSettings())
+    b = split_task(spec, views, 7, BankSettings())
+    assert all(np.array_equal(x, y) for x, y in zip(a["train"].images, b["train"].images))
+    assert sorted(a["test"].labels.tolist()) == [0, 1, 1] and sorted(a["train"].labels.tolist()) == [0, 0, 1, 1, 1, 1]
+    seen = {int(x[0, 0]) for part in ("train", "test") for chunk in a[part].images for x in chunk}
+    assert seen == {int(images[r, 0, 0]) for r in range(9)}  # every row once, nothing else
+    assert len(a["val"].labels) == 0
+    other = split_task(spec, views, 8, BankSettings())  # another task index draws another split
+    assert any(not np.array_equal(x, y) for x, y in zip(a["test"].images, other["test"].images))
+
+
+def test_bank_split_refuses_a_class_of_one_image():
+    views = {"p": SimpleNamespace(images=np.zeros((3, 2, 2), np.uint8))}
+    with pytest.raises(SpiderError, match="class 1 has 1 image"):
+        split_task(TaskSpec(classes=(("p", 0), ("p", 1)), rows=((0, 1), (2,))), views, 0, BankSettings())
+
+
+@pytest.mark.parametrize("kwargs", [{"num_tasks": -1}, {"test_fraction": 0.0}, {"test_fraction": 1.0}])
+def test_bank_settings_are_checked(kwargs):
+    with pytest.raises(SpiderError):
+        BankSettings(**kwargs)
+
+
+def test_open_bank_rejects_missing_and_non_finite_files(tmp_path):
+    with pytest.raises(SpiderError, match="accuracy.csv"):
+        open_bank(tmp_path)
+    (tmp_path / "tasks.jsonl").write_text('{"task": "task0000", "spec": %s}\n' % __import__("json").dumps(
+        _spec(0).to_json()))
+    (tmp_path / "accuracy.csv").write_text("dataset,model,accuracy\ntask0000,a,50\ntask0000,b,nan\n")
+    with pytest.raises(SpiderError, match="not finite"):
+        open_bank(tmp_path)
+    (tmp_path / "accuracy.csv").write_text("dataset,model,accuracy\ntask0000,a,50\ntask0001,b,40\n")
+    with pytest.raises(SpiderError, match="no spec"):
+        open_bank(tmp_path)
+    (tmp_path / "accuracy.csv").write_text("dataset,model,accuracy\ntask0000,a,50\ntask0000,b,40\n")
+    bank = open_bank(tmp_path, ["b", "a"])
+    assert bank.models == ["b", "a"] and bank.accuracy.tolist() == [[40.0, 50.0]]
+    with pytest.raises(SpiderError, match="no column"):
+        open_bank(tmp_path, ["z"])
+
+
+# ------------------------------------------------------------------------- label sources
+
+
+def test_copeland_source_is_the_cache():
+    cache = _cache()
+    labels = training_labels("copeland", cache)
+    assert labels.spec_texts == cache.spec_texts and np.array_equal(labels.scores, cache.scores)
+
+
+def test_finetune_source_uses_the_bank_tasks_only():
+    cache = _cache()
+    labels = training_labels("finetune", cache, _bank(cache))
+    assert labels.spec_texts == cache.spec_texts[:3]
+    assert np.array_equal(labels.scores, 50 + 10 * cache.truth[:3])
+
+
+def test_mixed_source_replaces_bank_tasks_and_repeats_them():
+    cache = _cache()
+    labels = training_labels("mixed", cache, _bank(cache), mixed_weight=3)
+    assert len(labels.spec_texts) == 5 + 2 * 3
+    assert np.array_equal(labels.scores[:3], 50 + 10 * cache.truth[:3])
+    assert np.array_equal(labels.scores[3:5], cache.scores[3:5])
+    assert labels.spec_texts[5:8] == cache.spec_texts[:3] and np.array_equal(labels.scores[8:], labels.scores[:3])
+    with pytest.raises(ConfigError, match="mixed_weight"):
+        training_labels("mixed", cache, _bank(cache), mixed_weight=0)
+
+
+def test_selected_source_keeps_agreeing_baselines():
+    cache = _cache()
+    agreement = baseline_agreement(cache, _bank(cache))
+    assert agreement["good"] == pytest.approx(1.0) and agreement["inverted"] == pytest.approx(-1.0)
+    labels = training_labels("selected", cache, _bank(cache), selected_members=3)
+    assert set(labels.members) == {"good", "also_good"}
+    # the aggregate of the chosen members orders every task like the agreeing baselines
+    for i in range(5):
+        assert np.argmax(labels.scores[i]) == np.argmax(cache.truth[i])
+
+
+@pytest.mark.parametrize("source", [s for s in LABEL_SOURCES if s != "copeland"])
+def test_sources_needing_the_bank_say_so(source):
+    with pytest.raises(ConfigError, match="fine-tuning bank"):
+        training_labels(source, _cache(), None)
+
+
+def test_a_bank_of_other_tasks_is_refused():
+    cache = _cache()
+    bank = _bank(cache)
+    shuffled = FinetuneBank(bank.specs[::-1], bank.models, bank.accuracy)
+    with pytest.raises(ConfigError, match="first tasks of the label cache"):
+        training_labels("finetune", cache, shuffled)
+    with pytest.raises(ConfigError, match="unknown 'nope'"):
+        training_labels("nope", cache, bank)
+
+
+# ------------------------------------------------------------------------- static priors
+
+
+def test_priors_score_what_they_say():
+    labels = np.array([[1.0, np.nan, 3.0], [3.0, 2.0, np.nan]])
+    bank = np.array([[50.0, 70.0, 60.0]])
+    inputs = PriorInputs(["x", "y", "z"], labels, bank, {"x": 10, "y": 1000, "z": 100})
+    assert prior_scores("label_mean", inputs).tolist() == [2.0, 2.0, 3.0]  # NaN = no label
+    assert prior_scores("finetune_mean", inputs).tolist() == [50.0, 70.0, 60.0]
+    assert prior_scores("param_count", inputs).tolist() == pytest.approx([1.0, 3.0, 2.0])
+    assert available_priors(inputs) == list_priors() == ["finetune_mean", "label_mean", "param_count"]
+
+
+def test_priors_without_their_inputs_are_unavailable():
+    inputs = PriorInputs(["x", "y"], labels=np.array([[1.0, np.nan]]))
+    assert available_priors(inputs) == []  # y has no label, no bank, no parameter counts
+    with pytest.raises(ConfigError, match="no fine-tuning bank"):
+        prior_scores("finetune_mean", inputs)
+
+
+# ------------------------------------------------------------------------- scorer prior term
+
+
+def _tokens(b=3, c=5, dg=8):
+    torch.manual_seed(0)
+    return torch.randn(b, c, dg), torch.ones(b, c, dtype=torch.bool)
+
+
+def test_prior_term_adds_the_standardised_prior_with_its_weight():
+    x, mask = _tokens()
+    plain = TokenScorer(4, 8, dim=16, dropout=0.0).eval()
+    with_prior = TokenScorer(4, 8, dim=16, dropout=0.0, model_prior=[1.0, 2.0, 3.0, 4.0], prior_scale=2.0).eval()
+    with_prior.load_state_dict(plain.state_dict(), strict=False)
+    z = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    z = (z - z.mean()) / z.std(unbiased=False)
+    assert torch.allclose(with_prior(x, mask) - plain(x, mask), 2.0 * z.expand(3, 4), atol=1e-5)
+    assert torch.allclose(with_prior(x, mask), with_prior.forward_reference(x, mask), atol=1e-5)
+    assert "model_prior" not in plain.state_dict()  # old checkpoints keep their keys
+
+
+def test_reranker_keeps_the_prior_on_reranked_models():
+    x, mask = _tokens(b=2)
+    model = ReRanker(4, 8, model_dims=[6, 6, 6, 6], dim=16, dropout=0.0, model_prior=[0.0, 5.0, 1.0, 2.0]).eval()
+    models = torch.tensor([[1, 2], [0, 3]])
+    tokens = torch.randn(2, 2, 5, 6)
+    fast = model(x, mask, models, tokens)
+    slow = model.forward_reference(x, mask, models, tokens)
+    assert torch.allclose(fast, slow, atol=1e-5)
+
+
+@pytest.mark.parametrize("prior", [[1.0, 2.0], [1.0, float("nan"), 2.0, 3.0]])
+def test_bad_priors_are_refused(prior):
+    with pytest.raises(ScorerInputError, match="model_prior"):
+        TokenScorer(4, 8, dim=16, model_prior=prior)
