@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,20 @@ from spider.zoo.datasets import load_dataset
 from spider.zoo.registry import load_state_dict_strict
 
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+# 16-bit grey PNG/TIFF open as I;16*, 16-bit PGM as I: their samples span 0..65535, and
+# convert("L") would clip them at 255 instead of scaling them. They are scaled by 255/65535
+# (32-bit I images are read as 16-bit: values outside 0..65535 are clipped).
+_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L"})
+MAX_IMAGE_PIXELS = 80_000_000
+"""Images with more pixels (width x height, read from the header) are refused before decoding.
+
+Below PIL's own bomb threshold (89.5 M), so PIL never warns about an image this module accepts.
+"""
+DECODE_MAX_SIDE = 1024
+"""Each side of an image is reduced to at most this many pixels on decode (JPEG: by libjpeg's
+draft mode, so the full image is never held; others: right after decoding). Models take far
+smaller inputs and :func:`preprocess` resizes every image to the model's size without cropping,
+so this bounds memory without changing what the model sees beyond resampling differences."""
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 
 
@@ -267,9 +282,15 @@ class ArraySource:
         return self.images[start:stop]
 
 
+class EmptyClassFolderWarning(UserWarning):
+    """A class sub-folder of an image folder holds no image; the class is left out."""
+
+
 class ImageFolderSource:
     """``root/<class>/<image>``: classes are the sorted sub-folder names; images are read with
-    PIL (via torchvision's list of extensions) in sorted order."""
+    PIL (via torchvision's list of extensions) in sorted order. A class folder without images is
+    left out with an :class:`EmptyClassFolderWarning` naming it. Images are decoded as described
+    at :data:`MAX_IMAGE_PIXELS` and :data:`DECODE_MAX_SIDE`."""
 
     def __init__(self, root: str | Path) -> None:
         from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -281,6 +302,7 @@ class ImageFolderSource:
         files: list[Path] = []
         labels: list[int] = []
         kept: list[str] = []
+        empty: list[str] = []
         for name in classes:
             found = sorted(p for p in (self.root / name).rglob("*")
                            if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
@@ -288,11 +310,18 @@ class ImageFolderSource:
                 labels += [len(kept)] * len(found)
                 files += found
                 kept.append(name)
+            else:
+                empty.append(name)
         if not files:
             raise ExtractError(
                 f"no images found in {self.root} (expected one sub-folder per class holding "
                 f"{'/'.join(sorted(IMG_EXTENSIONS))} files)"
             )
+        if empty:  # one warning for all of them: a folder may hold many empty classes
+            shown = ", ".join(map(repr, empty[:10])) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+            warnings.warn(f"image folder {self.root}: class folder{'s' if len(empty) > 1 else ''} {shown} "
+                          f"hold{'' if len(empty) > 1 else 's'} no image and {'are' if len(empty) > 1 else 'is'} "
+                          "left out", EmptyClassFolderWarning, stacklevel=2)
         self.files = files
         self.labels = np.asarray(labels, dtype=np.int64)
         self.class_names = tuple(kept)
@@ -312,17 +341,50 @@ class ImageFolderSource:
 
 
 def _open_image(path: Path, load: bool = True) -> np.ndarray | None:
+    """uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` with each side at most :data:`DECODE_MAX_SIDE`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            if not load:
-                image.verify()
-                return None
-            mode = "L" if image.mode in _GREY_MODES else "RGB"
-            return np.asarray(image.convert(mode), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        with warnings.catch_warnings():  # the pixel limit below is ours; PIL's warning would be noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise _too_large(path, width, height)
+                if not load:
+                    image.verify()
+                    return None
+                return _decode(image)
+    except Image.DecompressionBombError:  # over PIL's own hard limit: refused before the header check
+        raise _too_large(path, None, None) from None
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as err:
         raise ExtractError(f"unreadable image {path}: {type(err).__name__}") from None
+
+
+def _too_large(path: Path, width: int | None, height: int | None) -> ExtractError:
+    size = f"{width}x{height} = {width * height:,} pixels" if width else "more pixels than PIL allows"
+    return ExtractError(f"image {path} is too large ({size}; at most {MAX_IMAGE_PIXELS:,} pixels "
+                        "are read): downscale it first")
+
+
+def _decode(image) -> np.ndarray:
+    from PIL import Image
+
+    grey = image.mode in _GREY_MODES
+    width, height = image.size
+    cap = (min(width, DECODE_MAX_SIDE), min(height, DECODE_MAX_SIDE))
+    if cap != image.size:
+        image.draft("L" if grey else "RGB", cap)  # JPEG decodes at 1/2, 1/4 or 1/8 size; others ignore it
+    if image.mode not in _WIDE_MODES:
+        image = image.convert("L" if grey else "RGB")
+    if image.size != cap:
+        # box-reduce by an integer factor first (cheap), then antialiased bilinear; 16-bit images are
+        # reduced before scaling so that the full-size image is never copied at a wider type
+        image = image.resize(cap, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if image.mode in _WIDE_MODES:
+        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        return ((wide * 255 + 32767) // 65535).astype(np.uint8)  # 0 -> 0, 65535 -> 255, rounded
+    return np.asarray(image, dtype=np.uint8)
 
 
 # ------------------------------------------------------------------------------- preprocessing

@@ -16,10 +16,8 @@ size) are the same; any difference is refused with an error naming it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from spider.errors import SpiderError
 
@@ -120,18 +118,18 @@ def _build(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from spider.datamodules.labels import MANIFEST, open_label_cache
+    from spider.datamodules.labels import open_label_cache
 
     cache = open_label_cache(args.cache)
-    manifest = json.loads((Path(args.cache) / MANIFEST).read_text())
-    identity = manifest["identity"]
+    identity = cache.identity
     sizes = np.array([s.num_classes for s in cache.specs])
     samples = np.array([s.num_samples for s in cache.specs])
     print(f"label cache {args.cache} (hash {cache.config_hash[:12]})")
     print(f"  tasks: {cache.num_tasks}  classes/task: {sizes.min()}-{sizes.max()} (mean {sizes.mean():.1f})  "
           f"samples/task: {samples.min()}-{samples.max()}")
     print(f"  models ({len(cache.models)}): {' '.join(cache.models)}")
-    print(f"  pool: {' '.join(identity['pool'])}  split: {identity['split']}  seed: {identity['seed']}")
+    print(f"  pool: {' '.join(map(str, identity['pool']))}  split: {identity.get('split')}  "
+          f"seed: {identity.get('seed')}")
     print(f"  baselines: {' '.join(cache.baselines)} -> {cache.aggregator}")
     print(f"  labelled (task, model) pairs: {int(cache.mask.sum())}/{cache.mask.size}; "
           f"NaN baseline scores: {int(np.isnan(cache.raw).sum())}")

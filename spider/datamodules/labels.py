@@ -121,22 +121,31 @@ def resolve_label_config(store: Any, *, general_encoder: str = "general", models
 
     store = _open_store(store)
     targets = list(targets)
-    if general_encoder not in store.models():
-        raise ConfigError(f"general: encoder {general_encoder!r} not in the store at {store.root} "
-                          f"(models: {', '.join(store.models()) or 'none'})")
+    known_models, known_datasets = store.models(), store.datasets()
+    _check_known("general", [general_encoder], known_models, "model", store)
     if models is None:
-        models = [m for m in store.models() if m != general_encoder]
+        models = [m for m in known_models if m != general_encoder]
     models = list(models)
     if not models:
         raise ConfigError(f"models: no PTMs to rank in the store at {store.root}")
+    _check_known("models", models, known_models, "model", store)
     if len(set(models)) != len(models):
         raise ConfigError(f"models: duplicate ids in {models}")
     if general_encoder in models:
         raise ConfigError(f"models: the general encoder {general_encoder!r} cannot also be a ranked PTM")
+    # A misspelt target would silently stay in the default pool (labels computed on it): refuse it.
+    _check_known("targets", targets, known_datasets, "dataset", store)
     if pool is None:
         pool = [d for d in store.datasets(general_encoder) if d not in targets and store.has(general_encoder, d, split)]
     pool = sorted(pool)
+    _check_known("pool_datasets", pool, known_datasets, "dataset", store)
+    if len(set(pool)) != len(pool):
+        raise ConfigError(f"pool_datasets: duplicate ids in {pool}")
     check_disjoint(pool, targets)
+    lacking = [d for d in pool if not store.has(general_encoder, d, split)]
+    if lacking:
+        raise ConfigError(f"pool_datasets: no {general_encoder}/{lacking[0]}/{split} entry in the store at "
+                          f"{store.root} (pool datasets need the general encoder's features at split {split!r})")
     if not pool:
         raise ConfigError(f"pool_datasets: no pool datasets left at split {split!r} in {store.root}")
     for name in baselines:
@@ -149,6 +158,15 @@ def resolve_label_config(store: Any, *, general_encoder: str = "general", models
     return LabelConfig(store=str(store.root), general_encoder=general_encoder, models=tuple(models),
                        pool=tuple(pool), split=split, task=task or TaskConfig(), seed=int(seed),
                        baselines=tuple(baselines), aggregator=aggregator, shard_size=int(shard_size))
+
+
+def _check_known(key: str, names: Sequence[str], known: Sequence[str], kind: str, store: Any) -> None:
+    """ConfigError naming every name of ``names`` that is not a ``kind`` of the store, and the known ones."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        listed = ", ".join(known) or "none"
+        raise ConfigError(f"{key}: unknown {kind}{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(map(repr, unknown))} ({kind}s in the store at {store.root}: {listed})")
 
 
 def store_fingerprint(store: Any, models: Iterable[str], datasets: Iterable[str], split: str) -> dict[str, str]:
@@ -255,6 +273,9 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(store_root: str, device: str | None) -> None:
     import torch
 
+    from spider._procs import exit_with_parent
+
+    exit_with_parent()
     torch.set_num_threads(1)
     _WORKER["store"] = _open_store(store_root)
     _WORKER["device"] = device
@@ -336,6 +357,7 @@ class LabelCache:
     raw: np.ndarray  # [N, K, M] float64
     scores: np.ndarray  # [N, M] float64, NaN = unscored
     ranking: np.ndarray  # [N, M] int64
+    identity: dict[str, Any] = field(default_factory=dict)  # the manifest's settings (pool, split, ...)
 
     @property
     def num_tasks(self) -> int:
@@ -415,17 +437,65 @@ def _clean_temp_files(root: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+# manifest key -> check of its value (what readers index without further checks)
+_MANIFEST_FIELDS: dict[str, Any] = {
+    "config_hash": lambda v: isinstance(v, str),
+    "identity": lambda v: isinstance(v, dict) and isinstance(v.get("pool"), list),
+    "models": lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v),
+    "baselines": lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v),
+    "aggregator": lambda v: isinstance(v, str),
+    "shard_size": lambda v: type(v) is int and v >= 1,
+    "num_tasks": lambda v: type(v) is int and v >= 0,
+    "complete_tasks": lambda v: type(v) is int and v >= 0,
+}
+
+
 def _read_manifest(root: Path) -> dict | None:
+    """The checked manifest of the cache at ``root``; None if there is none."""
     path = root / MANIFEST
     if not path.is_file():
         return None
     try:
         manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError(f"expected a JSON object, got {type(manifest).__name__}")
         if manifest.get("format") != FORMAT:
             raise ValueError(f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
+        for key, valid in _MANIFEST_FIELDS.items():
+            if key not in manifest:
+                raise ValueError(f"missing {key!r}")
+            if not valid(manifest[key]):
+                raise ValueError(f"bad {key!r}")
         return manifest
-    except (ValueError, OSError) as err:
-        raise LabelCacheError(f"{path}: not a readable label-cache manifest ({err})") from None
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise LabelCacheError(f"{path}: not a readable label-cache manifest ({_one_line(err)})") from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
+
+
+def _check_out_folder(root: Path) -> None:
+    """``root`` must be a label-cache folder, an empty folder or a new path; checked before writing."""
+    if root.exists() and not root.is_dir():
+        raise LabelCacheError(f"{root}: exists and is not a folder (expected a label-cache folder)")
+    for parent in root.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LabelCacheError(f"{root}: {parent} is not a folder")
+            break
+    if root.is_dir() and not (root / MANIFEST).is_file():
+        # A cache writes its manifest first, so a folder without one holds only what a killed
+        # build may leave (temp files, target scores); anything else is someone else's folder.
+        foreign = sorted(p.name for p in root.iterdir() if not _is_cache_name(p.name))
+        if foreign:
+            raise LabelCacheError(f"{root}: not a label cache and not empty (holds {foreign[0]!r}); "
+                                  "use a new or empty folder")
+
+
+def _is_cache_name(name: str) -> bool:
+    return name in (MANIFEST, "targets") or name.startswith(".") or \
+        (name.startswith("shard-") and name.endswith(".npz"))
 
 
 def _describe_difference(old: dict, new: dict) -> str:
@@ -450,15 +520,23 @@ def _check_manifest(root: Path, manifest: dict, identity: dict, config_hash: str
                               "use another cache folder or delete this one")
 
 
-def _load_shard(path: Path, config_hash: str, needed: int) -> dict[str, np.ndarray] | None:
-    """The shard's arrays if it is complete, ours and holds >= ``needed`` tasks; else None."""
+def _load_shard(path: Path, config_hash: str, needed: int, *, strict: bool = False) -> dict[str, np.ndarray] | None:
+    """The shard's arrays if it is complete, ours and holds >= ``needed`` tasks; else None.
+
+    An unreadable shard is rebuilt by a build (a warning) and is a LabelCacheError for a reader
+    (``strict``), which says why instead of only "incomplete".
+    """
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in _SHARD_KEYS}
     except FileNotFoundError:
         return None
     except Exception as err:  # truncated, garbled or foreign file: rebuild it
-        warnings.warn(f"{path}: unreadable label shard ({type(err).__name__}: {err}); rebuilding it", stacklevel=3)
+        reason = f"{type(err).__name__}: {_one_line(err)}"
+        if strict:
+            raise LabelCacheError(f"{path}: unreadable label shard ({reason}); rebuild it with "
+                                  "`python -m spider.labels build`") from None
+        warnings.warn(f"{path}: unreadable label shard ({reason}); rebuilding it", stacklevel=3)
         return None
     n = arrays["task_index"].shape[0]
     if str(arrays["config_hash"]) != config_hash or n < needed:
@@ -518,12 +596,16 @@ def build_label_cache(config: LabelConfig, out: str | os.PathLike, num_tasks: in
         raise ConfigError(f"num_tasks: expected >= 1, got {num_tasks}")
     started = time.perf_counter()
     root = Path(out)
+    _check_out_folder(root)
     store = _open_store(config.store)
     fingerprint = store_fingerprint(store, (config.general_encoder, *config.models), config.pool, config.split)
     identity = config.identity(fingerprint)
     config_hash = _hash(identity)
-    root.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LabelCacheError(f"{root}: cannot create the label-cache folder ({_one_line(err)})") from None
     if manifest is not None:
         _check_manifest(root, manifest, identity, config_hash)
     _clean_temp_files(root)
@@ -602,7 +684,7 @@ def open_label_cache(out: str | os.PathLike, num_tasks: int | None = None,
     specs, raws, scores, rankings = [], [], [], []
     for k in range(math.ceil(num_tasks / size)):
         needed = min(size, num_tasks - k * size)
-        arrays = _load_shard(_shard_path(root, k), config_hash, needed)
+        arrays = _load_shard(_shard_path(root, k), config_hash, needed, strict=True)
         if arrays is None:
             raise LabelCacheError(f"{root}: label cache incomplete (shard {k} missing or invalid for "
                                   f"{num_tasks} tasks); resume it with `python -m spider.labels build`")
@@ -612,7 +694,7 @@ def open_label_cache(out: str | os.PathLike, num_tasks: int | None = None,
         rankings.append(arrays["ranking"][:needed])
     return LabelCache(root, config_hash, list(manifest["models"]), list(manifest["baselines"]),
                       manifest["aggregator"], specs, np.concatenate(raws), np.concatenate(scores),
-                      np.concatenate(rankings))
+                      np.concatenate(rankings), manifest["identity"])
 
 
 # ----------------------------------------------------------------------------- target scores

@@ -137,8 +137,12 @@ def _pool(workers: int, count: int):
 
 
 def _single_thread() -> None:
+    """Initializer of every worker pool here: one thread, and exit when the build is killed."""
     import torch
 
+    from spider._procs import exit_with_parent
+
+    exit_with_parent()
     torch.set_num_threads(1)
 
 

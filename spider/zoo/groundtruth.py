@@ -279,6 +279,9 @@ def run_job(job: GroundTruthJob, config: FinetuneConfig, cache_root: str | os.Pa
 
 def _worker_init(jobs: list[GroundTruthJob], config: FinetuneConfig, cache_root: str, data_dir: str | None) -> None:
     global _WORKER
+    from spider._procs import exit_with_parent
+
+    exit_with_parent()
     torch.set_num_threads(1)
     _WORKER = (jobs, config, cache_root, data_dir)
 
