@@ -26,7 +26,7 @@ from spider.errors import ConfigError, SpiderError
 __all__ = ["build_datamodule", "build_inputs", "env_rank", "prepare_store", "resolve_inputs"]
 
 # Settings of ``cfg.data`` the zoo fills where the config leaves them null.
-ZOO_FILLS = ("models", "pool_datasets", "val_datasets", "test_datasets")
+ZOO_FILLS = ("models", "pool_datasets", "val_datasets", "test_datasets", "finetune_bank")
 
 
 def env_rank() -> int:
@@ -153,7 +153,7 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
     if section["general"] != data.general:
         raise ConfigError(f"config key 'data.general': zoo {data.zoo!r} calls its general encoder "
                           f"{section['general']!r}, got {data.general!r}")
-    fill = {k: section[k] for k in ZOO_FILLS if data[k] is None}
+    fill = {k: section[k] for k in ZOO_FILLS if data[k] is None and k in section}
     label_cache = data.label_cache or str(_cache_dir_zoo(data, zoo_dir) / f"labels-{_label_key(data, section['store'], fill)}")
     settings = {**OmegaConf.to_container(data, resolve=True), **fill}
     same_labels = all(k in section and settings[k] == section[k] for k in LABEL_FIELDS)
@@ -161,7 +161,8 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
         _seed_label_cache(Path(section["label_cache"]), Path(label_cache))
     return {"store": section["store"], "ground_truth": section["ground_truth"], "label_cache": label_cache,
             "data": fill, "zoo": {"recipe": data.zoo, "dir": str(zoo_dir.resolve()),
-                                  "recipe_hash": manifest.get("recipe_hash")}}
+                                  "recipe_hash": manifest.get("recipe_hash")},
+            "params": {m["id"]: m["params"] for m in manifest.get("models", []) if m.get("params")}}
 
 
 def _check_recipe(zoo_dir: Path, recipe: str) -> dict[str, Any]:

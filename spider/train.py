@@ -47,7 +47,7 @@ def train(cfg: DictConfig | FitConfig | dict) -> tuple[dict[str, Any], dict[str,
     datamodule = build_datamodule(cfg, inputs, progress=env_rank() == 0)
     _warn_without_val(datamodule)
     seed_all(cfg.seed)  # identical initial weights whatever the datamodule consumed
-    model = build_scorer(cfg, datamodule)
+    model = build_scorer(cfg, datamodule, inputs.get("params"))
     throughput = Throughput()
     info = _checkpoint_info(cfg, model, datamodule, inputs.get("zoo"))
     trainer = build_trainer(cfg, run_dir, [BatchSeed(cfg.seed), SpiderCheckpointInfo(info),
@@ -80,11 +80,23 @@ def validate_checkpoint(cfg: DictConfig | FitConfig | dict, checkpoint: str | Pa
     return metrics
 
 
-def build_scorer(cfg: DictConfig, datamodule: Any) -> Any:
-    """The registered scorer ``cfg.model.scorer`` sized for the datamodule's zoo."""
+def build_scorer(cfg: DictConfig, datamodule: Any, params: Optional[dict] = None) -> Any:
+    """The registered scorer ``cfg.model.scorer`` sized for the datamodule's zoo; with
+    ``cfg.model.prior`` its static prior (``spider.priors``) over the datamodule's PTMs
+    (``params``: PTM id -> parameter count, for ``param_count``)."""
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    prior, prior_scale = kwargs.pop("prior"), kwargs.pop("prior_scale")
     for key in ("name", "scorer", "rerank_topk"):
         kwargs.pop(key)
+    if prior is not None:
+        from spider.errors import RegistryError
+        from spider.priors import prior_scores
+
+        try:
+            scores = prior_scores(prior, datamodule.prior_inputs(params))
+        except (RegistryError, ConfigError) as err:
+            raise ConfigError(f"config key 'model.prior': {err}") from None
+        kwargs.update(model_prior=[float(s) for s in scores], prior_scale=prior_scale)
     from spider.modules.registry import _scorer_class
 
     accepted = scorer_arguments(_scorer_class(cfg.model.scorer))

@@ -23,7 +23,7 @@ failed on a model (shown as such in results tables).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from spider.datamodules.labels import (
     task_array,
 )
 from spider.datamodules.label_sources import TrainingLabels, training_labels
+from spider.priors import PriorInputs
 from spider.zoo.bank import open_bank
 from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec
 from spider.datamodules.tokens import class_centres
@@ -431,6 +432,15 @@ class EpisodeDataModule(L.LightningDataModule):
     def baseline_names(self) -> list[str]:
         """Rows of ``baseline_scores``: the configured baselines, then the aggregator."""
         return [*self.baselines, self.aggregator]
+
+    def prior_inputs(self, params: Mapping[str, int] | None = None) -> PriorInputs:
+        """What the static priors (:mod:`spider.priors`) know before a target arrives: the
+        Copeland labels of the label cache, the fine-tuning bank (if any), ``params``."""
+        self._resolve()
+        cache = open_label_cache(self.label_cache_dir, self.num_label_tasks, self.label_config)
+        bank = None if self.finetune_bank is None else open_bank(self.finetune_bank, self._model_names)
+        return PriorInputs(list(self._model_names), cache.scores,
+                           None if bank is None else bank.accuracy, dict(params or {}))
 
     @property
     def model_dims(self) -> list[int]:

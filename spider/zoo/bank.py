@@ -43,7 +43,7 @@ def _bank_finetune() -> FinetuneConfig:
 class BankSettings:
     """How many label-cache tasks get fine-tuned, and how (see the module docstring)."""
 
-    num_tasks: int = 32
+    num_tasks: int = 0  # 0: no bank (a recipe sets its own size)
     test_fraction: float = 1 / 3
     seed: int = 0
     finetune: FinetuneConfig = field(default_factory=_bank_finetune)

@@ -296,7 +296,7 @@ class ZooRecipe:
     # on these; like the test targets, their classes are absent from the pool.
     val_targets: tuple[TargetSpec, ...] = ()
     # Fine-tuning bank: real fine-tuning of every PTM on the first tasks of the label cache.
-    bank: BankSettings = field(default_factory=lambda: BankSettings())
+    bank: BankSettings = field(default_factory=BankSettings)
     # Upper bound on worker processes: for a tiny zoo their start-up costs more than they save.
     max_workers: int | None = None
     description: str = ""
@@ -423,6 +423,7 @@ def minizoo() -> ZooRecipe:
     return ZooRecipe("minizoo", REAL_PTMS, pretrained, general, pool, targets,
                      finetune=FinetuneConfig(), labels=LabelSettings(),
                      general_alternatives=(("random", random_general),), val_targets=val_targets,
+                     bank=BankSettings(num_tasks=32),
                      description="20 PTMs (12 real + 8 timm pre-trained here), 3 pool datasets, "
                                  "4 validation and 6 test targets")
 
