@@ -90,7 +90,9 @@ def checked_device(device: torch.device | str, name: str = "device") -> torch.de
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise BaselineInputError(f"{name}: {str(device)!r} requested but this machine has no usable CUDA device; use 'cpu'")
+            raise BaselineInputError(
+                f"{name}: {str(device)!r} requested but this machine has no usable CUDA device; use 'cpu'"
+            )
         if dev.index is not None and dev.index >= count:
             raise BaselineInputError(f"{name}: {str(device)!r} requested but only cuda:0..cuda:{count - 1} exist")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -180,9 +182,11 @@ def to_unit_scale(x: torch.Tensor) -> int:
     if biggest == 0.0:
         return 0
     k = math.frexp(biggest)[1]
-    # Two steps, because 2**-k alone is not representable for subnormal or near-overflow input.
-    half = -k // 2
-    x.mul_(2.0**half).mul_(2.0 ** (-k - half))
+    if abs(k) < 1000:
+        x.mul_(2.0**-k)
+    else:  # 2**-k itself is not a float64 for subnormal or near-overflow input: two steps
+        half = -k // 2
+        x.mul_(2.0**half).mul_(2.0 ** (-k - half))
     return k
 
 
@@ -216,13 +220,14 @@ def centre_columns(x: torch.Tensor) -> torch.Tensor:
 
     A constant column does not centre to exact zeros when its mean rounds (0.1 * N / N != 0.1):
     it leaves noise of about N * eps times its magnitude, which a scale-free rank tolerance would
-    then take for signal when every column is constant. Columns whose centred values stay below
-    that rounding level are set to exact zeros.
+    then take for signal when every column is constant. Constant columns (max == min) are set to
+    exact zeros instead.
     """
-    magnitude = x.abs().amax(dim=0)
+    low, high = torch.aminmax(x, dim=0)
     x -= x.mean(dim=0, keepdim=True)
-    noise = magnitude * (4 * x.shape[0] * torch.finfo(x.dtype).eps)
-    x[:, x.abs().amax(dim=0) <= noise] = 0.0
+    constant = low == high
+    if bool(constant.any()):
+        x[:, constant] = 0.0
     return x
 
 

@@ -61,7 +61,8 @@ def lfc_from_features(f: torch.Tensor, y: torch.Tensor, num_classes: int) -> flo
     # centred kernel, not a direction to correlate with.
     if float(k_norm2) <= _CANCELLATION * torch.finfo(f.dtype).eps * float(gram.square().sum()):
         raise BaselineInputError(
-            "features: the kernel F F^T is constant (e.g. every row is the same); LFC's correlation is undefined"
+            "features: the kernel F F^T is constant to rounding (e.g. every row is the same); "
+            "LFC's correlation is undefined"
         )
     l_norm2 = n * n - sum_l * sum_l / (n * n)
     numerator = k_dot_l - sum_k * sum_l / (n * n)
