@@ -386,6 +386,33 @@ def _check_numbers(cfg: DictConfig) -> None:
                           f"got {t.precision!r}")
 
 
+# Keys that may differ between a run's saved config.yaml and the config that resumes it: how long
+# to train, where logs and caches go, how many processes and threads build labels or load
+# batches, what to print. Every other key (data, model, optimiser, seed, devices, precision, ...)
+# shapes the weights, so a resume with another value is refused (:func:`resume_differences`).
+RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "trainer.threads",
+                  "trainer.log_every_n_steps", "trainer.num_sanity_val_steps", "logger", "data.label_workers",
+                  "data.num_workers", "data.label_device", "data.cache_dir", "run_dir", "resume", "overwrite",
+                  "print_config", "validate_checkpoint", "results_table")
+
+
+def resume_differences(saved: DictConfig, cfg: DictConfig) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, new value)`` of every key outside :data:`RESUMABLE_KEYS` whose
+    value differs between a run's saved config and ``cfg``."""
+    old, new = _flatten(OmegaConf.to_container(saved, resolve=True)), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k) and not any(k == r or k.startswith(f"{r}.") for r in RESUMABLE_KEYS)]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
 def to_yaml(cfg: DictConfig) -> str:
     """The resolved configuration as YAML text (what ``--print-config`` prints)."""
     return OmegaConf.to_yaml(cfg, resolve=True)
@@ -586,6 +613,7 @@ def _type_name(tp: Any) -> str:
 __all__ = [
     "GROUPS",
     "LABEL_FIELDS",
+    "RESUMABLE_KEYS",
     "DataConfig",
     "FitConfig",
     "LoggerConfig",
@@ -599,5 +627,6 @@ __all__ = [
     "default_config",
     "load_saved",
     "missing_keys",
+    "resume_differences",
     "to_yaml",
 ]
