@@ -64,6 +64,7 @@ def _train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     last = run_dir / "checkpoints" / "last.ckpt"
     metrics = {"episodes_per_second": throughput.value(trainer), "epochs": int(trainer.current_epoch),
                "checkpoint": str(last), **_evaluate(cfg, trainer, model, datamodule)}
+    _mark_non_finite(metrics)
     if trainer.is_global_zero:
         print(f"training throughput: {metrics['episodes_per_second']:.1f} episodes/s "
               f"({trainer.world_size} process(es)); checkpoint: {last}")
@@ -87,6 +88,7 @@ def _validate_checkpoint(cfg: DictConfig, checkpoint: Path) -> dict[str, Any]:
     model = load_scorer(checkpoint)
     trainer = build_trainer(cfg, Path(cfg.run_dir), [QuietLightning()], for_fit=False)
     metrics = {"checkpoint": str(checkpoint), **_evaluate(cfg, trainer, model, datamodule)}
+    _mark_non_finite(metrics)
     if trainer.is_global_zero:
         write_json_atomic(Path(cfg.run_dir) / "metrics-validate.json", metrics)
     return metrics
@@ -210,6 +212,27 @@ def _evaluate(cfg: DictConfig, trainer: Any, model: Any, datamodule: Any) -> dic
                 out["tables"][stage] = results_table(model, datamodule, stage=stage, rerank_topk=topk)
                 print(format_results(out["tables"][stage], title=f"{stage}: "))
     return out
+
+
+def _mark_non_finite(metrics: dict[str, Any]) -> None:
+    """metrics.json writes a non-finite number as null; list those under ``"non_finite"`` (and warn)
+    so that a NaN never passes for a value (e.g. a baseline that failed on a target, or the
+    throughput of a resumed run that had no epoch left to train)."""
+    found: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, float) and not np.isfinite(value):
+            found.append(path)
+
+    walk(metrics, "")
+    if found:
+        metrics["non_finite"] = found
+        if env_rank() == 0:
+            print(f"warning: {len(found)} metric(s) are not finite (null in metrics.json, listed under "
+                  f"'non_finite'): {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}", file=sys.stderr)
 
 
 def _checkpoint_info(cfg: DictConfig, model: Any, datamodule: Any, zoo: Optional[dict] = None) -> dict[str, Any]:
