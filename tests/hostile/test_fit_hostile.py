@@ -293,27 +293,31 @@ def test_a_lock_held_in_this_process_by_another_fd_conflicts(tmp_path):
 
 @pytest.mark.slow
 def test_two_concurrent_fits_on_one_run_dir(cache_dir, tmp_path):
-    """Two `spider fit run_dir=R` at once: one trains, the other exits 2 naming the first's pid."""
+    """Two `spider fit run_dir=R` at once: the second exits 2 naming the first's pid (even with
+    overwrite=true, which would otherwise delete the first's checkpoints); once the first is
+    killed, its lock is taken over."""
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "spider.fit", *_overrides(cache_dir, run_dir, "trainer.max_epochs=30")]
-    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    argv = [sys.executable, "-m", "spider.fit", *_overrides(cache_dir, run_dir)]
+    first = subprocess.Popen([*argv, "trainer.max_epochs=100000"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=_env())
+    lock = run_dir / LOCK_NAME
     try:
         deadline = time.monotonic() + 120
-        lock = run_dir / LOCK_NAME
         while not (lock.is_file() and lock.read_text().strip()) and time.monotonic() < deadline:
             assert first.poll() is None, first.communicate()
             time.sleep(0.1)
-        second = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120)
+        second = subprocess.run([*argv, "overwrite=true"], capture_output=True, text=True, env=_env(), timeout=120)
+        assert first.poll() is None  # still training: the refusal was the lock's
         assert second.returncode == 2, second.stderr
         errors = [line for line in second.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and f"pid {first.pid}" in errors[0] and "Traceback" not in second.stderr
-        out, err = first.communicate(timeout=300)
-        assert first.returncode == 0, err
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    assert not list((run_dir / "checkpoints").glob("last-v*.ckpt")) and not lock.exists()
+        first.kill()
+        first.wait(timeout=60)
+    assert lock.read_text().strip() == str(first.pid)  # left by the killed run: stale now
+    third = subprocess.run([*argv, "overwrite=true"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert not lock.exists() and not list((run_dir / "checkpoints").glob("last-v*.ckpt"))
 
 
 # -------------------------------------------------------------------------------------- resume
