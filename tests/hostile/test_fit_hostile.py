@@ -396,3 +396,26 @@ def test_a_missing_store_entry_is_a_store_error_not_a_traceback(zoo, tmp_path, c
                                                f"data.ground_truth={tmp_path / 'zoo' / 'ground_truth.csv'}"))
     assert "ptm01" in line and "pool1" in line
     assert issubclass(StoreError, SpiderError)
+
+
+@pytest.mark.parametrize("hole", ["inf", "missing"])
+def test_non_finite_or_missing_bank_accuracy_is_one_line(trained, cache_dir, tmp_path, hole):
+    """The fine-tuning bank (data.label_source=finetune/mixed/selected) is read by open_bank,
+    which refuses an infinite accuracy (its line) or a pair without one (the file)."""
+    from spider.datamodules.labels import open_label_cache
+    from spider.zoo.bank import open_bank
+
+    (labels,) = Path(cache_dir).glob("labels-*")
+    specs = open_label_cache(labels).spec_texts[:2]
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    (bank / "tasks.jsonl").write_text("".join(json.dumps({"task": f"task{i}", "spec": s}) + "\n"
+                                              for i, s in enumerate(specs)))
+    rows = ["dataset,model,accuracy", "task0,ptm00,50.0", "task1,ptm00,40.0", "task1,ptm01,45.0",
+            "task0,ptm01,inf" if hole == "inf" else ""]
+    (bank / "accuracy.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(SpiderError) as err:
+        open_bank(bank, ["ptm00", "ptm01"])
+    message = str(err.value)
+    assert "\n" not in message and str(bank / "accuracy.csv") in message
+    assert ("not finite" if hole == "inf" else "non-finite accuracy") in message
