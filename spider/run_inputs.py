@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from spider.config import LABEL_FIELDS
 from spider.errors import ConfigError, SpiderError
 
-__all__ = ["build_datamodule", "build_inputs", "env_rank", "prepare_store", "resolve_inputs"]
+__all__ = ["build_datamodule", "build_inputs", "check_inputs", "env_rank", "prepare_store", "resolve_inputs"]
 
 # Settings of ``cfg.data`` the zoo fills where the config leaves them null.
 ZOO_FILLS = ("models", "pool_datasets", "val_datasets", "test_datasets", "finetune_bank")
@@ -107,6 +107,37 @@ def build_datamodule(cfg: DictConfig, inputs: Mapping[str, Any], *, progress: bo
     options["task"] = TaskConfig(**options["task"])
     return EpisodeDataModule(inputs["store"], inputs["label_cache"], inputs["ground_truth"],
                              progress=progress, **options)
+
+
+def check_inputs(datamodule: Any) -> None:
+    """Refuse non-finite inputs before training (one line naming the file): every store entry the
+    run reads (opening one checks its sha256 and scans its values, once per process and file) and
+    the training labels. Ground truth (:func:`spider.datamodules.groundtruth.read_ground_truth`)
+    and fine-tuning bank accuracies (:func:`spider.zoo.bank.open_bank`) are checked when read."""
+    import numpy as np
+
+    from spider.store import FeatureStore
+
+    store = FeatureStore(datamodule.store_root)
+    config = datamodule.label_config
+    for split, datasets in ((datamodule.split, config.pool), (datamodule.target_split, datamodule.target_names)):
+        for model in (config.general_encoder, *config.models):
+            for dataset in datasets:
+                store.entry(model, dataset, split)
+    labels = datamodule.training_labels
+    if labels is None:
+        return
+    scores = np.asarray(labels.scores, dtype=np.float64)
+    where = f"training labels (data.label_source={labels.source}) of the label cache {datamodule.label_cache_dir}" + (
+        f" and the fine-tuning bank {datamodule.finetune_bank}" if labels.source != "copeland" else "")
+    # NaN means "no label" (masked out of the loss); an infinity never is a label.
+    infinite = np.argwhere(np.isinf(scores))
+    if len(infinite):
+        task, model = (int(v) for v in infinite[0])
+        raise SpiderError(f"{where}: task {task}, model {datamodule.model_names[model]!r} has label "
+                          f"{scores[task, model]} ({len(infinite)} infinite labels); rebuild the labels")
+    if not np.isfinite(scores).any():
+        raise SpiderError(f"{where}: no task has a finite label (every baseline failed?); nothing to train on")
 
 
 def _cache_dir(cfg: DictConfig) -> Path:
