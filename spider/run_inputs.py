@@ -45,7 +45,7 @@ def build_inputs(cfg: DictConfig) -> None:
     idempotent; other ranks wait for the synthetic zoo)."""
     data = cfg.data
     if data.zoo:
-        from spider.zoo.build import build_zoo
+        from spider.pipeline.build import build_zoo
         from spider.zoo.manifest import DataFileError
 
         zoo_dir = _zoo_dir(data)
@@ -114,8 +114,8 @@ def _cache_dir(cfg: DictConfig) -> Path:
 
 
 def _zoo_dir(data: DictConfig) -> Path:
-    from spider.zoo.build import default_out
-    from spider.zoo.minizoo import list_recipes
+    from spider.pipeline.build import default_out
+    from spider.pipeline.recipes import list_recipes
 
     if data.zoo not in list_recipes():
         raise ConfigError(f"config key 'data.zoo': unknown zoo recipe {data.zoo!r}; known: {', '.join(list_recipes())}")
@@ -142,7 +142,7 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
     ``<zoo_dir>/cache``); when every label-defining setting equals the zoo's, that cache starts as
     a copy of the one the build made, so no task is labelled twice while the build's output stays
     untouched by fits. An old manifest with only ``target_datasets`` has test targets and no val."""
-    from spider.zoo.build import read_manifest
+    from spider.pipeline.build import read_manifest
 
     data = cfg.data
     zoo_dir = _zoo_dir(data)
@@ -165,7 +165,7 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _check_recipe(zoo_dir: Path, recipe: str) -> dict[str, Any]:
-    from spider.zoo.build import read_manifest
+    from spider.pipeline.build import read_manifest
 
     manifest = read_manifest(zoo_dir)
     if manifest.get("recipe") != recipe:

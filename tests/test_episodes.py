@@ -11,9 +11,9 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from spider.aggregate import copeland
 from spider.datamodules.episodes import EpisodeDataModule, EpochBankSampler, collate_episodes, epoch_order
-from spider.datamodules.groundtruth import read_ground_truth
+from spider.datamodules.ground_truth_csv import read_ground_truth
 from spider.datamodules.tasks import TaskConfig
-from spider.datamodules.labels import DEFAULT_BASELINES, open_label_cache, task_array
+from spider.pipeline.labelling import DEFAULT_BASELINES, open_label_cache, task_array
 from spider.datamodules.tokens import class_centres
 from spider.errors import ConfigError
 from spider.store import FeatureStore

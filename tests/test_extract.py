@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from spider.errors import StoreError
-from spider.extract import (
+from spider.pipeline.extract import (
     ArraySource,
     ExtractError,
     ImageFolderSource,

@@ -16,9 +16,9 @@ from spider.config import compose
 from spider.errors import ConfigError
 from spider.fit import main
 from spider.run_inputs import prepare_store
-from spider.zoo import minizoo
-from spider.zoo.build import required_files
-from spider.zoo.minizoo import get_recipe
+from spider.pipeline import recipes as minizoo
+from spider.pipeline.build import required_files
+from spider.pipeline.recipes import get_recipe
 
 # DataConfig keys of the label settings a zoo build uses for its label cache.
 LABEL_KEYS = [f.name for f in dataclasses.fields(minizoo.LabelSettings)]

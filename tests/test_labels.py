@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from datamodules_support import FAST_BASELINES, TINY_TASKS, tiny_zoo
 
-import spider.datamodules.labels as labels_mod
+import spider.pipeline.labelling as labels_mod
 from spider.aggregate import copeland
-from spider.datamodules.labels import (
+from spider.pipeline.labelling import (
     LabelCacheError,
     build_label_cache,
     open_label_cache,
@@ -71,7 +71,7 @@ def test_cache_holds_sampled_tasks_raw_scores_and_their_copeland_aggregate(zoo, 
     assert reference.models == list(zoo.models) and reference.baselines == list(FAST_BASELINES)
     # spot-check one cell against a direct baseline call on the task's stored features
     from spider.baselines import get_baseline
-    from spider.datamodules.labels import task_array
+    from spider.pipeline.labelling import task_array
 
     store, spec = FeatureStore(zoo.store_root), reference.specs[3]
     x, logits = task_array(store, zoo.models[1], spec), task_array(store, zoo.models[1], spec, "logits")

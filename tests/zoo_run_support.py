@@ -21,10 +21,10 @@ from PIL import Image
 from spider.config import compose
 from spider.fit import fit
 from spider.registry import Registry
-from spider.zoo import minizoo
-from spider.zoo.groundtruth import FinetuneConfig
-from spider.zoo.minizoo import PoolSpec, TargetSpec, ZooRecipe, get_recipe
-from spider.zoo.pretrain import PretrainSpec
+from spider.pipeline import recipes as minizoo
+from spider.pipeline.finetune import FinetuneConfig
+from spider.pipeline.recipes import PoolSpec, TargetSpec, ZooRecipe, get_recipe
+from spider.pipeline.pretrain import PretrainSpec
 
 FAKE_RECIPE = "test_fake_digits"
 LOW, HIGH = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)

@@ -128,10 +128,10 @@ class Zoo:
 
 def open_zoo(root: str | Path, data_dir: str | Path | None = None) -> Zoo:
     """Read ``zoo.json``, the store and the ground truth of a built zoo (ReportError if incomplete)."""
-    from spider.datamodules.groundtruth import read_ground_truth
+    from spider.datamodules.ground_truth_csv import read_ground_truth
     from spider.store import FeatureStore
-    from spider.zoo.build import read_manifest
-    from spider.zoo.minizoo import get_recipe
+    from spider.pipeline.build import read_manifest
+    from spider.pipeline.recipes import get_recipe
 
     root = Path(root)
     if not root.is_dir():
@@ -209,7 +209,7 @@ def progress(total: int, what: str) -> Iterator[Any]:
 def _model_refs(zoo: Zoo) -> dict[str, Any]:
     """``{store model id: ModelRef}`` of every PTM, the general encoder and its alternatives
     (alternatives as ``general@<name>``)."""
-    from spider.zoo.minizoo import timm_ref
+    from spider.pipeline.recipes import timm_ref
 
     checkpoints = zoo.root / "checkpoints"
     refs = {r.id: r for r in zoo.recipe.ptm_refs(checkpoints)}
@@ -235,7 +235,7 @@ def time_extraction(zoo: Zoo, cache: JsonCache) -> dict[str, dict[str, float]]:
     Returns ``{model: {target: seconds}}`` and records ``max_rel_diff`` (largest
     ``|new - stored| / (|stored|max + 1e-6)`` over the entry) next to each time in the cache.
     """
-    from spider.extract import ArraySource, extract
+    from spider.pipeline.extract import ArraySource, extract
 
     refs = _model_refs(zoo)
     todo = [(m, t) for m in refs for t in zoo.targets if cache.get(f"{m}|{t}") is None]

@@ -1,6 +1,6 @@
 """Episodes for training and evaluating a PTM ranker: the Lightning DataModule and its parts.
 
-Training episodes come from the label cache (:mod:`spider.datamodules.labels`): a fixed bank of
+Training episodes come from the label cache (:mod:`spider.pipeline.labelling`): a fixed bank of
 labelled tasks, of which every epoch draws ``tasks_per_epoch`` in an order that is a pure
 function of ``(seed, epoch)``. The train sampler yields ``(epoch, bank index)`` keys, so a
 DataLoader worker needs no epoch state and Lightning's distributed sampler wrapper shards the
@@ -34,8 +34,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from spider.baselines.batch import DEFAULT_BASELINES
-from spider.datamodules.groundtruth import GroundTruth, read_ground_truth
-from spider.datamodules.labels import (
+from spider.datamodules.ground_truth_csv import GroundTruth, read_ground_truth
+from spider.pipeline.labelling import (
     LabelConfig,
     _contiguous,
     build_label_cache,
@@ -45,7 +45,7 @@ from spider.datamodules.labels import (
     task_array,
 )
 from spider.datamodules.label_sources import TrainingLabels, training_labels
-from spider.zoo.bank import open_bank
+from spider.pipeline.bank import open_bank
 from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec
 from spider.datamodules.tokens import class_centres
 from spider.errors import ConfigError, StoreError

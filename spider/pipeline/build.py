@@ -38,8 +38,8 @@ from typing import Any
 
 from spider.errors import SpiderError
 from spider.zoo.manifest import DataFileError, MANIFEST_NAME, resolve_data_dir
-from spider.zoo.minizoo import GENERAL_ID, ModelRef, ZooRecipe, get_recipe, timm_ref
-from spider.zoo.pretrain import PretrainSpec, is_pretrained, pretrain, progress_bar
+from spider.pipeline.recipes import GENERAL_ID, ModelRef, ZooRecipe, get_recipe, timm_ref
+from spider.pipeline.pretrain import PretrainSpec, is_pretrained, pretrain, progress_bar
 
 STAGES = ("pretrain", "extract", "groundtruth", "labels", "bank")
 SPLIT = "train"
@@ -211,7 +211,7 @@ def _extract_init(view_specs: dict[str, Any]) -> None:
 
 
 def _extract_one(args: tuple[_ExtractTask, str | None, int]) -> list[tuple[str, bool]]:
-    from spider.extract import extract_to_store
+    from spider.pipeline.extract import extract_to_store
     from spider.store import FeatureStore
 
     task, data_dir, batch_size = args
@@ -295,7 +295,7 @@ def _link_alternatives(recipe: ZooRecipe, out: Path) -> None:
 
 
 def ground_truth_jobs(recipe: ZooRecipe, out: Path, views: dict[str, Any] | None = None):
-    from spider.zoo.groundtruth import GroundTruthJob
+    from spider.pipeline.finetune import GroundTruthJob
 
     refs = recipe.ptm_refs(out / "checkpoints")
     cost = {r.id: (4.0 if r.kind == "zoo" else 1.0) for r in refs}  # the real PTMs are the heavy ones
@@ -307,7 +307,7 @@ def ground_truth_jobs(recipe: ZooRecipe, out: Path, views: dict[str, Any] | None
 
 
 def stage_groundtruth(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
-    from spider.zoo.groundtruth import RunCache, run_ground_truth, run_hash, summarize, write_tables
+    from spider.pipeline.finetune import RunCache, run_ground_truth, run_hash, summarize, write_tables
 
     report = StageReport("groundtruth")
     with _Timer(report):
@@ -342,7 +342,7 @@ def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> 
     report = StageReport("labels")
     with _Timer(report):
         try:
-            from spider.datamodules.labels import (
+            from spider.pipeline.labelling import (
                 LabelCacheError,
                 build_label_cache,
                 open_label_cache,
@@ -370,7 +370,7 @@ def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> 
 
 def _bank_specs(recipe: ZooRecipe, out: Path) -> list:
     """The first ``recipe.bank.num_tasks`` task specs of the zoo's label cache."""
-    from spider.datamodules.labels import open_label_cache
+    from spider.pipeline.labelling import open_label_cache
 
     if recipe.bank.num_tasks == 0:
         return []
@@ -381,9 +381,9 @@ def _bank_specs(recipe: ZooRecipe, out: Path) -> list:
 
 
 def stage_bank(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
-    """Fine-tune every PTM on the bank's pool tasks (:mod:`spider.zoo.bank`); needs the labels."""
-    from spider.zoo.bank import bank_jobs, task_id, write_specs
-    from spider.zoo.groundtruth import RunCache, run_ground_truth, run_hash, summarize, write_tables
+    """Fine-tune every PTM on the bank's pool tasks (:mod:`spider.pipeline.bank`); needs the labels."""
+    from spider.pipeline.bank import bank_jobs, task_id, write_specs
+    from spider.pipeline.finetune import RunCache, run_ground_truth, run_hash, summarize, write_tables
 
     report = StageReport("bank")
     with _Timer(report):
@@ -438,7 +438,7 @@ def param_counts(recipe: ZooRecipe, out: Path, data_dir=None) -> dict[str, int]:
             changed = True
         counts[ref.id] = cached[key]
     if changed:
-        from spider.zoo.groundtruth import _write_text_if_changed
+        from spider.pipeline.finetune import _write_text_if_changed
 
         _write_text_if_changed(path, json.dumps(cached, indent=1, sort_keys=True))
     return counts
@@ -553,7 +553,7 @@ def _needs_data(recipe: ZooRecipe, out: Path, stages: Sequence[str]) -> bool:
     if "extract" in stages and extract_tasks(recipe, out)[0]:
         return True
     if "groundtruth" in stages:
-        from spider.zoo.groundtruth import RunCache, run_hash
+        from spider.pipeline.finetune import RunCache, run_hash
 
         cache = RunCache(out / "ground_truth" / "runs")
         config = recipe.finetune
@@ -562,9 +562,9 @@ def _needs_data(recipe: ZooRecipe, out: Path, stages: Sequence[str]) -> bool:
             if any(cache.get(job.target, job.model.id, lr, s, h) is None for lr in config.lrs for s in config.seeds):
                 return True
     if "bank" in stages and recipe.bank.num_tasks:
-        from spider.datamodules.labels import LabelCacheError
-        from spider.zoo.bank import bank_jobs
-        from spider.zoo.groundtruth import RunCache, run_hash
+        from spider.pipeline.labelling import LabelCacheError
+        from spider.pipeline.bank import bank_jobs
+        from spider.pipeline.finetune import RunCache, run_hash
 
         try:
             specs = _bank_specs(recipe, out)

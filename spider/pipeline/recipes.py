@@ -1,6 +1,6 @@
 """The mini model zoo recipe: which PTMs, which pool and target data, which general encoder.
 
-A :class:`ZooRecipe` is pure data; :mod:`spider.zoo.build` turns it into a feature store, a
+A :class:`ZooRecipe` is pure data; :mod:`spider.pipeline.build` turns it into a feature store, a
 ground-truth CSV and a label cache. Two recipes are registered:
 
 * ``minizoo`` - the benchmark: the 12 real pre-trained models of ``weights/`` plus 8 timm models
@@ -37,9 +37,9 @@ from spider.baselines.batch import DEFAULT_BASELINES
 from spider.datamodules.tasks import TaskConfig
 from spider.errors import SpiderError
 from spider.registry import Registry
-from spider.zoo.bank import BankSettings
-from spider.zoo.groundtruth import FinetuneConfig
-from spider.zoo.pretrain import PretrainSpec, checkpoint_path
+from spider.pipeline.bank import BankSettings
+from spider.pipeline.finetune import FinetuneConfig
+from spider.pipeline.pretrain import PretrainSpec, checkpoint_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,8 +76,8 @@ class ViewData:
         return int(self.labels.shape[0])
 
     def source(self):
-        """This view as a :class:`spider.extract.ArraySource`."""
-        from spider.extract import ArraySource
+        """This view as a :class:`spider.pipeline.extract.ArraySource`."""
+        from spider.pipeline.extract import ArraySource
 
         return ArraySource(self.images, self.labels, self.class_names, self.sample_ids, self.description)
 
@@ -227,8 +227,8 @@ class ModelRef:
     provenance: str = ""
 
     def load(self, data_dir: str | Path | None = None):
-        """A :class:`spider.extract.PreparedModel` in eval mode."""
-        from spider.extract import load_model
+        """A :class:`spider.pipeline.extract.PreparedModel` in eval mode."""
+        from spider.pipeline.extract import load_model
 
         if self.kind == "zoo":
             return load_model(self.model, data_dir=data_dir)
@@ -277,7 +277,7 @@ class LabelSettings:
 
 @dataclass(frozen=True)
 class ZooRecipe:
-    """Everything :func:`spider.zoo.build.build_zoo` needs to build one zoo."""
+    """Everything :func:`spider.pipeline.build.build_zoo` needs to build one zoo."""
 
     name: str
     real_ptms: tuple[str, ...]

@@ -3,7 +3,7 @@ weights of the shared data folder lack (ResNet, EfficientNet, ConvNeXt, ViT, Mam
 
 A :class:`PretrainSpec` names a timm architecture, the datasets it learns (their union: labels of
 the second dataset follow those of the first, and so on) and its native input (channels, size,
-mean/std). Training feeds images through :func:`spider.extract.preprocess` with the very settings
+mean/std). Training feeds images through :func:`spider.pipeline.extract.preprocess` with the very settings
 extraction will use later, so a checkpoint always sees its own normalisation.
 
 Outputs, per spec, under ``<out>/<spec.id>/``:
@@ -170,15 +170,15 @@ def _holdout_rows(labels: np.ndarray, fraction: float, rng: np.random.Generator)
 
 
 def prepared_model(spec: PretrainSpec, checkpoint: str | Path | None = None, num_classes: int | None = None):
-    """The spec's model as a :class:`spider.extract.PreparedModel` (native size and mean/std).
+    """The spec's model as a :class:`spider.pipeline.extract.PreparedModel` (native size and mean/std).
 
     Without ``checkpoint`` the weights are timm's initialisation (seed the RNG first).
     """
-    from spider.extract import load_model
+    from spider.pipeline.extract import load_model
 
     if spec.timm_kwargs:
         raise SpiderError(f"pretrain spec {spec.id!r}: timm_kwargs are not supported by "
-                          f"spider.extract.load_model; use an architecture's defaults")
+                          f"spider.pipeline.extract.load_model; use an architecture's defaults")
     return load_model(spec.arch, checkpoint=checkpoint, num_classes=num_classes, in_chans=spec.in_chans,
                       input_size=(spec.input_size, spec.input_size), mean=spec.mean, std=spec.std)
 
@@ -222,7 +222,7 @@ def pretrain(spec: PretrainSpec, out: str | Path, *, data_dir: str | Path | None
     Whole-network training from timm's initialisation: AdamW, linear warm-up then cosine decay,
     label smoothing, batches drawn without replacement each epoch (seeded).
     """
-    from spider.extract import preprocess
+    from spider.pipeline.extract import preprocess
 
     config = read_config(out, spec)
     if config is not None:

@@ -9,7 +9,7 @@ bank row and a label row describe the same task). It is the supervision of ``lab
 
 Protocol (cheaper than the targets', documented and measured by :func:`protocol_agreement`): each
 class of a task is split into train and test rows (``test_fraction``, seeded per task and class),
-the whole PTM plus a new head is fine-tuned with :func:`spider.zoo.groundtruth.finetune` at one
+the whole PTM plus a new head is fine-tuned with :func:`spider.pipeline.finetune.finetune` at one
 learning rate and one seed (no validation split: with one learning rate nothing is selected).
 Runs are cached one JSON file each (``<out>/bank/runs``), so a killed build resumes.
 
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from spider.errors import SpiderError
-from spider.zoo.groundtruth import FinetuneConfig
+from spider.pipeline.finetune import FinetuneConfig
 
 BANK_DIR = "bank"
 
@@ -94,9 +94,9 @@ def split_task(spec: Any, pool_views: Mapping[str, Any], index: int, settings: B
 
 def bank_jobs(specs: Sequence[Any], refs: Sequence[Any], settings: BankSettings,
               pool_views: Mapping[str, Any] | None = None, need: set[int] | None = None) -> list:
-    """One :class:`~spider.zoo.groundtruth.GroundTruthJob` per (task, PTM); views only for the
+    """One :class:`~spider.pipeline.finetune.GroundTruthJob` per (task, PTM); views only for the
     task indices in ``need`` (all when None) when ``pool_views`` is given (hashing needs none)."""
-    from spider.zoo.groundtruth import GroundTruthJob
+    from spider.pipeline.finetune import GroundTruthJob
 
     jobs = []
     for i, spec in enumerate(specs):
@@ -110,7 +110,7 @@ def bank_jobs(specs: Sequence[Any], refs: Sequence[Any], settings: BankSettings,
 
 
 def write_specs(path: Path, specs: Sequence[Any]) -> None:
-    from spider.zoo.groundtruth import _write_text_if_changed
+    from spider.pipeline.finetune import _write_text_if_changed
 
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_text_if_changed(path, "".join(json.dumps({"task": task_id(i), "spec": s.to_json()}) + "\n"
@@ -141,7 +141,7 @@ def open_bank(root: str | os.PathLike, models: Sequence[str] | None = None) -> F
         SpiderError: missing files, a task of the CSV absent from ``tasks.jsonl``, a requested
             model without a column, or a non-finite accuracy (one line naming the file).
     """
-    from spider.datamodules.groundtruth import read_ground_truth
+    from spider.datamodules.ground_truth_csv import read_ground_truth
     from spider.datamodules.tasks import TaskSpec
 
     root = Path(root)
@@ -176,7 +176,7 @@ def protocol_agreement(ground_truth_runs: str | os.PathLike, truth: Any, lr: flo
     """How well one run at (``lr``, ``seed``) ranks the PTMs like the full protocol, per target.
 
     ``ground_truth_runs`` is ``<zoo>/ground_truth/runs`` (one JSON per run); ``truth`` a
-    :class:`~spider.datamodules.groundtruth.GroundTruth` of the full protocol. Returns
+    :class:`~spider.datamodules.ground_truth_csv.GroundTruth` of the full protocol. Returns
     ``{target: weighted tau (paper protocol) of the single run's test accuracies vs truth}``.
     """
     from spider.metrics.functional import weighted_tau
