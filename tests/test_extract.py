@@ -13,9 +13,9 @@ from spider.pipeline.extract import (
     ImageFolderSource,
     extract_to_store,
     load_model,
-    main,
     preprocess,
 )
+from spider.extract import main
 from spider.store import FeatureStore
 
 ARCH = "test_convnext"  # ~0.2M parameters; classifier under a nested name ("head.fc")
