@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from spider.errors import ConfigError, SpiderError, StoreError
+from spider.io import write_text_atomic
 
 __all__ = ["RankResult", "default_checkpoint", "image_source", "main", "rank_images", "rank_task", "task_tokens",
            "zoo_model_refs"]
@@ -463,11 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(format_ranking(result, args.top), end="")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(args.json, text + "\n")
     return 0
 
 

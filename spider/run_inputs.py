@@ -96,6 +96,7 @@ def prepare_store(cfg: DictConfig) -> dict[str, Any]:
 def build_datamodule(cfg: DictConfig, inputs: Mapping[str, Any], *, progress: bool = True):
     """The :class:`EpisodeDataModule` of ``cfg.data`` (fields passed by name)."""
     from spider.datamodules.episodes import EpisodeDataModule
+    from spider.pipeline.labelling import LABELLER
     from spider.datamodules.tasks import TaskConfig
 
     options = OmegaConf.to_container(cfg.data, resolve=True)
@@ -106,7 +107,7 @@ def build_datamodule(cfg: DictConfig, inputs: Mapping[str, Any], *, progress: bo
             options[key] = value
     options["task"] = TaskConfig(**options["task"])
     return EpisodeDataModule(inputs["store"], inputs["label_cache"], inputs["ground_truth"],
-                             progress=progress, **options)
+                             progress=progress, labeller=LABELLER, **options)
 
 
 def _cache_dir(cfg: DictConfig) -> Path:

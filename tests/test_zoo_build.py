@@ -13,8 +13,9 @@ from spider.datamodules.ground_truth_csv import read_ground_truth
 from spider.datamodules.tasks import TaskConfig
 from spider.store import FeatureStore, validate
 from spider.zoo.__main__ import main
-from spider.pipeline.labelling import open_label_cache
-from spider.pipeline.bank import BankSettings, open_bank
+from spider.datamodules.label_cache import open_label_cache
+from spider.datamodules.finetune_bank import open_bank
+from spider.pipeline.bank import BankSettings
 from spider.pipeline.build import build_zoo, required_files
 from spider.pipeline.finetune import FinetuneConfig, RunCache
 from spider.pipeline.recipes import (

@@ -34,19 +34,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from spider.baselines.batch import DEFAULT_BASELINES
+from spider.aggregate import get_aggregator
+from spider.datamodules.finetune_bank import open_bank
 from spider.datamodules.ground_truth_csv import GroundTruth, read_ground_truth
-from spider.pipeline.labelling import (
+from spider.datamodules.label_cache import (
+    LabelCacheError,
     LabelConfig,
-    _contiguous,
-    build_label_cache,
+    Labeller,
     open_label_cache,
+    read_target_scores,
     resolve_label_config,
-    target_baseline_scores,
     task_array,
 )
 from spider.datamodules.label_sources import TrainingLabels, training_labels
-from spider.pipeline.bank import open_bank
-from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec
+from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec, contiguous
 from spider.datamodules.tokens import class_centres
 from spider.errors import ConfigError, StoreError
 
@@ -203,7 +204,7 @@ class EvalTaskDataset(_StoreUser, Dataset):
     def labels(self, i: int) -> np.ndarray:
         dataset, spec = self.tasks[i]
         if spec is None:
-            return _contiguous(self.store.entry(self.general, dataset, self.split).labels())
+            return contiguous(self.store.entry(self.general, dataset, self.split).labels())
         return spec.labels()
 
     def centres(self, i: int, model: str) -> torch.Tensor:
@@ -298,6 +299,8 @@ class EpisodeDataModule(L.LightningDataModule):
         label_workers: processes for building labels; num_workers: DataLoader workers;
             label_device: where label baselines compute (default CPU).
         build_labels: False makes ``prepare_data`` only check that the cache is complete.
+        labeller: what builds missing labels and targets' scores (``spider.pipeline.labelling.LABELLER``;
+            the training entry passes it). None: only read finished caches (``build_labels`` must be False).
     """
 
     def __init__(self, store: str | os.PathLike, label_cache: str | os.PathLike,
@@ -312,8 +315,12 @@ class EpisodeDataModule(L.LightningDataModule):
                  shard_size: int = 64, build_labels: bool = True, progress: bool = True,
                  label_device: str | None = None, label_source: str = "copeland",
                  finetune_bank: str | os.PathLike | None = None, mixed_weight: int = 1,
-                 selected_members: int = 3) -> None:
+                 selected_members: int = 3, labeller: Labeller | None = None) -> None:
         super().__init__()
+        if build_labels and labeller is None:
+            raise ConfigError("build_labels: building labels needs a labeller (spider.pipeline.labelling.LABELLER); "
+                              "pass one or set build_labels=False to read a finished cache")
+        self.labeller = labeller
         self.store_root = str(store)
         self.label_cache_dir = Path(label_cache)
         self.ground_truth_path = None if ground_truth is None else Path(ground_truth)
@@ -463,16 +470,26 @@ class EpisodeDataModule(L.LightningDataModule):
 
     def _target_scores(self) -> tuple[list[tuple[str, TaskSpec | None]], np.ndarray, np.ndarray]:
         tasks = self._eval_tasks()
-        raw, aggregate = target_baseline_scores(
-            self.store_root, self.label_cache_dir, tasks, self._model_names, self.baselines, self.aggregator,
-            split=self.target_split, workers=self.label_workers, progress=self.progress, device=self.label_device)
+        if self.labeller is not None:
+            raw, aggregate = self.labeller.target_baseline_scores(
+                self.store_root, self.label_cache_dir, tasks, self._model_names, self.baselines, self.aggregator,
+                split=self.target_split, workers=self.label_workers, progress=self.progress,
+                device=self.label_device)
+            return tasks, raw, aggregate
+        raw, missing = read_target_scores(self.store_root, self.label_cache_dir, tasks, self._model_names,
+                                          self.baselines, self.target_split)
+        if missing:
+            raise LabelCacheError(f"{self.label_cache_dir}: no cached baseline scores of target "
+                                  f"{next(iter(missing))!r}; prepare the data with a labeller first")
+        aggregate = np.asarray(get_aggregator(self.aggregator)(raw).scores, dtype=np.float64) if len(tasks) else \
+            np.zeros((0, len(self._model_names)))
         return tasks, raw, aggregate
 
     def prepare_data(self) -> None:
         """Build or resume the label cache and the targets' baseline scores (one process per node)."""
         self._resolve()
         if self.build_labels:
-            build_label_cache(self.label_config, self.label_cache_dir, self.num_label_tasks,
+            self.labeller.build_label_cache(self.label_config, self.label_cache_dir, self.num_label_tasks,
                               workers=self.label_workers, progress=self.progress, device=self.label_device)
         else:
             open_label_cache(self.label_cache_dir, self.num_label_tasks, self.label_config)

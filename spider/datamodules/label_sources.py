@@ -74,7 +74,7 @@ def training_labels(source: str, cache: Any, bank: Any = None, *, mixed_weight: 
 
     Args:
         cache: a :class:`spider.pipeline.labelling.LabelCache`.
-        bank: a :class:`spider.pipeline.bank.FinetuneBank` with the cache's models, whose tasks are
+        bank: a :class:`spider.datamodules.finetune_bank.FinetuneBank` with the cache's models, whose tasks are
             the cache's first tasks (needed by every source but ``copeland``).
 
     Raises:

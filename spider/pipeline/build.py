@@ -36,10 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spider.datamodules.label_cache import LabelCacheError, open_label_cache, resolve_label_config
 from spider.errors import SpiderError
+from spider.io import write_text_atomic, write_text_if_changed
 from spider.zoo.manifest import DataFileError, MANIFEST_NAME, resolve_data_dir
 from spider.pipeline.recipes import GENERAL_ID, ModelRef, ZooRecipe, get_recipe, timm_ref
-from spider.pipeline.pretrain import PretrainSpec, is_pretrained, pretrain, progress_bar
+from spider.pipeline.pretrain import PretrainSpec, is_pretrained, pretrain
+from spider.pipeline.labelling import build_label_cache
+from spider.progress import progress_bar
 
 STAGES = ("pretrain", "extract", "groundtruth", "labels", "bank")
 SPLIT = "train"
@@ -341,16 +345,6 @@ def label_models(recipe: ZooRecipe) -> list[str]:
 def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> StageReport:
     report = StageReport("labels")
     with _Timer(report):
-        try:
-            from spider.pipeline.labelling import (
-                LabelCacheError,
-                build_label_cache,
-                open_label_cache,
-                resolve_label_config,
-            )
-        except ImportError as err:  # the label cache is optional for the zoo itself
-            report.note = f"skipped: {err}"
-            return report
         settings = recipe.labels
         config = resolve_label_config(
             out / "store", general_encoder=GENERAL_ID, models=label_models(recipe), pool=[p.id for p in recipe.pool],
@@ -370,8 +364,6 @@ def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> 
 
 def _bank_specs(recipe: ZooRecipe, out: Path) -> list:
     """The first ``recipe.bank.num_tasks`` task specs of the zoo's label cache."""
-    from spider.pipeline.labelling import open_label_cache
-
     if recipe.bank.num_tasks == 0:
         return []
     if recipe.bank.num_tasks > recipe.labels.num_label_tasks:
@@ -438,9 +430,7 @@ def param_counts(recipe: ZooRecipe, out: Path, data_dir=None) -> dict[str, int]:
             changed = True
         counts[ref.id] = cached[key]
     if changed:
-        from spider.pipeline.finetune import _write_text_if_changed
-
-        _write_text_if_changed(path, json.dumps(cached, indent=1, sort_keys=True))
+        write_text_if_changed(path, json.dumps(cached, indent=1, sort_keys=True))
     return counts
 
 
@@ -495,12 +485,7 @@ def _write_manifest(out: Path, manifest: dict[str, Any], report: BuildReport) ->
     if old is not None and not report.computed and {k: v for k, v in old.items() if k != "last_build"} == manifest:
         return  # nothing changed: leave the file (and its timestamp) alone
     manifest = dict(manifest, last_build=[dataclasses.asdict(s) for s in report.stages])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(manifest, indent=1, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(manifest, indent=1, default=str))
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -562,7 +547,6 @@ def _needs_data(recipe: ZooRecipe, out: Path, stages: Sequence[str]) -> bool:
             if any(cache.get(job.target, job.model.id, lr, s, h) is None for lr in config.lrs for s in config.seeds):
                 return True
     if "bank" in stages and recipe.bank.num_tasks:
-        from spider.pipeline.labelling import LabelCacheError
         from spider.pipeline.bank import bank_jobs
         from spider.pipeline.finetune import RunCache, run_hash
 

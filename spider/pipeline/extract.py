@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spider.errors import SpiderError, StoreError
+from spider.progress import progress_bar
 from spider.store import FeatureStore, StoreEntry, check_id
 from spider.zoo import create_zoo_model, get_zoo_model_info, is_zoo_model, list_zoo_models
 from spider.zoo.datasets import load_dataset
@@ -435,7 +436,7 @@ def extract(
     use_amp = amp and device.type == "cuda"
     features, logits = [], []
     total = len(source)
-    with torch.inference_mode(), _progress(total, description or model.name, progress) as advance:
+    with torch.inference_mode(), progress_bar(total, description or model.name, progress) as advance:
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             x = preprocess(source.read(start, stop), model).to(device, non_blocking=True)
@@ -450,18 +451,6 @@ def extract(
     return Extraction(np.concatenate(features), np.concatenate(logits) if logits else None)
 
 
-@contextlib.contextmanager
-def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def extract_to_store(

@@ -43,7 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from spider.errors import SpiderError
-from spider.pipeline.pretrain import progress_bar, warmup_cosine
+from spider.io import write_text_atomic, write_text_if_changed
+from spider.pipeline.pretrain import warmup_cosine
+from spider.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -217,15 +219,9 @@ class RunCache:
 
     def put(self, result: RunResult, hash_: str) -> None:
         path = self.path(result.target, result.model, result.lr, result.seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = dict(dataclasses.asdict(result), hash=hash_)
         data.pop("cached")
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(data, sort_keys=True))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text_atomic(path, json.dumps(data, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------- scheduling
@@ -394,17 +390,7 @@ def write_tables(summaries: dict[tuple[str, str], Summary], targets: Sequence[st
                 if s is not None:
                     writer.writerow([t, m, f"{s.accuracy:.4f}", f"{s.accuracy_std:.4f}", f"{s.best_lr:g}",
                                      f"{s.val_accuracy:.4f}", s.runs, int(m in domain.get(t, ()))])
-        changed |= _write_text_if_changed(Path(details_path), buffer.getvalue())
+        changed |= write_text_if_changed(details_path, buffer.getvalue())
     return changed
 
 
-def _write_text_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
-        return False
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True

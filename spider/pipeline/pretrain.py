@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from spider.errors import SpiderError
+from spider.io import write_bytes_atomic, write_json_atomic
+from spider.progress import progress_bar
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.pth"
@@ -242,11 +243,12 @@ def pretrain(spec: PretrainSpec, out: str | Path, *, data_dir: str | Path | None
     target = Path(out) / spec.id
     target.mkdir(parents=True, exist_ok=True)
     weights = checkpoint_path(out, spec)
-    _atomic_torch_save({k: v.detach().clone() for k, v in model.state_dict().items()}, weights)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    write_bytes_atomic(weights, lambda f: torch.save(state, f))
     _check_timm_reload(spec, weights, num_classes, model)
     result = PretrainResult(spec, weights, num_classes, accuracy, time.process_time() - cpu0,
                             time.perf_counter() - wall0, log=log)
-    _write_json_atomic(target / CONFIG_NAME, _config_json(spec, prepared, result, train))
+    write_json_atomic(target / CONFIG_NAME, _config_json(spec, prepared, result, train), indent=1, sort_keys=True)
     return result
 
 
@@ -361,57 +363,7 @@ def _config_json(spec: PretrainSpec, prepared, result: PretrainResult, train: _L
 # ------------------------------------------------------------------------------- helpers
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
-class progress_bar:
-    """Progress over ``total`` steps: a rich bar on a terminal, else a plain line every
-    ``every`` seconds and at the end (readable in a log file); nothing when disabled."""
-
-    def __init__(self, total: int, description: str, enabled: bool, every: float = 30.0) -> None:
-        self.total, self.description, self.enabled, self.every = total, description, enabled, every
-        self.bar = None
-        self.done = 0
-
-    def __enter__(self):
-        import sys
-
-        if not self.enabled:
-            return lambda n=1: None
-        if not sys.stdout.isatty():
-            self.start = self.last = time.perf_counter()
-            return self._advance_plain
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn())
-        self.bar.start()
-        task = self.bar.add_task(self.description, total=self.total)
-        return lambda n=1: self.bar.advance(task, n)
-
-    def _advance_plain(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
-            print(f"{self.description}: {self.done}/{self.total} ({now - self.start:.0f} s)", flush=True)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

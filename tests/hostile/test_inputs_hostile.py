@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from datamodules_support import FAST_BASELINES, TINY_TASKS, tiny_zoo
 
-from spider.pipeline.labelling import build_label_cache, resolve_label_config
+from spider.datamodules.label_cache import resolve_label_config
+from spider.pipeline.labelling import build_label_cache
 from spider.errors import ConfigError
 from spider.labels import main as labels_main
 
