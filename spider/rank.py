@@ -297,7 +297,7 @@ def zoo_model_refs(zoo_dir: Union[str, os.PathLike]) -> tuple[Any, dict[str, Any
     import dataclasses
 
     from spider.pipeline.build import read_manifest
-    from spider.pipeline.recipes import ModelRef
+    from spider.pipeline.recipe import ModelRef
 
     manifest = read_manifest(zoo_dir)
     fields = {f.name for f in dataclasses.fields(ModelRef)}

@@ -18,15 +18,8 @@ from spider.datamodules.finetune_bank import open_bank
 from spider.pipeline.bank import BankSettings
 from spider.pipeline.build import build_zoo, required_files
 from spider.pipeline.finetune import FinetuneConfig, RunCache
-from spider.pipeline.recipes import (
-    REAL_PTMS,
-    LabelSettings,
-    PoolSpec,
-    TargetSpec,
-    ZooRecipe,
-    get_recipe,
-    list_recipes,
-)
+from spider.pipeline.recipe import LabelSettings, PoolSpec, TargetSpec, ZooRecipe
+from spider.pipeline.recipes import REAL_PTMS, get_recipe, list_recipes
 from spider.pipeline.pretrain import PretrainSpec
 from zoo_run_support import fake_data_dir
 

@@ -209,7 +209,7 @@ def progress(total: int, what: str) -> Iterator[Any]:
 def _model_refs(zoo: Zoo) -> dict[str, Any]:
     """``{store model id: ModelRef}`` of every PTM, the general encoder and its alternatives
     (alternatives as ``general@<name>``)."""
-    from spider.pipeline.recipes import timm_ref
+    from spider.pipeline.recipe import timm_ref
 
     checkpoints = zoo.root / "checkpoints"
     refs = {r.id: r for r in zoo.recipe.ptm_refs(checkpoints)}

@@ -40,7 +40,8 @@ from spider.datamodules.label_cache import LabelCacheError, open_label_cache, re
 from spider.errors import SpiderError
 from spider.io import write_text_atomic, write_text_if_changed
 from spider.zoo.manifest import DataFileError, MANIFEST_NAME, resolve_data_dir
-from spider.pipeline.recipes import GENERAL_ID, ModelRef, ZooRecipe, get_recipe, timm_ref
+from spider.pipeline.recipe import GENERAL_ID, ModelRef, ZooRecipe, timm_ref
+from spider.pipeline.recipes import get_recipe
 from spider.pipeline.pretrain import PretrainSpec, is_pretrained, pretrain
 from spider.pipeline.labelling import build_label_cache
 from spider.progress import progress_bar

@@ -79,7 +79,7 @@ class GroundTruthJob:
 
     ``views`` maps ``"train"``, ``"val"``, ``"test"`` to objects with ``images`` (uint8 ``[N, H, W]``
     or ``[N, H, W, 3]``), ``labels`` (int ``[N]``) and ``class_names``; ``model`` has
-    ``id``, ``load(data_dir) -> PreparedModel`` and ``to_dict()`` (a :class:`~spider.pipeline.recipes.ModelRef`).
+    ``id``, ``load(data_dir) -> PreparedModel`` and ``to_dict()`` (a :class:`~spider.pipeline.recipe.ModelRef`).
     ``identity`` is any JSON-able description of the target's data (part of the cache hash).
     """
 
