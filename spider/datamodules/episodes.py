@@ -14,10 +14,19 @@ decide). ``target_index`` of an evaluation batch indexes :attr:`EpisodeDataModul
 sharded: every rank scores every target (targets are few), so per-task metric averages reduced
 with ``sum`` across ranks equal the single-process values exactly.
 
-Batch keys and shapes are the "Episode batches" section of ``notes/INTERFACES.md``; evaluation
-batches also carry ``task_index`` int64 [B] (position in the stage's task list, for
-:meth:`EpisodeDataModule.specific_tokens_for`). ``baseline_scores`` keeps NaN where a baseline
-failed on a model (shown as such in results tables).
+Episode batches (B episodes, C classes padded to the batch maximum, M PTMs, Dg the general
+encoder's dim, S PTM-specific extras, Dmax the largest PTM dim, K baselines):
+
+* every batch: ``task_tokens`` float [B, C, Dg] (class centres, zeros past a task's classes),
+  ``task_mask`` bool [B, C], ``target_scores`` float [B, M] (training: the label; evaluation: the
+  aggregate baseline score), ``model_mask`` bool [B, M] (False where a PTM has no score);
+* with ``specific_models`` S > 0: ``specific_models`` int64 [B, S], ``specific_mask`` bool [B, S],
+  ``specific_tokens`` float [B, S, C, Dmax] (zero-padded past each PTM's dim);
+* evaluation batches also: ``truth`` float [B, M] and ``truth_mask`` bool [B, M] (ground truth),
+  ``target_index`` int64 [B] (into :attr:`EpisodeDataModule.target_names`), ``task_index`` int64
+  [B] (position in the stage's task list, for :meth:`EpisodeDataModule.specific_tokens_for`) and
+  ``baseline_scores`` float [B, K+1, M] (each baseline, then the aggregate; NaN where a baseline
+  failed on a model, shown as such in results tables).
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ from torch import nn
 
 from spider.errors import SpiderError
 from spider.io import write_text_atomic, write_text_if_changed
-from spider.pipeline.pretrain import warmup_cosine
 from spider.progress import progress_bar
+from spider.schedules import WarmupCosine
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def finetune(prepared, data: dict[str, tuple[torch.Tensor, torch.Tensor]], num_c
         batches = min(batches, n // 2)  # no batch of one: BatchNorm needs two samples
     total = batches * epochs
     warmup = max(1, int(round(total * config.warmup_fraction)))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total))
     generator = np.random.default_rng([seed, order_seed])
     model.train()
     head.train()

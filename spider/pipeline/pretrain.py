@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from spider.errors import SpiderError
 from spider.io import write_bytes_atomic, write_json_atomic
 from spider.progress import progress_bar
+from spider.schedules import WarmupCosine
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.pth"
@@ -263,7 +263,7 @@ def _train(spec, prepared, train: _LabelledImages, num_classes: int, progress: b
     steps_per_epoch = max(1, len(labels) // spec.batch_size)
     total = steps_per_epoch * spec.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, max(1, total // 20)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(max(1, total // 20), total))
     generator = np.random.default_rng([spec.seed, 11])
     log = []
     with progress_bar(total, f"pretrain {spec.id}", progress) as advance:
@@ -317,17 +317,6 @@ def _accuracy(prepared, held: _LabelledImages, preprocess, batch_size: int = 512
     return 100.0 * correct / max(total, 1)
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
 def _check_timm_reload(spec: PretrainSpec, weights: Path, num_classes: int, model: torch.nn.Module) -> None:
     """Load the saved file back through timm's ``checkpoint_path`` and compare outputs."""
     import timm
@@ -361,9 +350,5 @@ def _config_json(spec: PretrainSpec, prepared, result: PretrainResult, train: _L
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-
-
 
 
