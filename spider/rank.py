@@ -132,7 +132,7 @@ def task_tokens(store: Any, model: str, dataset: str, split: str = "train",
 def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module], device: str,
                  rerank_topk: int) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
     """(scorer in eval mode on ``device``, its checkpoint info, PTM ids in model-index order)."""
-    from spider.modules.registry import load_scorer
+    from spider.modules.scorer_registry import load_scorer
     from spider.modules import ReRanker
 
     if rerank_topk < 0:

@@ -25,7 +25,7 @@ from spider.config import FitConfig, as_config
 from spider.errors import ConfigError
 from spider.evaluate import format_results, results_table
 from spider.io import write_json_atomic
-from spider.modules.registry import create_scorer, import_plugins, load_scorer, scorer_arguments
+from spider.modules.scorer_registry import create_scorer, import_plugins, load_scorer, scorer_arguments
 from spider.run_inputs import build_datamodule, env_rank, resolve_inputs
 from spider.trainer import build_trainer
 
@@ -85,7 +85,7 @@ def build_scorer(cfg: DictConfig, datamodule: Any) -> Any:
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     for key in ("name", "scorer", "rerank_topk"):
         kwargs.pop(key)
-    from spider.modules.registry import _scorer_class
+    from spider.modules.scorer_registry import _scorer_class
 
     accepted = scorer_arguments(_scorer_class(cfg.model.scorer))
     extras = {"model_names": datamodule.model_names, "target_names": datamodule.target_names,

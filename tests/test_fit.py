@@ -10,7 +10,7 @@ import torch
 from spider.config import compose, load_saved
 from spider.errors import ConfigError
 from spider.fit import fit
-from spider.modules.registry import CHECKPOINT_KEY, load_scorer
+from spider.modules.scorer_registry import CHECKPOINT_KEY, load_scorer
 from spider.train import validate_checkpoint
 
 # Cheapest baselines: the fit machinery, not the baselines, is under test here.

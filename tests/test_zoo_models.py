@@ -18,7 +18,7 @@ from spider.zoo import (
     load_dataset,
 )
 from spider.zoo.cifar_resnet import CifarResNet, ZeroPadShortcut
-from spider.zoo.registry import load_state_dict_strict, read_torch_state_dict
+from spider.zoo.model_registry import load_state_dict_strict, read_torch_state_dict
 
 TORCH_MODELS = ["cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet44", "cifar10_resnet56",
                 "mnist_cnn", "usps_cnn", "svhn_cnn"]

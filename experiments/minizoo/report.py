@@ -499,7 +499,7 @@ def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[st
     "models": [[k PTM ids re-scored] per target]}}``; time = general extraction (+ the k
     re-scored PTMs' extractions) + the scorer's token and scoring stages.
     """
-    from spider.modules.registry import load_scorer
+    from spider.modules.scorer_registry import load_scorer
     from spider.rank import rank_task
 
     model = load_scorer(ckpt)
@@ -596,7 +596,7 @@ def ability_profiles(ckpt: Path, zoo: Zoo, datasets: Sequence[str], tasks: int, 
     the profile is their mean: the paper's "averaged similarity between a PTM and the tasks".
     """
     from spider.datamodules.tokens import class_centres
-    from spider.modules.registry import load_scorer
+    from spider.modules.scorer_registry import load_scorer
 
     model = load_scorer(ckpt)
     rng = np.random.default_rng(seed)

@@ -3,7 +3,7 @@
 Importing this package registers every built-in baseline.
 """
 
-from spider.baselines.registry import (  # noqa: F401
+from spider.baselines.baseline_registry import (  # noqa: F401
     BASELINES,
     Baseline,
     get_baseline,

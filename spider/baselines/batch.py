@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from spider.baselines._inputs import classification_labels, is_regression_labels, regression_targets
-from spider.baselines.registry import Baseline, get_baseline
+from spider.baselines.baseline_registry import Baseline, get_baseline
 from spider.errors import BaselineInputError
 
 __all__ = [

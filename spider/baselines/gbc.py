@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from spider.baselines._inputs import as_float64, classification_labels
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
 
 __all__ = ["gbc", "gbc_from_features", "pca_project"]

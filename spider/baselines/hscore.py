@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from spider.baselines._inputs import as_float64, classification_labels, gram, resolve_dtype, symmetric_eigh
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 
 __all__ = ["HScoreTieWarning", "hscore", "hscore_reg", "trace_pinv_quadratic"]
 

@@ -16,7 +16,7 @@ from spider.metrics.functional import PROTOCOLS
 from spider.modules._checks import ScorerInputError, check_bool, check_float
 from spider.modules.blocks import ModelTaskBlock
 from spider.modules.losses import get_loss
-from spider.modules.registry import register_scorer
+from spider.modules.scorer_registry import register_scorer
 from spider.schedules import WarmupCosine
 
 # Validation metrics: log name -> (spider.metrics class name, constructor kwargs).

@@ -37,7 +37,7 @@ from spider.progress import progress_bar
 from spider.store import FeatureStore, StoreEntry, check_id
 from spider.zoo import create_zoo_model, get_zoo_model_info, is_zoo_model, list_zoo_models
 from spider.zoo.datasets import load_dataset
-from spider.zoo.registry import load_state_dict_strict
+from spider.zoo.model_registry import load_state_dict_strict
 
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 # 16-bit grey PNG/TIFF open as I;16*, 16-bit PGM as I: their samples span 0..65535, and
