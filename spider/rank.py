@@ -296,7 +296,7 @@ def zoo_model_refs(zoo_dir: Union[str, os.PathLike]) -> tuple[Any, dict[str, Any
     """(general encoder, ``{PTM id: ModelRef}``) recorded by the zoo build in ``<zoo_dir>/zoo.json``."""
     import dataclasses
 
-    from spider.pipeline.build import read_manifest
+    from spider.pipeline.build_manifest import read_manifest
     from spider.pipeline.recipe import ModelRef
 
     manifest = read_manifest(zoo_dir)

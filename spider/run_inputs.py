@@ -143,7 +143,7 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
     ``<zoo_dir>/cache``); when every label-defining setting equals the zoo's, that cache starts as
     a copy of the one the build made, so no task is labelled twice while the build's output stays
     untouched by fits. An old manifest with only ``target_datasets`` has test targets and no val."""
-    from spider.pipeline.build import read_manifest
+    from spider.pipeline.build_manifest import read_manifest
 
     data = cfg.data
     zoo_dir = _zoo_dir(data)
@@ -166,7 +166,7 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _check_recipe(zoo_dir: Path, recipe: str) -> dict[str, Any]:
-    from spider.pipeline.build import read_manifest
+    from spider.pipeline.build_manifest import read_manifest
 
     manifest = read_manifest(zoo_dir)
     if manifest.get("recipe") != recipe:

@@ -10,7 +10,8 @@ from datamodules_support import FAST_BASELINES, tiny_zoo
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from spider.aggregate import copeland
-from spider.datamodules.episodes import EpisodeDataModule, EpochBankSampler, collate_episodes, epoch_order
+from spider.datamodules.episode_datasets import EpochBankSampler, collate_episodes, epoch_order
+from spider.datamodules.episodes import EpisodeDataModule
 from spider.datamodules.ground_truth_csv import read_ground_truth
 from spider.datamodules.tasks import TaskConfig
 from spider.baselines.batch import DEFAULT_BASELINES

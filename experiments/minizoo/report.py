@@ -130,7 +130,7 @@ def open_zoo(root: str | Path, data_dir: str | Path | None = None) -> Zoo:
     """Read ``zoo.json``, the store and the ground truth of a built zoo (ReportError if incomplete)."""
     from spider.datamodules.ground_truth_csv import read_ground_truth
     from spider.store import FeatureStore
-    from spider.pipeline.build import read_manifest
+    from spider.pipeline.build_manifest import read_manifest
     from spider.pipeline.recipes import get_recipe
 
     root = Path(root)
