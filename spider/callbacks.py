@@ -16,10 +16,11 @@ import torch
 from omegaconf import DictConfig
 
 from spider.config import to_yaml
+from spider.errors import SpiderError
 from spider.io import write_text_atomic
 from spider.modules.scorer_registry import CHECKPOINT_KEY
 
-__all__ = ["BatchSeed", "QuietLightning", "SaveConfig", "SpiderCheckpointInfo", "Throughput", "quiet_lightning",
+__all__ = ["BatchSeed", "CheckInputs", "FiniteLoss", "QuietLightning", "SaveConfig", "SpiderCheckpointInfo", "Throughput", "quiet_lightning",
            "seed_all"]
 
 
@@ -73,6 +74,28 @@ class QuietLightning(L.Callback):
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         quiet_lightning()
+
+
+class CheckInputs(L.Callback):
+    """Before the first training step (after the datamodule's setup, before anything later in the
+    callback list): :func:`spider.run_inputs.check_inputs`, so non-finite data never trains."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            from spider.run_inputs import check_inputs
+
+            check_inputs(trainer.datamodule)
+
+
+class FiniteLoss(L.Callback):
+    """Stops training at the first non-finite training loss, before its backward pass, so the
+    weights (and the checkpoints, written at epoch ends) never hold what it would make of them."""
+
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise SpiderError(f"training loss is {float(loss.detach().float().reshape(-1)[0])} at epoch "
+                              f"{trainer.current_epoch}, step {trainer.global_step} (rank {trainer.global_rank}); "
+                              "stopped before it reached the weights (check model.lr and the inputs)")
 
 
 class SpiderCheckpointInfo(L.Callback):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import typing
 from pathlib import Path
 from typing import Any, Union
@@ -31,6 +32,7 @@ from spider.config_schema import (
     GROUPS,
     LABEL_FIELDS,
     LOGGERS,
+    PRECISIONS,
     DataConfig,
     FitConfig,
     LoggerConfig,
@@ -139,15 +141,81 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"config key {key!r}: expected an int >= 0, got {value}")
     if cfg.data.tasks_per_epoch is not None and cfg.data.tasks_per_epoch < 1:
         raise ConfigError(f"config key 'data.tasks_per_epoch': expected a positive int or null, got {cfg.data.tasks_per_epoch}")
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError(f"config key 'model.dropout': expected a float in [0, 1), got {cfg.model.dropout}")
-    if cfg.model.lr <= 0:
-        raise ConfigError(f"config key 'model.lr': expected a positive float, got {cfg.model.lr}")
+    _check_numbers(cfg)
     if cfg.logger.name == "wandb" and cfg.logger.offline is None:
         raise ConfigError("config key 'logger.offline': expected true or false for logger=wandb, got null")
-    devices = cfg.trainer.devices
-    if isinstance(devices, str) and devices != "auto" and not devices.lstrip("-").isdigit():
-        raise ConfigError(f"config key 'trainer.devices': expected an int or 'auto', got {devices!r}")
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    """Ranges of the numeric fields: a NaN, an infinity or an out-of-range number is a one-line
+    ConfigError here, never a traceback (or a silently NaN model) once training runs."""
+    m, t, d = cfg.model, cfg.trainer, cfg.data
+    # (key, value, test, what is expected); NaN fails every comparison, so every test rejects it.
+    floats = [
+        ("model.lr", m.lr, m.lr > 0 and math.isfinite(m.lr), "a finite float > 0"),
+        ("model.weight_decay", m.weight_decay, 0 <= m.weight_decay < math.inf, "a finite float >= 0"),
+        ("model.dropout", m.dropout, 0 <= m.dropout < 1, "a float in [0, 1)"),
+        ("model.attn_dropout", m.attn_dropout, 0 <= m.attn_dropout < 1, "a float in [0, 1)"),
+        ("model.mlp_ratio", m.mlp_ratio, 0 < m.mlp_ratio < math.inf, "a finite float > 0"),
+        ("model.prior_scale", m.prior_scale, math.isfinite(m.prior_scale), "a finite float"),
+        ("trainer.gradient_clip_val", t.gradient_clip_val,
+         t.gradient_clip_val is None or 0 <= t.gradient_clip_val < math.inf, "a finite float >= 0 or null"),
+    ]
+    if d.synthetic is not None:
+        floats.append(("data.synthetic.gt_noise", d.synthetic.gt_noise, 0 <= d.synthetic.gt_noise < math.inf,
+                       "a finite float >= 0"))
+    for key, value, ok, expected in floats:
+        if not ok:
+            raise ConfigError(f"config key {key!r}: expected {expected}, got {value}")
+    ints = [
+        ("trainer.log_every_n_steps", t.log_every_n_steps, 1), ("trainer.check_val_every_n_epoch",
+                                                                 t.check_val_every_n_epoch, 1),
+        ("trainer.num_sanity_val_steps", t.num_sanity_val_steps, -1), ("model.warmup_steps", m.warmup_steps, 0),
+        ("data.shard_size", d.shard_size, 1), ("data.mixed_weight", d.mixed_weight, 1),
+        ("data.selected_members", d.selected_members, 1),
+    ]
+    ints += [(k, v, 1) for k, v in (("trainer.threads", t.threads), ("model.head_hidden", m.head_hidden),
+                                     ("data.val_batch_size", d.val_batch_size)) if v is not None]
+    for key, value, low in ints:
+        if value < low:
+            raise ConfigError(f"config key {key!r}: expected an int >= {low}, got {value}")
+    if m.dim % m.heads:
+        raise ConfigError(f"config key 'model.dim': expected a multiple of model.heads={m.heads}, got {m.dim}")
+    devices = t.devices
+    number = int(devices) if isinstance(devices, int) or str(devices).lstrip("-").isdigit() else None
+    if devices != "auto" and (number is None or (number < 1 and number != -1)):
+        raise ConfigError(f"config key 'trainer.devices': expected an int >= 1, -1 (every device) or 'auto', "
+                          f"got {devices!r}")
+    if str(t.precision) not in PRECISIONS:
+        raise ConfigError(f"config key 'trainer.precision': expected one of {', '.join(PRECISIONS)}, "
+                          f"got {t.precision!r}")
+
+
+# Keys that may differ between a run's saved config.yaml and the config that resumes it: how long
+# to train, where logs and caches go, how many processes and threads build labels or load
+# batches, what to print. Every other key (data, model, optimiser, seed, devices, precision, ...)
+# shapes the weights, so a resume with another value is refused (:func:`resume_differences`).
+RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "trainer.threads",
+                  "trainer.log_every_n_steps", "trainer.num_sanity_val_steps", "logger", "data.label_workers",
+                  "data.num_workers", "data.label_device", "data.cache_dir", "run_dir", "resume", "overwrite",
+                  "print_config", "validate_checkpoint", "results_table")
+
+
+def resume_differences(saved: DictConfig, cfg: DictConfig) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, new value)`` of every key outside :data:`RESUMABLE_KEYS` whose
+    value differs between a run's saved config and ``cfg``."""
+    old, new = _flatten(OmegaConf.to_container(saved, resolve=True)), _flatten(OmegaConf.to_container(cfg, resolve=True))
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k) and not any(k == r or k.startswith(f"{r}.") for r in RESUMABLE_KEYS)]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -350,6 +418,7 @@ def _type_name(tp: Any) -> str:
 __all__ = [
     "GROUPS",
     "LABEL_FIELDS",
+    "RESUMABLE_KEYS",
     "DataConfig",
     "FitConfig",
     "LoggerConfig",
@@ -363,5 +432,6 @@ __all__ = [
     "default_config",
     "load_saved",
     "missing_keys",
+    "resume_differences",
     "to_yaml",
 ]

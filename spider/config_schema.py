@@ -20,6 +20,9 @@ GROUPS = ("data", "model", "trainer", "logger")
 LABEL_FIELDS = ("general", "models", "pool_datasets", "split", "task", "seed", "baselines", "aggregator",
                 "shard_size")
 LOGGERS = ("wandb", "csv", "none")
+# Lightning's accepted ``Trainer(precision=...)`` values (its ``_PRECISION_INPUT``), as strings.
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "64", "32", "16", "bf16")
 
 
 # Schemas give types only: every value lives in the YAML files under ``configs/`` (shipped inside
@@ -107,6 +110,16 @@ class DataConfig:
     shard_size: int = MISSING
     # Where label baselines compute (null = CPU; e.g. "cuda").
     label_device: Optional[str] = None
+    # Training labels (spider.datamodules.label_sources): copeland (paper), finetune (the zoo's
+    # fine-tuning bank only), mixed (bank where present, Copeland elsewhere), selected (Copeland of
+    # the baselines that agree with the bank on pool tasks).
+    label_source: str = MISSING
+    # Fine-tuning bank folder (spider.pipeline.bank); null -> the zoo's (none for a plain store).
+    finetune_bank: Optional[str] = None
+    # mixed: each fine-tuned task is drawn this many times as often as a Copeland task.
+    mixed_weight: int = MISSING
+    # selected: how many of the best-agreeing baselines are aggregated.
+    selected_members: int = MISSING
     seed: int = MISSING
     # Generated demo zoo, used when ``store`` and ``zoo`` are null; null -> none.
     synthetic: Optional[SyntheticConfig] = None
@@ -136,6 +149,10 @@ class ModelConfig:
     weight_decay: float = MISSING
     scheduler: str = MISSING
     warmup_steps: int = MISSING
+    # Static prior added to every score (spider.priors: finetune_mean, label_mean, param_count);
+    # null -> none. Its weight is learned, starting at prior_scale.
+    prior: Optional[str] = None
+    prior_scale: float = MISSING
     # Re-ranker only: PTM-specific tokens "replace" or are appended to ("append") the general ones.
     specific_mode: Optional[str] = None
     # Re-ranker only: how many top PTMs the results table re-scores with specific tokens.

@@ -45,15 +45,18 @@ def fit(cfg: DictConfig | FitConfig | dict | None = None) -> dict[str, Any]:
     """
     from spider.modules.scorer_registry import import_plugins
     from spider.run_inputs import build_inputs
+    from spider.run_lock import run_dir_lock
     from spider.train import train, validate_checkpoint
 
     cfg = as_config(cfg)
     import_plugins(cfg.imports)
-    build_inputs(cfg)
-    if cfg.validate_checkpoint:
-        return validate_checkpoint(cfg, cfg.validate_checkpoint)
-    metrics, _ = train(cfg)
-    return metrics
+    # Before anything is written (the synthetic zoo's default cache is inside run_dir).
+    with run_dir_lock(cfg.run_dir):
+        build_inputs(cfg)
+        if cfg.validate_checkpoint:
+            return validate_checkpoint(cfg, cfg.validate_checkpoint)
+        metrics, _ = train(cfg)
+        return metrics
 
 
 USAGE = """usage: spider fit [--print-config] [group=name ...] [key=value ...]

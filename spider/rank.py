@@ -440,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
+        _check_options(args)
         checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
         if not checkpoint.is_file():
             raise ConfigError(f"--checkpoint: no file {checkpoint}" + (
@@ -464,8 +465,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(format_ranking(result, args.top), end="")
     if args.json:
-        write_text_atomic(args.json, text + "\n")
+        try:
+            write_text_atomic(args.json, text + "\n")
+        except OSError as err:  # e.g. a read-only folder; the temp file is removed
+            print(f"error: --json: cannot write {args.json} ({err.strerror or err})", file=sys.stderr)
+            return 2
     return 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Options checked before anything is loaded, so the error names the option, not the checkpoint."""
+    from spider.baselines._inputs import checked_device
+
+    if args.top is not None and args.top < 1:
+        raise ConfigError(f"--top: expected a positive integer, got {args.top}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    if args.json and args.json != "-":
+        path = Path(args.json)
+        if path.is_dir():
+            raise ConfigError(f"--json: {path} is a folder; expected a file path (or '-' for stdout)")
+        if path.parent.exists() and not path.parent.is_dir():
+            raise ConfigError(f"--json: {path.parent} is not a folder")
+    checked_device(args.device, "--device")
 
 
 if __name__ == "__main__":

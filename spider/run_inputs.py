@@ -23,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from spider.config import LABEL_FIELDS
 from spider.errors import ConfigError, SpiderError
 
-__all__ = ["build_datamodule", "build_inputs", "env_rank", "prepare_store", "resolve_inputs"]
+__all__ = ["build_datamodule", "build_inputs", "check_inputs", "env_rank", "prepare_store", "resolve_inputs"]
 
 # Settings of ``cfg.data`` the zoo fills where the config leaves them null.
-ZOO_FILLS = ("models", "pool_datasets", "val_datasets", "test_datasets")
+ZOO_FILLS = ("models", "pool_datasets", "val_datasets", "test_datasets", "finetune_bank")
 
 
 def env_rank() -> int:
@@ -110,6 +110,37 @@ def build_datamodule(cfg: DictConfig, inputs: Mapping[str, Any], *, progress: bo
                              progress=progress, labeller=LABELLER, **options)
 
 
+def check_inputs(datamodule: Any) -> None:
+    """Refuse non-finite inputs before training (one line naming the file): every store entry the
+    run reads (opening one checks its sha256 and scans its values, once per process and file) and
+    the training labels. Ground truth (:func:`spider.datamodules.ground_truth_csv.read_ground_truth`)
+    and fine-tuning bank accuracies (:func:`spider.datamodules.finetune_bank.open_bank`) are checked when read."""
+    import numpy as np
+
+    from spider.store import FeatureStore
+
+    store = FeatureStore(datamodule.store_root)
+    config = datamodule.label_config
+    for split, datasets in ((datamodule.split, config.pool), (datamodule.target_split, datamodule.target_names)):
+        for model in (config.general_encoder, *config.models):
+            for dataset in datasets:
+                store.entry(model, dataset, split)
+    labels = datamodule.training_labels
+    if labels is None:
+        return
+    scores = np.asarray(labels.scores, dtype=np.float64)
+    where = f"training labels (data.label_source={labels.source}) of the label cache {datamodule.label_cache_dir}" + (
+        f" and the fine-tuning bank {datamodule.finetune_bank}" if labels.source != "copeland" else "")
+    # NaN means "no label" (masked out of the loss); an infinity never is a label.
+    infinite = np.argwhere(np.isinf(scores))
+    if len(infinite):
+        task, model = (int(v) for v in infinite[0])
+        raise SpiderError(f"{where}: task {task}, model {datamodule.model_names[model]!r} has label "
+                          f"{scores[task, model]} ({len(infinite)} infinite labels); rebuild the labels")
+    if not np.isfinite(scores).any():
+        raise SpiderError(f"{where}: no task has a finite label (every baseline failed?); nothing to train on")
+
+
 def _cache_dir(cfg: DictConfig) -> Path:
     return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.run_dir) / "cache"
 
@@ -154,7 +185,7 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
     if section["general"] != data.general:
         raise ConfigError(f"config key 'data.general': zoo {data.zoo!r} calls its general encoder "
                           f"{section['general']!r}, got {data.general!r}")
-    fill = {k: section[k] for k in ZOO_FILLS if data[k] is None}
+    fill = {k: section[k] for k in ZOO_FILLS if data[k] is None and k in section}
     label_cache = data.label_cache or str(_cache_dir_zoo(data, zoo_dir) / f"labels-{_label_key(data, section['store'], fill)}")
     settings = {**OmegaConf.to_container(data, resolve=True), **fill}
     same_labels = all(k in section and settings[k] == section[k] for k in LABEL_FIELDS)
@@ -162,7 +193,8 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
         _seed_label_cache(Path(section["label_cache"]), Path(label_cache))
     return {"store": section["store"], "ground_truth": section["ground_truth"], "label_cache": label_cache,
             "data": fill, "zoo": {"recipe": data.zoo, "dir": str(zoo_dir.resolve()),
-                                  "recipe_hash": manifest.get("recipe_hash")}}
+                                  "recipe_hash": manifest.get("recipe_hash")},
+            "params": {m["id"]: m["params"] for m in manifest.get("models", []) if m.get("params")}}
 
 
 def _check_recipe(zoo_dir: Path, recipe: str) -> dict[str, Any]:

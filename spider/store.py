@@ -20,7 +20,8 @@ and replaced by a symlink on its next overwrite.
 Arrays are pickle-free ``.npy`` files read memory-mapped, so selecting 500 rows of a 1M-row
 entry touches only the pages holding those rows. The first open of a file in a process checks its
 sha256 once (cached by path, inode, size, mtime and ctime), so a corrupted array raises StoreError
-instead of being scored.
+instead of being scored; the same first open scans its values (finite features and logits, labels
+in range), so NaN/Inf written behind the store's back with a matching sha256 is a StoreError too.
 
 Writes and overwrites are atomic for readers and crash-safe: a version is written into a hidden
 ``.tmp-*`` directory, fsynced, renamed to ``.v-*`` and published by atomically replacing the
@@ -253,7 +254,9 @@ class FeatureStore:
                 tmp = None
                 # The checksums were just computed from the files: no need to hash them again.
                 for spec in specs.values():
-                    _VERIFIED[_file_key(final.parent / version / spec["file"])] = spec["sha256"]
+                    key = _file_key(final.parent / version / spec["file"])
+                    _VERIFIED[key] = spec["sha256"]
+                    _VALUES_OK.add(key)  # _prepare checked them
                 # Opened under the lock, so no other writer can delete this version meanwhile.
                 return _open_version(final, version)
         except OSError as err:
@@ -394,6 +397,8 @@ def _inspect(path: Path, shown: Path, deep: bool = False, checksums: bool = Fals
         arrays[name] = array
         if deep:
             problems += _check_values(shown_file, name, array, manifest["num_classes"])
+        elif checksums:  # opening: values scanned once per process and file, as the checksum
+            problems += _verified_values(fpath, shown_file, name, array, manifest["num_classes"])
     return manifest, arrays, problems
 
 
@@ -682,6 +687,27 @@ def _verified_sha256(path: Path) -> str:
             _VERIFIED.clear()
         _VERIFIED[key] = _sha256(path)
     return _VERIFIED[key]
+
+
+# Files whose values this process has scanned (finite features/logits, labels in range), keyed
+# as _VERIFIED: an entry a run reads is scanned once, so NaN/Inf written behind the store's back
+# (with a matching sha256) is a StoreError on open, never a NaN model.
+_VALUES_OK: set[tuple] = set()
+
+
+def _verified_values(fpath: Path, shown: Path, name: str, array: np.ndarray,
+                     num_classes: int | None) -> list[StoreProblem]:
+    if name == "sample_ids":  # ids: nothing to scan
+        return []
+    key = _file_key(fpath)
+    if key in _VALUES_OK:
+        return []
+    problems = _check_values(shown, name, array, num_classes)
+    if not problems:
+        if len(_VALUES_OK) >= 1 << 16:
+            _VALUES_OK.clear()
+        _VALUES_OK.add(key)
+    return problems
 
 
 def _sha256(path: Path) -> str:

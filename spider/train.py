@@ -20,13 +20,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from spider.callbacks import BatchSeed, QuietLightning, SaveConfig, SpiderCheckpointInfo, Throughput, quiet_lightning, seed_all
-from spider.config import FitConfig, as_config
+from spider.callbacks import (BatchSeed, CheckInputs, FiniteLoss, QuietLightning, SaveConfig, SpiderCheckpointInfo,
+                              Throughput, quiet_lightning, seed_all)
+from spider.config import RESUMABLE_KEYS, FitConfig, as_config, load_saved, resume_differences
 from spider.errors import ConfigError
 from spider.evaluate import format_results, results_table
 from spider.io import write_json_atomic
 from spider.modules.scorer_registry import create_scorer, import_plugins, load_scorer, scorer_arguments
 from spider.run_inputs import build_datamodule, env_rank, resolve_inputs
+from spider.run_lock import run_dir_lock
 from spider.trainer import build_trainer
 
 __all__ = ["build_scorer", "train", "validate_checkpoint"]
@@ -41,21 +43,28 @@ def train(cfg: DictConfig | FitConfig | dict) -> tuple[dict[str, Any], dict[str,
         ``<run_dir>/metrics.json``); objects ``{"cfg", "datamodule", "model", "trainer"}``.
     """
     cfg = _setup(cfg)
+    with run_dir_lock(cfg.run_dir):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     inputs = resolve_inputs(cfg)
     datamodule = build_datamodule(cfg, inputs, progress=env_rank() == 0)
     _warn_without_val(datamodule)
     seed_all(cfg.seed)  # identical initial weights whatever the datamodule consumed
-    model = build_scorer(cfg, datamodule)
+    model = build_scorer(cfg, datamodule, inputs.get("params"))
     throughput = Throughput()
     info = _checkpoint_info(cfg, model, datamodule, inputs.get("zoo"))
-    trainer = build_trainer(cfg, run_dir, [BatchSeed(cfg.seed), SpiderCheckpointInfo(info),
+    # CheckInputs first: it refuses bad inputs before SaveConfig writes anything.
+    trainer = build_trainer(cfg, run_dir, [CheckInputs(), BatchSeed(cfg.seed), FiniteLoss(), SpiderCheckpointInfo(info),
                                            SaveConfig(cfg, run_dir), throughput, QuietLightning()])
-    trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_from(cfg, run_dir), weights_only=True)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_from(cfg, run_dir, model), weights_only=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     metrics = {"episodes_per_second": throughput.value(trainer), "epochs": int(trainer.current_epoch),
                "checkpoint": str(last), **_evaluate(cfg, trainer, model, datamodule)}
+    _mark_non_finite(metrics)
     if trainer.is_global_zero:
         print(f"training throughput: {metrics['episodes_per_second']:.1f} episodes/s "
               f"({trainer.world_size} process(es)); checkpoint: {last}")
@@ -67,7 +76,11 @@ def validate_checkpoint(cfg: DictConfig | FitConfig | dict, checkpoint: str | Pa
     """Evaluate a saved checkpoint (val and test) with the configured data and trainer; rank 0
     writes ``<run_dir>/metrics-validate.json``."""
     cfg = _setup(cfg)
-    checkpoint = Path(checkpoint)
+    with run_dir_lock(cfg.run_dir):
+        return _validate_checkpoint(cfg, Path(checkpoint))
+
+
+def _validate_checkpoint(cfg: DictConfig, checkpoint: Path) -> dict[str, Any]:
     if not checkpoint.is_file():
         raise ConfigError(f"config key 'validate_checkpoint': no file {checkpoint}")
     datamodule = build_datamodule(cfg, resolve_inputs(cfg), progress=env_rank() == 0)
@@ -75,16 +88,29 @@ def validate_checkpoint(cfg: DictConfig | FitConfig | dict, checkpoint: str | Pa
     model = load_scorer(checkpoint)
     trainer = build_trainer(cfg, Path(cfg.run_dir), [QuietLightning()], for_fit=False)
     metrics = {"checkpoint": str(checkpoint), **_evaluate(cfg, trainer, model, datamodule)}
+    _mark_non_finite(metrics)
     if trainer.is_global_zero:
         write_json_atomic(Path(cfg.run_dir) / "metrics-validate.json", metrics)
     return metrics
 
 
-def build_scorer(cfg: DictConfig, datamodule: Any) -> Any:
-    """The registered scorer ``cfg.model.scorer`` sized for the datamodule's zoo."""
+def build_scorer(cfg: DictConfig, datamodule: Any, params: Optional[dict] = None) -> Any:
+    """The registered scorer ``cfg.model.scorer`` sized for the datamodule's zoo; with
+    ``cfg.model.prior`` its static prior (``spider.priors``) over the datamodule's PTMs
+    (``params``: PTM id -> parameter count, for ``param_count``)."""
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    prior, prior_scale = kwargs.pop("prior"), kwargs.pop("prior_scale")
     for key in ("name", "scorer", "rerank_topk"):
         kwargs.pop(key)
+    if prior is not None:
+        from spider.errors import RegistryError
+        from spider.priors import prior_scores
+
+        try:
+            scores = prior_scores(prior, datamodule.prior_inputs(params))
+        except (RegistryError, ConfigError) as err:
+            raise ConfigError(f"config key 'model.prior': {err}") from None
+        kwargs.update(model_prior=[float(s) for s in scores], prior_scale=prior_scale)
     from spider.modules.scorer_registry import _scorer_class
 
     accepted = scorer_arguments(_scorer_class(cfg.model.scorer))
@@ -114,10 +140,11 @@ def _warn_without_val(datamodule: Any) -> None:
               "test targets are never used in their place", file=sys.stderr)
 
 
-def _resume_from(cfg: DictConfig, run_dir: Path) -> Optional[str]:
+def _resume_from(cfg: DictConfig, run_dir: Path, model: Any) -> Optional[str]:
     last = run_dir / "checkpoints" / "last.ckpt"
     if cfg.resume:
         if last.is_file():
+            _check_resume(cfg, run_dir, last, model)
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             return str(last)
         if env_rank() == 0:
@@ -129,6 +156,44 @@ def _resume_from(cfg: DictConfig, run_dir: Path) -> Optional[str]:
         if env_rank() == 0:  # before DDP children start: they must not see the old checkpoints
             shutil.rmtree(run_dir / "checkpoints")
     return None
+
+
+def _check_resume(cfg: DictConfig, run_dir: Path, last: Path, model: Any) -> None:
+    """Refuse (one line) to resume from an unreadable ``last.ckpt``, with a config that differs
+    from the run's ``config.yaml`` outside :data:`spider.config.RESUMABLE_KEYS`, with a model
+    whose weights do not fit the checkpoint's, or with fewer epochs than already trained."""
+    hint = "pass overwrite=true to start again (its checkpoints are deleted) or use another run_dir"
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, empty, text, pickles with code: many exception types
+        text = str(err).strip().splitlines()
+        raise ConfigError(f"resume=true: cannot read the checkpoint {last} ({type(err).__name__}"
+                          f"{': ' + text[0][:160] if text else ''}); {hint}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict) or "epoch" not in state:
+        raise ConfigError(f"resume=true: {last} is not a checkpoint written by spider fit; {hint}")
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        differing = resume_differences(load_saved(saved), cfg)
+        if differing:
+            shown = ", ".join(f"{k} ({old!r} -> {new!r})" for k, old, new in differing[:5])
+            more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
+            raise ConfigError(f"resume=true: the config differs from the run's {saved} in {shown}{more}; only "
+                              f"{', '.join(RESUMABLE_KEYS)} may change on resume; {hint}")
+    elif env_rank() == 0:
+        print(f"warning: resume=true: no {saved} to compare the config with", file=sys.stderr)
+    own = model.state_dict()
+    theirs = state["state_dict"]
+    for key in sorted(own.keys() | theirs.keys()):
+        mine = tuple(own[key].shape) if key in own else None
+        saved_shape = tuple(getattr(theirs.get(key), "shape", ())) if key in theirs else None
+        if mine != saved_shape:
+            raise ConfigError(f"resume=true: {last} holds {key} of shape {saved_shape}, the configured model "
+                              f"{'has none' if mine is None else f'expects {mine}'}; {hint}")
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("total", {})
+    done = int(progress.get("processed", int(state["epoch"]) + 1))
+    if cfg.trainer.max_epochs < done:
+        raise ConfigError(f"config key 'trainer.max_epochs': {last} has already trained {done} epochs, "
+                          f"got trainer.max_epochs={cfg.trainer.max_epochs}; pass at least {done} to resume it")
 
 
 def _evaluate(cfg: DictConfig, trainer: Any, model: Any, datamodule: Any) -> dict[str, Any]:
@@ -147,6 +212,27 @@ def _evaluate(cfg: DictConfig, trainer: Any, model: Any, datamodule: Any) -> dic
                 out["tables"][stage] = results_table(model, datamodule, stage=stage, rerank_topk=topk)
                 print(format_results(out["tables"][stage], title=f"{stage}: "))
     return out
+
+
+def _mark_non_finite(metrics: dict[str, Any]) -> None:
+    """metrics.json writes a non-finite number as null; list those under ``"non_finite"`` (and warn)
+    so that a NaN never passes for a value (e.g. a baseline that failed on a target, or the
+    throughput of a resumed run that had no epoch left to train)."""
+    found: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, float) and not np.isfinite(value):
+            found.append(path)
+
+    walk(metrics, "")
+    if found:
+        metrics["non_finite"] = found
+        if env_rank() == 0:
+            print(f"warning: {len(found)} metric(s) are not finite (null in metrics.json, listed under "
+                  f"'non_finite'): {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}", file=sys.stderr)
 
 
 def _checkpoint_info(cfg: DictConfig, model: Any, datamodule: Any, zoo: Optional[dict] = None) -> dict[str, Any]:

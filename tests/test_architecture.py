@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("spider.datamodules",)),
     ("pipeline", ("spider.pipeline",)),
     ("training", ("spider.config", "spider.config_schema", "spider.train", "spider.callbacks", "spider.trainer",
-                  "spider.run_inputs")),
+                  "spider.run_inputs", "spider.run_lock")),
     ("cli", ("spider.cli", "spider.fit", "spider.rank", "spider.labels", "spider.extract",
              "spider.baselines.__main__", "spider.zoo.__main__")),
 ]

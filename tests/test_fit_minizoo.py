@@ -16,10 +16,12 @@ from spider.config import compose
 from spider.errors import ConfigError
 from spider.fit import main
 from spider.run_inputs import prepare_store
+from spider.datamodules.finetune_bank import open_bank
+from spider.pipeline import recipes
 from spider.pipeline.build import required_files
 from spider.pipeline.recipe import LabelSettings
-from spider.pipeline import recipes
 from spider.pipeline.recipes import get_recipe
+from spider.train import build_scorer, train
 
 # DataConfig keys of the label settings a zoo build uses for its label cache.
 LABEL_KEYS = [f.name for f in dataclasses.fields(LabelSettings)]
@@ -131,3 +133,22 @@ def test_fit_on_the_tiny_recipe_built_from_the_real_files(data_dir, tmp_path_fac
     info = torch.load(checkpoint, weights_only=True)["spider"]
     assert info["zoo"]["recipe"] == "tiny" and sorted(info["model_names"]) == sorted(recipe.ptm_ids())
 
+
+
+@pytest.mark.shared_data
+def test_fit_with_fine_tuning_labels_and_the_history_prior(data_dir, tmp_path_factory, tmp_path):
+    """label_source=mixed reads the zoo's fine-tuning bank; model.prior puts its prior in the scorer."""
+    with pytest.MonkeyPatch.context() as mp:
+        zoo_dir, _, _ = trained_on_zoo(tmp_path_factory, mp, "tiny", data_dir)
+    cfg = compose(["data=minizoo_tiny", f"data.zoo_dir={zoo_dir}", f"run_dir={tmp_path / 'run'}", "logger=none",
+                   "trainer.max_epochs=1", "data.label_source=mixed", "data.mixed_weight=2",
+                   "model.prior=finetune_mean"])
+    result, objects = train(cfg)
+    labels = objects["datamodule"].training_labels
+    assert labels.source == "mixed" and len(labels.spec_texts) == 4 + 2  # 4 label tasks + the 2 bank tasks again
+    model = objects["model"]
+    bank = open_bank(zoo_dir, objects["datamodule"].model_names)
+    assert torch.argsort(model.model_prior).tolist() == torch.argsort(torch.tensor(bank.prior())).tolist()
+    assert math.isfinite(result["test"]["test/wtau_paper"]) and "val/wtau_paper" in result["val"]
+    with pytest.raises(ConfigError, match="model.prior': unknown static prior 'nope'"):
+        build_scorer(compose(["data=minizoo_tiny", "model.prior=nope"]), objects["datamodule"])

@@ -61,7 +61,15 @@ def test_bank_split_refuses_a_class_of_one_image():
         split_task(TaskSpec(classes=(("p", 0), ("p", 1)), rows=((0, 1), (2,))), views, 0, BankSettings())
 
 
-@pytest.mark.parametrize("kwargs", [{"num_tasks": -1}, {"test_fraction": 0.0}, {"test_fraction": 1.0}])
+def test_bank_split_keeps_at_most_max_per_class_images():
+    views = {"p": SimpleNamespace(images=np.arange(40 * 4, dtype=np.uint8).reshape(40, 2, 2))}
+    spec = TaskSpec(classes=(("p", 0), ("p", 1)), rows=(tuple(range(20)), tuple(range(20, 23))))
+    split = split_task(spec, views, 0, BankSettings(max_per_class=6))
+    assert sorted(np.concatenate([split["train"].labels, split["test"].labels]).tolist()) == [0] * 6 + [1] * 3
+
+
+@pytest.mark.parametrize("kwargs", [{"num_tasks": -1}, {"test_fraction": 0.0}, {"test_fraction": 1.0},
+                                    {"max_per_class": 1}])
 def test_bank_settings_are_checked(kwargs):
     with pytest.raises(SpiderError):
         BankSettings(**kwargs)

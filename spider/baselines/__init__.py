@@ -1,6 +1,17 @@
 """Transferability baselines: forward-based scores of how well a PTM suits a task.
 
 Importing this package registers every built-in baseline.
+
+Feature scale (``Baseline.scale_invariant``, also shown by ``python -m spider.baselines --list``):
+``logme``, ``hscore``, ``hscore_reg``, ``lfc`` and ``nleep`` give the same score when every feature
+is multiplied by one c > 0, for features from about 1e-300 to 1e300 (``leep``, ``nce`` and
+``pactran_dir`` read only the source logits). ``gbc`` (variance floor 1e-4), ``transrate``
+(distortion 1e-4), ``sfda`` (shrinkage exp(-5 lambda)) and ``logme_official`` (start alpha=beta=1,
+guard 1e-5, 11 steps) keep the absolute constants of their published recipes: they return the
+published value at any magnitude without overflow, but it depends on the scale. They reject
+features too small for their constant (mean variance, or for sfda the top within-class
+eigenvalue, at most 1e-4), and ``logme_official`` features beyond about 1e+-150. Degenerate inputs
+give a one-line :class:`~spider.errors.BaselineInputError`; no baseline returns NaN or inf.
 """
 
 from spider.baselines.baseline_registry import (  # noqa: F401

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from spider.baselines import get_baseline, list_baselines, score_models
+from spider.baselines._inputs import checked_device
 from spider.baselines.batch import DEFAULT_BASELINES, BaselineFailedWarning
 from spider.errors import SpiderError
 
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated baseline names (default: {','.join(DEFAULT_BASELINES)})")
     p.add_argument("--aggregate", default="copeland", help="rank aggregator over the baselines (default: copeland)")
     p.add_argument("--json", metavar="OUT", help="write results as JSON to OUT ('-' prints JSON instead of the table)")
-    p.add_argument("--device", default=None, help="torch device to compute on (default: cpu)")
+    p.add_argument("--device", default=None, help="torch device to compute on: cpu, cuda, cuda:N or mps (default: cpu)")
     p.add_argument("--list", action="store_true", help="list the registered baselines and exit")
     return p
 
@@ -112,10 +113,12 @@ def score_dataset(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--store: no such directory {args.store}")
     names = _baseline_names(args.baselines)
     aggregate = get_aggregator(args.aggregate)
+    # Checked before any data is read: a missing GPU is one line, not a CUDA traceback mid-run.
+    device = None if args.device is None else checked_device(args.device, "--device")
     labels, inputs = _load_inputs(args.store, args.dataset, args.split, args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BaselineFailedWarning)
-        scores = score_models(labels, inputs, names, device=args.device, progress=sys.stderr.isatty())
+        scores = score_models(labels, inputs, names, device=device, progress=sys.stderr.isatty())
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     models = list(inputs)
@@ -176,12 +179,12 @@ def _print_list() -> None:
     from rich.table import Table
 
     table = Table(title="registered baselines")
-    for column in ("name", "needs", "tasks", "deterministic", "description"):
+    for column in ("name", "needs", "tasks", "deterministic", "scale-invariant", "description"):
         table.add_column(column)
     for name in list_baselines():
         b = get_baseline(name)
-        deterministic = "yes" if b.deterministic else "no"
-        table.add_row(name, ",".join(sorted(b.needs)), ",".join(sorted(b.tasks)), deterministic, b.doc)
+        flags = ["yes" if flag else "no" for flag in (b.deterministic, b.scale_invariant)]
+        table.add_row(name, ",".join(sorted(b.needs)), ",".join(sorted(b.tasks)), *flags, b.doc)
     _console(table).print(table)
 
 

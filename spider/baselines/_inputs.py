@@ -13,10 +13,20 @@ Conventions:
 * Class labels are remapped to ``0..C-1`` in sorted order of their values (``[3, 7, 3, 9]`` becomes
   ``[0, 1, 0, 2]``). When the caller states ``num_classes`` the labels are taken as ids in
   ``[0, num_classes)`` instead, and a class without samples is an error.
+* Feature scale: every feature-reading baseline first divides its copy of the features by the power
+  of two that brings max |x| into [0.5, 1) (:func:`to_unit_scale`). Multiplying by a power of two is
+  exact in floating point, so this changes no value; it only keeps Gram matrices and squared
+  distances of features such as 1e200 or 1e-200 from overflowing or underflowing. Baselines whose
+  definition holds an absolute constant (GBC's variance floor, TransRate's distortion, SFDA's
+  shrinkage rule, the official LogME's start and guard) rescale that constant with the features,
+  so they compute exactly their published value, and reject with :class:`BaselineInputError`
+  features too small for the constant (the constant, not the features, would decide the score).
+  The registry's ``scale_invariant`` flag says which scores do not depend on the feature scale.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -26,8 +36,11 @@ from spider.errors import BaselineInputError
 
 __all__ = [
     "DEFAULT_DTYPE",
+    "TINY",
     "as_float64",
     "as_probabilities",
+    "centre_columns",
+    "checked_device",
     "classification_labels",
     "gram",
     "is_regression_labels",
@@ -36,10 +49,16 @@ __all__ = [
     "resolve_dtype",
     "softmax_probs",
     "symmetric_eigh",
+    "format_scaled",
+    "to_unit_scale",
+    "unscaled",
 ]
 
 DEFAULT_DTYPE = torch.float64
 _ALLOWED_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+# Smallest value a rescaled constant may take (float64 subnormals start at 2**-1022).
+TINY = 2.0**-1000
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -55,13 +74,36 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     raise BaselineInputError(f"dtype: expected float64 or float32, got {dtype!r}")
 
 
+def checked_device(device: torch.device | str, name: str = "device") -> torch.device:
+    """``device`` as a torch.device that exists on this machine (``cpu``, ``cuda[:N]`` or ``mps``).
+
+    Raises:
+        BaselineInputError: unknown device string, or a CUDA/MPS device this machine does not have;
+            the message starts with ``name`` (e.g. ``--device`` for a command-line option).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in _DEVICE_TYPES:
+        raise BaselineInputError(f"{name}: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {str(device)!r}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BaselineInputError(
+                f"{name}: {str(device)!r} requested but this machine has no usable CUDA device; use 'cpu'"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise BaselineInputError(f"{name}: {str(device)!r} requested but only cuda:0..cuda:{count - 1} exist")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise BaselineInputError(f"{name}: 'mps' requested but this machine has no usable MPS device; use 'cpu'")
+    return dev
+
+
 def resolve_device(x: Any, device: torch.device | str | None = None) -> torch.device:
-    """The device to compute on: ``device`` if given, else the tensor's own, else CPU."""
+    """The device to compute on: ``device`` if given (checked to exist), else the tensor's own, else CPU."""
     if device is not None:
-        try:
-            return torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise BaselineInputError(f"device: {err}") from None
+        return checked_device(device)
     if isinstance(x, torch.Tensor):
         return x.device
     return torch.device("cpu")
@@ -118,9 +160,77 @@ def _checked_matrix(
     if not bool(torch.isfinite(out.sum())):
         finite = torch.isfinite(out)
         if not bool(finite.all()):
-            bad = int((~finite).any(dim=1).sum())
+            bad_rows = ~finite.all(dim=1)
+            original = t[bad_rows.to(t.device)]
+            if bool(torch.isfinite(original).all()):  # finite before the dtype conversion
+                raise BaselineInputError(
+                    f"{name}: values up to {float(original.abs().max()):.3g} overflow {dtype}; compute in float64"
+                )
+            bad = int(bad_rows.sum())
             raise BaselineInputError(f"{name}: contains NaN or Inf in {bad} of {out.shape[0]} rows")
     return out
+
+
+def to_unit_scale(x: torch.Tensor) -> int:
+    """Divide ``x`` in place by the power of two 2**k that brings max |x| into [0.5, 1); returns k.
+
+    Exact (a power of two only changes the exponent), so every later step sees the same numbers
+    up to that factor, but far from overflow: a Gram matrix of such features is at most N per
+    entry. All-zero ``x`` is left alone (k = 0).
+    """
+    if x.numel() == 0:
+        return 0
+    low, high = torch.aminmax(x)  # one pass, no |x| temporary
+    biggest = max(-float(low), float(high))
+    if biggest == 0.0:
+        return 0
+    k = math.frexp(biggest)[1]
+    if abs(k) < 1000:
+        x.mul_(2.0**-k)
+    else:  # 2**-k itself is not a float64 for subnormal or near-overflow input: two steps
+        half = -k // 2
+        x.mul_(2.0**half).mul_(2.0 ** (-k - half))
+    return k
+
+
+def unscaled(value: float, exponent: int) -> float:
+    """``value * 2**exponent`` as a float: inf or 0 where that leaves float64's range.
+
+    A baseline that divided its features by 2**k (:func:`to_unit_scale`) converts an absolute
+    constant with ``unscaled(c, -2 * k)`` for a variance-like one, and a variance it measured back
+    to the caller's units with ``unscaled(v, 2 * k)``.
+    """
+    try:
+        return math.ldexp(value, exponent)
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def format_scaled(value: float, exponent: int) -> str:
+    """``value * 2**exponent`` printed like ``%.3g``, also beyond float64's range (e.g. 2.3e-400)."""
+    if value == 0.0 or not math.isfinite(value):
+        return f"{value:.3g}"
+    log10 = math.log10(abs(value)) + exponent * math.log10(2.0)
+    power = math.floor(log10)
+    mantissa = math.copysign(10.0 ** (log10 - power), value)
+    if -300 < power < 300:
+        return f"{mantissa * 10.0**power:.3g}"
+    return f"{mantissa:.3g}e{power:+d}"
+
+
+def centre_columns(x: torch.Tensor) -> torch.Tensor:
+    """Subtract each column's mean from ``x`` in place; returns ``x``.
+
+    A constant column does not centre to exact zeros when its mean rounds (0.1 * N / N != 0.1):
+    it leaves noise of about N * eps times its magnitude, which a scale-free rank tolerance would
+    then take for signal when every column is constant. Constant columns (max == min) are set to
+    exact zeros instead.
+    """
+    constant = x.amax(dim=0) == x.amin(dim=0)  # two passes beat aminmax(dim=0) here by 3x
+    x -= x.mean(dim=0, keepdim=True)
+    if bool(constant.any()):
+        x[:, constant] = 0.0
+    return x
 
 
 def as_float64(

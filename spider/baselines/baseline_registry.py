@@ -3,14 +3,22 @@
 A baseline is a callable ``fn(*, features, labels, source_logits=None, **options) -> float``
 (higher = better). ``needs`` says which inputs it reads (``"features"``, ``"source_logits"``),
 ``tasks`` which label kinds it supports (``"classification"``, ``"regression"``).
+
+Registration wraps the function so that its result is always a finite float: a NaN or infinite
+score (which every consumer would otherwise have to guess the meaning of) raises
+:class:`~spider.errors.BaselineInputError` naming the baseline instead. The module-level name
+(e.g. ``spider.baselines.logme.logme``) is the wrapped function too, so no call path skips it.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from spider.errors import BaselineInputError
 from spider.registry import Registry
 
 _VALID_NEEDS = frozenset({"features", "source_logits"})
@@ -27,6 +35,9 @@ class Baseline:
     tasks: frozenset[str]
     higher_is_better: bool = True
     deterministic: bool = True
+    # True when multiplying every feature by the same c > 0 leaves the score unchanged (baselines
+    # that do not read features at all are trivially so); False for absolute constants inside.
+    scale_invariant: bool = False
     doc: str = field(default="", compare=False)
 
     def __call__(self, **inputs: Any) -> float:
@@ -43,8 +54,9 @@ def register_baseline(
     tasks: tuple[str, ...] | str = ("classification",),
     higher_is_better: bool = True,
     deterministic: bool = True,
+    scale_invariant: bool = False,
 ) -> Callable[[Callable[..., float]], Callable[..., float]]:
-    """Register ``fn`` as baseline ``name``; returns ``fn`` unchanged."""
+    """Register ``fn`` as baseline ``name``; returns ``fn`` wrapped by the finite-result check."""
     needs_set = frozenset((needs,) if isinstance(needs, str) else needs)
     tasks_set = frozenset((tasks,) if isinstance(tasks, str) else tasks)
     if not needs_set <= _VALID_NEEDS:
@@ -53,14 +65,30 @@ def register_baseline(
         raise ValueError(f"baseline {name!r}: tasks must be within {sorted(_VALID_TASKS)}")
 
     def decorator(fn: Callable[..., float]) -> Callable[..., float]:
+        checked = _finite_result(name, fn)
         BASELINES.add(
             name,
-            Baseline(name, fn, needs_set, tasks_set, higher_is_better, deterministic,
+            Baseline(name, checked, needs_set, tasks_set, higher_is_better, deterministic, scale_invariant,
                      (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""),
         )
-        return fn
+        return checked
 
     return decorator
+
+
+def _finite_result(name: str, fn: Callable[..., float]) -> Callable[..., float]:
+    """``fn`` returning ``float(result)``, or raising BaselineInputError when that is not finite."""
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> float:
+        value = float(fn(*args, **kwargs))
+        if not math.isfinite(value):
+            raise BaselineInputError(
+                f"{name}: the score is {value} on these inputs (degenerate for this baseline); no value is reported"
+            )
+        return value
+
+    return checked
 
 
 def get_baseline(name: str) -> Baseline:

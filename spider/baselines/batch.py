@@ -104,21 +104,15 @@ def _score_cell(
         return math.nan
     kwargs = {key: arrays[key] for key in baseline.needs}
     try:
-        value = float(baseline(labels=labels, **kwargs, **options))
+        # A registered baseline returns a finite float or raises (a non-finite score is a
+        # BaselineInputError raised by the registry's wrapper).
+        return baseline(labels=labels, **kwargs, **options)
     except (BaselineInputError, ArithmeticError, RuntimeError, ValueError) as err:
         # torch.linalg errors are RuntimeErrors; anything else is a bug and propagates.
         warnings.warn(
             f"baseline {baseline.name!r} failed on model {model!r}: {err}", BaselineFailedWarning, stacklevel=3
         )
         return math.nan
-    if not math.isfinite(value):
-        warnings.warn(
-            f"baseline {baseline.name!r} gave {value} on model {model!r}; recorded as NaN",
-            BaselineFailedWarning,
-            stacklevel=3,
-        )
-        return math.nan
-    return value
 
 
 def score_models(

@@ -8,6 +8,12 @@ Canonical recipe (google-research config ``gbc.pca_reduction=64, gaussian_type='
 exact PCA to 64 dimensions, then per class the mean and the per-dimension variance floored at
 1e-4, averaged over dimensions for spherical Gaussians. As in that implementation, the spherical
 log-determinant terms use the single averaged variance (not D times it).
+
+Feature scale: the floor is absolute, so GBC is not scale invariant. It runs on features divided
+by a power of two near their magnitude with the floor divided by its square, which is exactly the
+published value at any magnitude (features of 1e200 no longer overflow the PCA). Features whose
+mean variance is not above the floor (tiny or constant features: every class would get the floor
+as its variance and the score would be about -C(C-1) whatever the classes) are rejected.
 """
 
 from __future__ import annotations
@@ -16,7 +22,15 @@ from typing import Any, Literal
 
 import torch
 
-from spider.baselines._inputs import as_float64, classification_labels
+from spider.baselines._inputs import (
+    TINY,
+    as_float64,
+    centre_columns,
+    classification_labels,
+    format_scaled,
+    to_unit_scale,
+    unscaled,
+)
 from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
 
@@ -36,7 +50,7 @@ def pca_project(x: torch.Tensor, dim: int | float) -> torch.Tensor:
     Uses the eigen-decomposition of the smaller Gram matrix (D x D, or N x N when N < D), which
     spans the same principal subspace as an SVD at a fraction of the cost.
     """
-    xc = x - x.mean(dim=0)
+    xc = centre_columns(x.clone())
     n, d = xc.shape
     small_side = xc.T @ xc if n >= d else xc @ xc.T
     evals, vecs = torch.linalg.eigh(small_side)  # ascending
@@ -57,6 +71,7 @@ def gbc_from_features(
     y: torch.Tensor,
     num_classes: int,
     gaussian: Literal["spherical", "diagonal"] = "spherical",
+    variance_floor: float = VARIANCE_FLOOR,
 ) -> float:
     """GBC of validated (already reduced) features.
 
@@ -65,6 +80,8 @@ def gbc_from_features(
         y: [N] int64 classes in ``[0, num_classes)``, every class present.
         num_classes: C.
         gaussian: ``"spherical"`` (one variance per class) or ``"diagonal"``.
+        variance_floor: lower bound of every per-class, per-dimension variance (in the units of
+            ``x``; the canonical 1e-4 divided by c^2 for features divided by c).
 
     Returns:
         -sum_{c != c'} exp(-D_B(c, c')), a float in [-C(C-1), 0].
@@ -73,7 +90,7 @@ def gbc_from_features(
     means = x.new_zeros(num_classes, x.shape[1]).index_add_(0, y, x) / counts  # [C, D]
     # Per-class biased variance per dimension, from deviations (not E[x^2] - mean^2) for accuracy.
     dev2 = (x - means[y]).square()
-    var = (x.new_zeros(num_classes, x.shape[1]).index_add_(0, y, dev2) / counts).clamp_min(VARIANCE_FLOOR)
+    var = (x.new_zeros(num_classes, x.shape[1]).index_add_(0, y, dev2) / counts).clamp_min(variance_floor)
     if gaussian == "spherical":
         var = var.mean(dim=1, keepdim=True)  # [C, 1]
     log_var = var.log()
@@ -121,6 +138,17 @@ def gbc(
     y, num_classes = classification_labels(labels, num_classes=num_classes, device=device)
     x = as_float64(features, "features", rows=y.shape[0], dtype=dtype, device=device)
     y = y.to(x.device)
+    k = to_unit_scale(x)  # x is our own copy
     if pca_dim is not None:
         x = pca_project(x, pca_dim)
-    return gbc_from_features(x, y, num_classes, gaussian)
+    # The floor in the units of x / 2**k; past float64's range it is negligible against every
+    # non-zero variance, and TINY keeps log(floor) finite for classes with no spread.
+    floor = max(unscaled(VARIANCE_FLOOR, -2 * k), TINY)
+    spread = float(x.var(dim=0, unbiased=False).mean())
+    if spread <= floor:
+        raise BaselineInputError(
+            f"features: mean variance {format_scaled(spread, 2 * k)} is not above gbc's absolute variance floor "
+            f"{VARIANCE_FLOOR:g} (tiny or constant features: the floor, not the classes, would decide the "
+            "score); rescale the features, e.g. to unit variance"
+        )
+    return gbc_from_features(x, y, num_classes, gaussian, floor)

@@ -12,6 +12,10 @@ safely invertible and through an eigendecomposition (pseudo-inverse semantics) o
 
 With N <= D + 1 the centred features span every direction orthogonal to the all-ones vector, so
 H-Score is exactly C - 1 for *any* features: every model ties. A warning says so.
+
+Both scores are scale invariant (cov f and cov g scale alike; so does the Ledoit-Wolf target):
+they run on features divided by a power of two near their magnitude, which is exact and keeps
+features such as 1e200 from overflowing. Constant features have no covariance: both scores are 0.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ from typing import Any
 
 import torch
 
-from spider.baselines._inputs import as_float64, classification_labels, gram, resolve_dtype, symmetric_eigh
+from spider.baselines._inputs import (
+    as_float64,
+    centre_columns,
+    classification_labels,
+    gram,
+    resolve_dtype,
+    symmetric_eigh,
+    to_unit_scale,
+)
 from spider.baselines.baseline_registry import register_baseline
 
 __all__ = ["HScoreTieWarning", "hscore", "hscore_reg", "trace_pinv_quadratic"]
@@ -67,13 +79,14 @@ def _centred_class_stats(
     """Centred features [N, D], labels [N], rows sqrt(n_c) (mu_c - mu) [C, D], and C."""
     x = as_float64(features, "features", dtype=resolve_dtype(dtype), device=device)
     y, c = classification_labels(labels, x.shape[0], num_classes=num_classes, device=x.device)
-    x -= x.mean(dim=0, keepdim=True)  # x is our own copy
+    to_unit_scale(x)  # x is our own copy; both scores are scale invariant
+    centre_columns(x)
     counts = torch.bincount(y, minlength=c).to(x.dtype)
     class_sums = x.new_zeros(c, x.shape[1]).index_add_(0, y, x)  # n_c (mu_c - mu)
     return x, y, class_sums / counts.sqrt()[:, None], c
 
 
-@register_baseline("hscore")
+@register_baseline("hscore", scale_invariant=True)
 def hscore(
     *,
     features: Any,
@@ -131,7 +144,7 @@ def _ledoit_wolf_shrinkage(x: torch.Tensor, scatter: torch.Tensor) -> torch.Tens
     return torch.where(beta == 0, torch.zeros_like(beta), beta / delta)
 
 
-@register_baseline("hscore_reg")
+@register_baseline("hscore_reg", scale_invariant=True)
 def hscore_reg(
     *,
     features: Any,

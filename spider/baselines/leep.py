@@ -64,7 +64,7 @@ def leep_from_probs(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> f
     return float(eep.log().mean())
 
 
-@register_baseline("leep", needs=("source_logits",))
+@register_baseline("leep", needs=("source_logits",), scale_invariant=True)
 def leep(
     *,
     labels: Any,

@@ -11,6 +11,11 @@ n_c = class sizes and N² entries per matrix:
     sum(L) = 2 sum_c n_c² - N²,  |L|_F² = N²,
     <K - mean(K), L - mean(L)> = <K, L> - sum(K) sum(L) / N²,
     |K - mean(K)|² = |K|² - sum(K)² / N²   (likewise for L).
+
+LFC is a cosine similarity, so it is scale invariant: it runs on features divided by a power of
+two near their magnitude (exact), which keeps |FᵀF|² of features such as 1e200 from overflowing.
+When every row is the same (or F Fᵀ is otherwise constant) the centred kernel is zero and the
+cosine undefined: a :class:`~spider.errors.BaselineInputError` says so.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from typing import Any
 
 import torch
 
-from spider.baselines._inputs import as_float64, classification_labels
+from spider.baselines._inputs import as_float64, classification_labels, to_unit_scale
 from spider.baselines.baseline_registry import register_baseline
+from spider.errors import BaselineInputError
 
 __all__ = ["lfc", "lfc_from_features"]
+
+_CANCELLATION = 64  # |K - mean K|² within this many eps of |K|² is rounding noise of zero
 
 
 def lfc_from_features(f: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
@@ -34,8 +42,10 @@ def lfc_from_features(f: torch.Tensor, y: torch.Tensor, num_classes: int) -> flo
         num_classes: C.
 
     Returns:
-        Cosine similarity of the centred kernel and label matrices, a float in [-1, 1]
-        (NaN when either centred matrix is zero, e.g. all features equal).
+        Cosine similarity of the centred kernel and label matrices, a float in [-1, 1].
+
+    Raises:
+        BaselineInputError: the centred kernel is zero (to rounding), e.g. all rows equal.
     """
     n = float(f.shape[0])
     total = f.sum(dim=0)  # s [D]
@@ -47,12 +57,19 @@ def lfc_from_features(f: torch.Tensor, y: torch.Tensor, num_classes: int) -> flo
     k_dot_l = 2 * class_sums.square().sum() - sum_k
     gram = f.T @ f
     k_norm2 = gram.square().sum() - sum_k * sum_k / (n * n)
+    # |K|² - sum(K)²/N² cancels to rounding noise of |K|² when K is constant: that is a zero
+    # centred kernel, not a direction to correlate with.
+    if float(k_norm2) <= _CANCELLATION * torch.finfo(f.dtype).eps * float(gram.square().sum()):
+        raise BaselineInputError(
+            "features: the kernel F F^T is constant to rounding (e.g. every row is the same); "
+            "LFC's correlation is undefined"
+        )
     l_norm2 = n * n - sum_l * sum_l / (n * n)
     numerator = k_dot_l - sum_k * sum_l / (n * n)
     return float(numerator / torch.sqrt(k_norm2 * l_norm2))
 
 
-@register_baseline("lfc")
+@register_baseline("lfc", scale_invariant=True)
 def lfc(
     *,
     features: Any,
@@ -73,4 +90,5 @@ def lfc(
     """
     y, num_classes = classification_labels(labels, num_classes=num_classes, device=device)
     f = as_float64(features, "features", rows=y.shape[0], dtype=dtype, device=device)
+    to_unit_scale(f)  # f is our own copy; LFC is scale invariant
     return lfc_from_features(f, y.to(f.device), num_classes)

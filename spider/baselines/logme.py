@@ -25,6 +25,16 @@ Two baselines are registered:
 Both share one eigendecomposition: of X^T X when N > D, of X X^T otherwise, and run every target
 column at once (no loop over classes). Classification labels are int [N]; float labels [N] or
 [N, K] switch to regression (one evidence per target column, averaged).
+
+Feature scale: ``logme`` is scale invariant (X -> cX maps the maximiser lam -> c^2 lam and leaves
+the maximum unchanged), so it runs on features divided by a power of two near their magnitude
+(exact) and gives the same value for features of any magnitude. ``logme_official`` is not: its
+start alpha = beta = 1, its 1e-5 guard and its 11-step cap are absolute. It runs in the same
+rescaled frame with those constants rescaled to match (alpha -> alpha / c^2, the guard on |m|^2 ->
+c^2 guard, plus (D - min(N, D)) log c for the log-det terms it drops), which is exactly the
+official value, and rejects features beyond about 1e+-150 where the rescaled constants leave
+float64. Features that reproduce a target exactly with fewer independent rows than samples (e.g.
+a few distinct rows repeated, one per class) have unbounded evidence: ``logme`` rejects them.
 """
 
 from __future__ import annotations
@@ -43,6 +53,9 @@ from spider.baselines._inputs import (
     regression_targets,
     resolve_dtype,
     symmetric_eigh,
+    TINY,
+    to_unit_scale,
+    unscaled,
 )
 from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
@@ -50,6 +63,9 @@ from spider.errors import BaselineInputError
 __all__ = ["Spectrum", "logme", "logme_official", "logme_spectrum", "profile_evidence"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+# A residual within this many max(N, D) * eps of |t|^2 is rounding noise of an exact fit.
+_EXACT_FIT_TOL = 1024
+OFFICIAL_GUARD = 1e-5  # thuml/LogME's guard in the alpha and beta updates
 
 
 @dataclass(frozen=True)
@@ -228,8 +244,10 @@ def _maximise_profile(spec: Spectrum, grid_step: float = 0.25, max_newton: int =
     value = _profile_at(spec, u)
     value = torch.maximum(torch.maximum(value, best_value), at_infinity)
     # lam -> 0: finite only when the features reproduce the target exactly (resid == 0), where
-    # N - rank of the noise-free samples decides between a finite limit and +infinity.
-    exact = spec.resid <= 0
+    # N - rank of the noise-free samples decides between a finite limit and +infinity. An exact
+    # fit leaves a residual of rounding noise (sq_norm - sum proj2 can come out as +1e-17), which
+    # must not pass for a tiny true residual with an enormous finite evidence.
+    exact = spec.resid <= _EXACT_FIT_TOL * max(n, spec.dim) * torch.finfo(s.dtype).eps * spec.sq_norm
     if bool(exact.any()):
         rank = int(nonzero.numel())
         if rank < n:
@@ -244,15 +262,31 @@ def _maximise_profile(spec: Spectrum, grid_step: float = 0.25, max_newton: int =
     return value
 
 
-def _official_fixed_point(spec: Spectrum, max_steps: int = 11, guard: float = 1e-5) -> torch.Tensor:
-    """The official ``_fit_fixed_point`` run for every target column at once; [T] total evidence."""
+def _official_fixed_point(spec: Spectrum, scale_exponent: int = 0, max_steps: int = 11) -> torch.Tensor:
+    """The official ``_fit_fixed_point`` run for every target column at once; [T] total evidence.
+
+    Args:
+        spec: spectrum of the features divided by c = 2**scale_exponent.
+        scale_exponent: log2 of that factor; the official constants are rescaled with it so that
+            the result is the official value for the original features.
+    """
     s = spec.eigvals[:, None]  # [r, 1]: the official code keeps all min(N, D) values
     x2 = spec.proj2  # [r, T]
     resid = spec.resid
     n, d = spec.num_samples, spec.dim
     num_targets = x2.shape[1]
+    # X / c has weights c w: their prior precision alpha and their squared norm's guard scale by
+    # 1 / c^2 and c^2; beta (noise precision of the targets) and the residual guard do not.
+    alpha0 = unscaled(1.0, -2 * scale_exponent)
+    guard_m = unscaled(OFFICIAL_GUARD, 2 * scale_exponent)
+    if not (TINY <= alpha0 < math.inf and TINY <= guard_m < math.inf):
+        raise BaselineInputError(
+            f"features: largest |x| about 1e{round(scale_exponent * math.log10(2.0))} is outside the range where the "
+            "official LogME's absolute constants (start alpha=beta=1, guard 1e-5) fit in float64; use 'logme' "
+            "(scale-invariant)"
+        )
     ones = torch.ones(num_targets, dtype=s.dtype, device=s.device)
-    alpha, beta = ones.clone(), ones.clone()
+    alpha, beta = ones * alpha0, ones.clone()
     evidence = torch.zeros_like(ones)
     active = torch.ones(num_targets, dtype=torch.bool, device=s.device)
     for _ in range(max_steps):
@@ -260,8 +294,8 @@ def _official_fixed_point(spec: Spectrum, max_steps: int = 11, guard: float = 1e
         gamma = (s / (s + lam)).sum(dim=0)
         m2 = (s * x2 / (lam + s) ** 2).sum(dim=0)
         res2 = (x2 / (1.0 + s / lam) ** 2).sum(dim=0) + resid
-        new_alpha = gamma / (m2 + guard)
-        new_beta = (n - gamma) / (res2 + guard)
+        new_alpha = gamma / (m2 + guard_m)
+        new_beta = (n - gamma) / (res2 + OFFICIAL_GUARD)
         value = (
             0.5 * d * torch.log(new_alpha)
             + 0.5 * n * torch.log(new_beta)
@@ -277,7 +311,9 @@ def _official_fixed_point(spec: Spectrum, max_steps: int = 11, guard: float = 1e
         active = active & ((new_alpha / new_beta - lam).abs() / lam > 1e-3)
         if not bool(active.any()):
             break
-    return evidence
+    # Back to the original features: D/2 log alpha loses D log c and each of the min(N, D) log-det
+    # terms gains log c, so the D - min(N, D) terms the official code drops leave this behind.
+    return evidence + (d - s.shape[0]) * scale_exponent * math.log(2.0)
 
 
 def _prepare(
@@ -286,7 +322,8 @@ def _prepare(
     num_classes: int | None,
     dtype: torch.dtype | str | None,
     device: torch.device | str | None,
-) -> Spectrum:
+) -> tuple[Spectrum, int, bool]:
+    """Spectrum of the features divided by 2**k, that k, and whether the labels are classes."""
     dtype = resolve_dtype(dtype)
     x = as_float64(features, "features", dtype=dtype, device=device)
     n = x.shape[0]
@@ -296,12 +333,14 @@ def _prepare(
         if bool(zero.any()):
             col = int(torch.nonzero(zero)[0])
             raise BaselineInputError(f"labels: regression target column {col} is all zeros (evidence unbounded)")
-        return logme_spectrum(x, targets)
+        k = to_unit_scale(x)
+        return logme_spectrum(x, targets), k, False
     y, c = classification_labels(labels, n, num_classes=num_classes, device=x.device)
-    return logme_spectrum(x, y, c)
+    k = to_unit_scale(x)
+    return logme_spectrum(x, y, c), k, True
 
 
-@register_baseline("logme", tasks=("classification", "regression"))
+@register_baseline("logme", tasks=("classification", "regression"), scale_invariant=True)
 def logme(
     *,
     features: Any,
@@ -326,8 +365,17 @@ def logme(
         Mean over classes (or target columns) of the maximal log evidence per sample.
     """
     del source_logits
-    spec = _prepare(features, labels, num_classes, dtype, device)
-    return float((_maximise_profile(spec) / spec.num_samples).mean())
+    spec, _, classification = _prepare(features, labels, num_classes, dtype, device)
+    evidence = _maximise_profile(spec)
+    unbounded = torch.isinf(evidence)
+    if bool(unbounded.any()):
+        what = "class indicators" if classification else "regression target columns"
+        rank = int((spec.eigvals > 0).sum())
+        raise BaselineInputError(
+            f"features: reproduce {int(unbounded.sum())} of {unbounded.numel()} {what} exactly with rank {rank} "
+            f"< N={spec.num_samples} samples (e.g. a few distinct rows repeated); LogME's evidence is unbounded"
+        )
+    return float((evidence / spec.num_samples).mean())
 
 
 @register_baseline("logme_official", tasks=("classification", "regression"))
@@ -346,5 +394,5 @@ def logme_official(
     contiguous labels. Below the true maximum when the cap is hit, and far above it for N < D.
     """
     del source_logits
-    spec = _prepare(features, labels, num_classes, dtype, device)
-    return float((_official_fixed_point(spec) / spec.num_samples).mean())
+    spec, k, _ = _prepare(features, labels, num_classes, dtype, device)
+    return float((_official_fixed_point(spec, k) / spec.num_samples).mean())

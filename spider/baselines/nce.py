@@ -38,7 +38,7 @@ def nce_from_pseudo_labels(z: torch.Tensor, num_source: int, y: torch.Tensor, nu
     return float(torch.xlogy(joint, joint).sum() - torch.xlogy(p_z, p_z).sum())
 
 
-@register_baseline("nce", needs=("source_logits",))
+@register_baseline("nce", needs=("source_logits",), scale_invariant=True)
 def nce(
     *,
     labels: Any,

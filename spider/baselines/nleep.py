@@ -9,6 +9,13 @@ The mixture depends on its random initialisation, so the score depends on ``seed
 default, making repeated calls identical) and cannot reproduce a scikit-learn run to high
 precision; the registry marks it ``deterministic=False``. Cost grows like N·K·k² per EM step with
 K ≈ 0.1 N components, which is heavy for N in the tens of thousands.
+
+Feature scale: N-LEEP is scale invariant. PCA by explained-variance fraction, k-means++ and the
+k-means tolerance are scale free, and the mixture's covariance regulariser is 1e-6 times the mean
+variance of the reduced features (scikit-learn's ``reg_covar`` is an absolute 1e-6: the same for
+unit-variance features). The features are divided by a power of two near their magnitude first
+(exact), so features such as 1e200 do not overflow. Constant features have nothing to cluster and
+are rejected.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 
 import torch
 
-from spider.baselines._inputs import as_float64, classification_labels
+from spider.baselines._inputs import as_float64, classification_labels, to_unit_scale
 from spider.baselines.gbc import pca_project
 from spider.baselines.leep import leep_from_probs
 from spider.baselines.baseline_registry import register_baseline
@@ -27,7 +34,9 @@ from spider.errors import BaselineInputError
 __all__ = ["fit_gmm_posteriors", "kmeans_labels", "nleep"]
 
 PCA_VARIANCE = 0.8
-REG_COVAR = 1e-6  # added to every covariance diagonal (scikit-learn's default)
+# Added to every covariance diagonal, relative to the mean variance of the reduced features
+# (scikit-learn's default 1e-6, made scale free).
+REG_COVAR = 1e-6
 # Caps the [components, N, k] whitened-residual block evaluated at once.
 _BLOCK_ELEMENTS = 1 << 24
 
@@ -63,7 +72,9 @@ def kmeans_labels(
     return torch.cdist(x, centres).argmin(dim=1)
 
 
-def _m_step(x: torch.Tensor, resp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _m_step(
+    x: torch.Tensor, resp: torch.Tensor, reg_covar: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mixture weights [K], means [K, d] and precision Cholesky factors [K, d, d] from ``resp`` [N, K]."""
     nk = resp.sum(dim=0) + 10 * torch.finfo(x.dtype).eps
     means = resp.T @ x / nk[:, None]
@@ -73,7 +84,7 @@ def _m_step(x: torch.Tensor, resp: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     for start, stop in _blocks(resp.shape[1], x.shape[0] * d):
         dev = x[None] - means[start:stop, None, :]  # [Kb, N, d]
         covs[start:stop] = (resp[:, start:stop].T[:, :, None] * dev).transpose(1, 2) @ dev
-    covs = covs / nk[:, None, None] + REG_COVAR * eye
+    covs = covs / nk[:, None, None] + reg_covar * eye
     chol, info = torch.linalg.cholesky_ex(covs)
     if bool((info > 0).any()):
         raise BaselineInputError("features: a mixture covariance is singular; nleep cannot be fitted")
@@ -99,18 +110,34 @@ def _log_joint(x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, prec
 
 
 def fit_gmm_posteriors(
-    x: torch.Tensor, k: int, generator: torch.Generator, max_iter: int = 100, tol: float = 1e-3
+    x: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    reg_covar: float = REG_COVAR,
 ) -> torch.Tensor:
-    """Fit a full-covariance GMM with ``k`` components by EM; returns posteriors [N, k]."""
+    """Fit a full-covariance GMM with ``k`` components by EM; returns posteriors [N, k].
+
+    ``reg_covar`` is relative: ``reg_covar`` times the mean variance of ``x`` joins every
+    covariance diagonal, so the fit does not depend on the scale of ``x``.
+
+    Raises:
+        BaselineInputError: ``x`` has no variance (every row the same).
+    """
+    spread = float(x.var(dim=0, unbiased=False).mean())
+    if not spread > 0:
+        raise BaselineInputError("features: no variance (every row is the same); nleep has nothing to cluster")
     assign = kmeans_labels(x, k, generator)
     resp = torch.nn.functional.one_hot(assign, k).to(x.dtype)
-    weights, means, prec_chol = _m_step(x, resp)
+    reg_covar = reg_covar * spread
+    weights, means, prec_chol = _m_step(x, resp, reg_covar)
     previous = -math.inf
     for _ in range(max_iter):
         log_joint = _log_joint(x, weights, means, prec_chol)
         log_norm = torch.logsumexp(log_joint, dim=1, keepdim=True)
         resp = (log_joint - log_norm).exp()
-        weights, means, prec_chol = _m_step(x, resp)
+        weights, means, prec_chol = _m_step(x, resp, reg_covar)
         bound = float(log_norm.mean())
         if abs(bound - previous) < tol:
             break
@@ -119,7 +146,7 @@ def fit_gmm_posteriors(
     return (log_joint - torch.logsumexp(log_joint, dim=1, keepdim=True)).exp()
 
 
-@register_baseline("nleep", deterministic=False)
+@register_baseline("nleep", deterministic=False, scale_invariant=True)
 def nleep(
     *,
     features: Any,
@@ -146,9 +173,15 @@ def nleep(
     x = as_float64(features, "features", rows=y.shape[0], dtype=dtype, device=device)
     n = x.shape[0]
     k = num_components if num_components is not None else max(min(num_classes, n // 5), n // 10)
+    if num_components is None and k < 1:
+        raise BaselineInputError(
+            f"features: N={n} samples give nleep's default of max(min(C, N // 5), N // 10) = 0 mixture "
+            "components; it needs N >= 5 (or pass num_components)"
+        )
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise BaselineInputError(f"num_components: expected an int in [1, {n}], got {k!r}")
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    to_unit_scale(x)  # x is our own copy; N-LEEP is scale invariant
     reduced = pca_project(x, PCA_VARIANCE)
     posteriors = fit_gmm_posteriors(reduced, k, generator)
     return leep_from_probs(posteriors, y.to(x.device), num_classes)

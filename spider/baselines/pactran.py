@@ -63,7 +63,7 @@ def pactran_dirichlet_bound(probs: torch.Tensor, y: torch.Tensor, num_classes: i
     return float(-bound / (n * num_classes))
 
 
-@register_baseline("pactran_dir", needs=("source_logits",))
+@register_baseline("pactran_dir", needs=("source_logits",), scale_invariant=True)
 def pactran_dir(
     *,
     labels: Any,

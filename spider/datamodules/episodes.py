@@ -32,7 +32,7 @@ encoder's dim, S PTM-specific extras, Dmax the largest PTM dim, K baselines):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,6 +62,7 @@ from spider.datamodules.episode_datasets import (
     epoch_order,
 )
 from spider.datamodules.label_sources import TrainingLabels, training_labels
+from spider.priors import PriorInputs
 from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec
 from spider.errors import ConfigError, StoreError
 
@@ -233,6 +234,15 @@ class EpisodeDataModule(L.LightningDataModule):
     def baseline_names(self) -> list[str]:
         """Rows of ``baseline_scores``: the configured baselines, then the aggregator."""
         return [*self.baselines, self.aggregator]
+
+    def prior_inputs(self, params: Mapping[str, int] | None = None) -> PriorInputs:
+        """What the static priors (:mod:`spider.priors`) know before a target arrives: the
+        Copeland labels of the label cache, the fine-tuning bank (if any), ``params``."""
+        self._resolve()
+        cache = open_label_cache(self.label_cache_dir, self.num_label_tasks, self.label_config)
+        bank = None if self.finetune_bank is None else open_bank(self.finetune_bank, self._model_names)
+        return PriorInputs(list(self._model_names), cache.scores,
+                           None if bank is None else bank.accuracy, dict(params or {}))
 
     @property
     def model_dims(self) -> list[int]:

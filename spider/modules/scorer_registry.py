@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from spider.errors import ConfigError
+from spider.errors import ConfigError, SpiderError
 from spider.registry import Registry
 
 ScorerT = TypeVar("ScorerT", bound=type)
@@ -104,8 +104,18 @@ def load_scorer(checkpoint: str | os.PathLike, map_location: str = "cpu") -> Any
         hint = (f"import the module {module!r} first (imports=[{module}] or --imports {module})" if module
                 else "import the module that registers it first")
         raise ConfigError(f"checkpoint {checkpoint}: scorer {name!r} is not registered; {hint}")
-    model = _scorer_class(name)(**info["hparams"])
-    model.load_state_dict(state["state_dict"])
+    if not isinstance(state.get("state_dict"), dict):
+        raise ConfigError(f"checkpoint {checkpoint}: no 'state_dict' mapping of weights")
+    try:  # hyperparameters and weights come from the file: a bad one is a bad checkpoint
+        model = _scorer_class(name)(**info["hparams"])
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, SpiderError) as err:
+        raise ConfigError(f"checkpoint {checkpoint}: invalid hyperparameters for scorer {name!r} "
+                          f"({type(err).__name__}: {_first_line(err)})") from None
+    try:
+        model.load_state_dict(state["state_dict"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"checkpoint {checkpoint}: its weights do not fit scorer {name!r} with its own "
+                          f"hyperparameters ({_first_line(err)})") from None
     model.eval()
     model.spider_info = info
     return model
@@ -125,6 +135,15 @@ def load_entry_points() -> None:
     """Import the scorers installed packages declare in the ``spider.scorers`` entry-point group."""
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         entry.load()
+
+
+def _first_line(err: BaseException) -> str:
+    """A short one-line summary (torch's shape-mismatch errors span many lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    text = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[1]}"
+    return text[:240]
 
 
 def _scorer_class(name: str) -> type:

@@ -8,7 +8,8 @@ bank row and a label row describe the same task). It is the supervision of ``lab
 ``finetune``/``mixed`` and the history behind the fine-tuning static prior.
 
 Protocol (cheaper than the targets', documented and measured by :func:`protocol_agreement`): each
-class of a task is split into train and test rows (``test_fraction``, seeded per task and class),
+class of a task (at most ``max_per_class`` of its images) is split into train and test rows
+(``test_fraction``, seeded per task and class),
 the whole PTM plus a new head is fine-tuned with :func:`spider.pipeline.finetune.finetune` at one
 learning rate and one seed (no validation split: with one learning rate nothing is selected).
 Runs are cached one JSON file each (``<out>/bank/runs``), so a killed build resumes.
@@ -43,14 +44,18 @@ def _bank_finetune() -> FinetuneConfig:
 class BankSettings:
     """How many label-cache tasks get fine-tuned, and how (see the module docstring)."""
 
-    num_tasks: int = 32
+    num_tasks: int = 0  # 0: no bank (a recipe sets its own size)
     test_fraction: float = 1 / 3
+    # At most this many images of a class take part (seeded draw; None = all): bounds the cost.
+    max_per_class: int | None = None
     seed: int = 0
     finetune: FinetuneConfig = field(default_factory=_bank_finetune)
 
     def __post_init__(self) -> None:
         if self.num_tasks < 0:
             raise SpiderError(f"bank.num_tasks: expected >= 0, got {self.num_tasks}")
+        if self.max_per_class is not None and self.max_per_class < 2:
+            raise SpiderError(f"bank.max_per_class: expected >= 2 or None, got {self.max_per_class}")
         if not 0.0 < self.test_fraction < 1.0:
             raise SpiderError(f"bank.test_fraction: expected a value in (0, 1), got {self.test_fraction}")
 
@@ -76,6 +81,8 @@ def split_task(spec: Any, pool_views: Mapping[str, Any], index: int, settings: B
         if len(rows) < 2:
             raise SpiderError(f"bank task {index}: class {k} has {len(rows)} image(s); need 2 to split")
         order = np.random.default_rng([settings.seed, index, k]).permutation(rows)
+        if settings.max_per_class is not None:
+            order = order[:settings.max_per_class]
         n_test = min(len(rows) - 1, max(1, int(round(len(rows) * settings.test_fraction))))
         for part, chosen in (("test", order[:n_test]), ("train", order[n_test:])):
             parts[part][0].append(np.asarray(pool_views[dataset].images)[np.sort(chosen)])

@@ -64,6 +64,7 @@ def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
         "label_cache": str(root / "labels"), "general": GENERAL_ID, "models": label_models(recipe),
         "pool_datasets": [p.id for p in recipe.pool], "val_datasets": [t.id for t in recipe.val_targets],
         "test_datasets": [t.id for t in recipe.targets],
+        "finetune_bank": str(root / "bank") if recipe.bank.num_tasks else None,
         "split": SPLIT, "target_split": SPLIT,
     }
     data |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}

@@ -259,7 +259,7 @@ class ZooRecipe:
     # on these; like the test targets, their classes are absent from the pool.
     val_targets: tuple[TargetSpec, ...] = ()
     # Fine-tuning bank: real fine-tuning of every PTM on the first tasks of the label cache.
-    bank: BankSettings = field(default_factory=lambda: BankSettings())
+    bank: BankSettings = field(default_factory=BankSettings)
     # Upper bound on worker processes: for a tiny zoo their start-up costs more than they save.
     max_workers: int | None = None
     description: str = ""
