@@ -27,7 +27,7 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
 
 # Schemas give types only: every value lives in the YAML files under ``configs/`` (shipped inside
 # the package as ``spider/configs``). A field has a default here only where that default means
-# "not set" (None, an empty list or mapping); ``tests/test_config.py`` checks that no YAML file
+# "not set" (None, an empty list or mapping); ``tests/unit/test_config.py`` checks that no YAML file
 # disagrees with one, and :func:`compose` rejects a composition that leaves a field unset.
 
 

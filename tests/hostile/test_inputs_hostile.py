@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datamodules_support import FAST_BASELINES, TINY_TASKS, tiny_zoo
+from helpers.datamodules_support import FAST_BASELINES, TINY_TASKS, tiny_zoo
 
 from spider.datamodules.label_cache import resolve_label_config
 from spider.pipeline.labelling import build_label_cache

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datamodules_support import FAST_BASELINES, TINY_TASKS, tiny_zoo
+from helpers.datamodules_support import FAST_BASELINES, TINY_TASKS, tiny_zoo
 
 import spider.io
 import spider.pipeline.labelling as labels_mod

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "spider"
+ROOT = Path(__file__).resolve().parents[2] / "spider"
 
 # Lowest first; the longest matching prefix decides. Keep in step with ARCHITECTURE.md.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -70,7 +70,7 @@ def layer_of(name: str) -> int:
             if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best_len:
                 best, best_len = index, len(prefix)
     if best is None:
-        raise AssertionError(f"{name}: in no layer of tests/test_architecture.py (place it, and in ARCHITECTURE.md)")
+        raise AssertionError(f"{name}: in no layer of tests/unit/test_architecture.py (place it, and in ARCHITECTURE.md)")
     return best
 
 

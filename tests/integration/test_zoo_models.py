@@ -160,7 +160,7 @@ def _accuracy(name, images, labels, data_dir, batch=1000):
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("name", TORCH_MODELS)  # face models: tests/test_keras_port.py
+@pytest.mark.parametrize("name", TORCH_MODELS)  # face models: tests/integration/test_keras_port.py
 def test_real_weights_load_with_verified_checksums(name, data_dir):
     info = get_zoo_model_info(name)
     model = create_zoo_model(name, data_dir=data_dir)

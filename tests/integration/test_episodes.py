@@ -6,7 +6,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from datamodules_support import FAST_BASELINES, tiny_zoo
+from helpers.datamodules_support import FAST_BASELINES, tiny_zoo
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from spider.aggregate import copeland

@@ -21,7 +21,7 @@ from spider.pipeline.finetune import FinetuneConfig, RunCache
 from spider.pipeline.recipe import LabelSettings, PoolSpec, TargetSpec, ZooRecipe
 from spider.pipeline.recipes import REAL_PTMS, get_recipe, list_recipes
 from spider.pipeline.pretrain import PretrainSpec
-from zoo_run_support import fake_data_dir
+from helpers.zoo_run_support import fake_data_dir
 
 LOW, HIGH = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from zoo_run_support import FAKE_RECIPE, fake_data_dir, fake_recipe, recipes_with, trained_on_zoo
+from helpers.zoo_run_support import FAKE_RECIPE, fake_data_dir, fake_recipe, recipes_with, trained_on_zoo
 
 from omegaconf import OmegaConf
 
