@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from spider.io import write_text_atomic
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -212,11 +214,11 @@ def write_tables(rows: list[dict[str, Any]], out: Path, metric: str, goal: str) 
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(ordered)
-    _write_atomic(out / "results.csv", buffer.getvalue())
+    write_text_atomic(out / "results.csv", buffer.getvalue())
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in ordered:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
-    _write_atomic(out / "results.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
 
 
 def _cell(value: Any) -> str:
@@ -225,10 +227,6 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value).replace("|", "\\|")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from spider.config import to_yaml
 from spider.errors import SpiderError
 from spider.io import write_text_atomic
-from spider.modules.registry import CHECKPOINT_KEY
+from spider.modules.scorer_registry import CHECKPOINT_KEY
 
 __all__ = ["BatchSeed", "CheckInputs", "FiniteLoss", "QuietLightning", "SaveConfig", "SpiderCheckpointInfo", "Throughput", "quiet_lightning",
            "seed_all"]

@@ -43,7 +43,7 @@ def fit(cfg: DictConfig | FitConfig | dict | None = None) -> dict[str, Any]:
     Returns:
         The metrics of :func:`spider.train.train`.
     """
-    from spider.modules.registry import import_plugins
+    from spider.modules.scorer_registry import import_plugins
     from spider.run_inputs import build_inputs
     from spider.run_lock import run_dir_lock
     from spider.train import train, validate_checkpoint

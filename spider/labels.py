@@ -36,7 +36,7 @@ def _pair(name: str):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from spider.datamodules.labels import DEFAULT_BASELINES
+    from spider.baselines.batch import DEFAULT_BASELINES
     from spider.datamodules.tasks import TASK_PRESETS, TaskConfig
 
     defaults = TaskConfig()
@@ -92,8 +92,9 @@ def _task_config(args: argparse.Namespace):
 
 
 def _build(args: argparse.Namespace) -> int:
-    from spider.datamodules.groundtruth import read_ground_truth
-    from spider.datamodules.labels import build_label_cache, resolve_label_config
+    from spider.datamodules.ground_truth_csv import read_ground_truth
+    from spider.datamodules.label_cache import resolve_label_config
+    from spider.pipeline.labelling import build_label_cache
 
     targets = list(args.targets)
     if args.ground_truth:
@@ -118,7 +119,7 @@ def _build(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from spider.datamodules.labels import open_label_cache
+    from spider.datamodules.label_cache import open_label_cache
 
     cache = open_label_cache(args.cache)
     identity = cache.identity

@@ -132,7 +132,7 @@ def task_tokens(store: Any, model: str, dataset: str, split: str = "train",
 def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module], device: str,
                  rerank_topk: int) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
     """(scorer in eval mode on ``device``, its checkpoint info, PTM ids in model-index order)."""
-    from spider.modules.registry import load_scorer
+    from spider.modules.scorer_registry import load_scorer
     from spider.modules import ReRanker
 
     if rerank_topk < 0:
@@ -275,14 +275,14 @@ def default_checkpoint() -> Path:
 
 
 def image_source(images: Union[str, os.PathLike]):
-    """The checked :class:`~spider.extract.ImageFolderSource` of a task's image folder.
+    """The checked :class:`~spider.pipeline.extract.ImageFolderSource` of a task's image folder.
 
     Raises:
         ExtractError: the folder is missing, holds no images, holds images of a single class, or
             an image cannot be read (one line naming it). Every file's header is read here, so a
             broken image fails before any model runs.
     """
-    from spider.extract import ExtractError, ImageFolderSource
+    from spider.pipeline.extract import ExtractError, ImageFolderSource
 
     source = ImageFolderSource(images)
     if len(source.class_names) < 2:
@@ -296,8 +296,8 @@ def zoo_model_refs(zoo_dir: Union[str, os.PathLike]) -> tuple[Any, dict[str, Any
     """(general encoder, ``{PTM id: ModelRef}``) recorded by the zoo build in ``<zoo_dir>/zoo.json``."""
     import dataclasses
 
-    from spider.zoo.build import read_manifest
-    from spider.zoo.minizoo import ModelRef
+    from spider.pipeline.build_manifest import read_manifest
+    from spider.pipeline.recipe import ModelRef
 
     manifest = read_manifest(zoo_dir)
     fields = {f.name for f in dataclasses.fields(ModelRef)}
@@ -349,7 +349,7 @@ def rank_images(
 
     import spider.train  # noqa: F401
     from spider.datamodules.tokens import class_centres
-    from spider.extract import extract
+    from spider.pipeline.extract import extract
 
     timings["imports"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -45,7 +45,7 @@ def build_inputs(cfg: DictConfig) -> None:
     idempotent; other ranks wait for the synthetic zoo)."""
     data = cfg.data
     if data.zoo:
-        from spider.zoo.build import build_zoo
+        from spider.pipeline.build import build_zoo
         from spider.zoo.manifest import DataFileError
 
         zoo_dir = _zoo_dir(data)
@@ -96,6 +96,7 @@ def prepare_store(cfg: DictConfig) -> dict[str, Any]:
 def build_datamodule(cfg: DictConfig, inputs: Mapping[str, Any], *, progress: bool = True):
     """The :class:`EpisodeDataModule` of ``cfg.data`` (fields passed by name)."""
     from spider.datamodules.episodes import EpisodeDataModule
+    from spider.pipeline.labelling import LABELLER
     from spider.datamodules.tasks import TaskConfig
 
     options = OmegaConf.to_container(cfg.data, resolve=True)
@@ -106,14 +107,14 @@ def build_datamodule(cfg: DictConfig, inputs: Mapping[str, Any], *, progress: bo
             options[key] = value
     options["task"] = TaskConfig(**options["task"])
     return EpisodeDataModule(inputs["store"], inputs["label_cache"], inputs["ground_truth"],
-                             progress=progress, **options)
+                             progress=progress, labeller=LABELLER, **options)
 
 
 def check_inputs(datamodule: Any) -> None:
     """Refuse non-finite inputs before training (one line naming the file): every store entry the
     run reads (opening one checks its sha256 and scans its values, once per process and file) and
-    the training labels. Ground truth (:func:`spider.datamodules.groundtruth.read_ground_truth`)
-    and fine-tuning bank accuracies (:func:`spider.zoo.bank.open_bank`) are checked when read."""
+    the training labels. Ground truth (:func:`spider.datamodules.ground_truth_csv.read_ground_truth`)
+    and fine-tuning bank accuracies (:func:`spider.datamodules.finetune_bank.open_bank`) are checked when read."""
     import numpy as np
 
     from spider.store import FeatureStore
@@ -145,8 +146,8 @@ def _cache_dir(cfg: DictConfig) -> Path:
 
 
 def _zoo_dir(data: DictConfig) -> Path:
-    from spider.zoo.build import default_out
-    from spider.zoo.minizoo import list_recipes
+    from spider.pipeline.build import default_out
+    from spider.pipeline.recipes import list_recipes
 
     if data.zoo not in list_recipes():
         raise ConfigError(f"config key 'data.zoo': unknown zoo recipe {data.zoo!r}; known: {', '.join(list_recipes())}")
@@ -173,7 +174,7 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
     ``<zoo_dir>/cache``); when every label-defining setting equals the zoo's, that cache starts as
     a copy of the one the build made, so no task is labelled twice while the build's output stays
     untouched by fits. An old manifest with only ``target_datasets`` has test targets and no val."""
-    from spider.zoo.build import read_manifest
+    from spider.pipeline.build_manifest import read_manifest
 
     data = cfg.data
     zoo_dir = _zoo_dir(data)
@@ -197,7 +198,7 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _check_recipe(zoo_dir: Path, recipe: str) -> dict[str, Any]:
-    from spider.zoo.build import read_manifest
+    from spider.pipeline.build_manifest import read_manifest
 
     manifest = read_manifest(zoo_dir)
     if manifest.get("recipe") != recipe:

@@ -26,7 +26,7 @@ from spider.config import RESUMABLE_KEYS, FitConfig, as_config, load_saved, resu
 from spider.errors import ConfigError
 from spider.evaluate import format_results, results_table
 from spider.io import write_json_atomic
-from spider.modules.registry import create_scorer, import_plugins, load_scorer, scorer_arguments
+from spider.modules.scorer_registry import create_scorer, import_plugins, load_scorer, scorer_arguments
 from spider.run_inputs import build_datamodule, env_rank, resolve_inputs
 from spider.run_lock import run_dir_lock
 from spider.trainer import build_trainer
@@ -111,7 +111,7 @@ def build_scorer(cfg: DictConfig, datamodule: Any, params: Optional[dict] = None
         except (RegistryError, ConfigError) as err:
             raise ConfigError(f"config key 'model.prior': {err}") from None
         kwargs.update(model_prior=[float(s) for s in scores], prior_scale=prior_scale)
-    from spider.modules.registry import _scorer_class
+    from spider.modules.scorer_registry import _scorer_class
 
     accepted = scorer_arguments(_scorer_class(cfg.model.scorer))
     extras = {"model_names": datamodule.model_names, "target_names": datamodule.target_names,

@@ -21,3 +21,13 @@ def data_dir():
     if not (root / "MANIFEST.md").is_file():
         pytest.skip(f"real data not found at {root} (set SPIDER_DATA_DIR)")
     return root
+
+
+@pytest.fixture(scope="session")
+def compose_config():
+    """``compose_config(*overrides)``: the real configs shipped in ``spider/configs`` composed by
+    :func:`spider.config.compose` (what ``spider fit`` and ``fit(cfg)`` read), with ``key=value``
+    overrides."""
+    from spider.config import compose
+
+    return lambda *overrides: compose(list(overrides))

@@ -128,10 +128,10 @@ class Zoo:
 
 def open_zoo(root: str | Path, data_dir: str | Path | None = None) -> Zoo:
     """Read ``zoo.json``, the store and the ground truth of a built zoo (ReportError if incomplete)."""
-    from spider.datamodules.groundtruth import read_ground_truth
+    from spider.datamodules.ground_truth_csv import read_ground_truth
     from spider.store import FeatureStore
-    from spider.zoo.build import read_manifest
-    from spider.zoo.minizoo import get_recipe
+    from spider.pipeline.build_manifest import read_manifest
+    from spider.pipeline.recipes import get_recipe
 
     root = Path(root)
     if not root.is_dir():
@@ -209,7 +209,7 @@ def progress(total: int, what: str) -> Iterator[Any]:
 def _model_refs(zoo: Zoo) -> dict[str, Any]:
     """``{store model id: ModelRef}`` of every PTM, the general encoder and its alternatives
     (alternatives as ``general@<name>``)."""
-    from spider.zoo.minizoo import timm_ref
+    from spider.pipeline.recipe import timm_ref
 
     checkpoints = zoo.root / "checkpoints"
     refs = {r.id: r for r in zoo.recipe.ptm_refs(checkpoints)}
@@ -235,7 +235,7 @@ def time_extraction(zoo: Zoo, cache: JsonCache) -> dict[str, dict[str, float]]:
     Returns ``{model: {target: seconds}}`` and records ``max_rel_diff`` (largest
     ``|new - stored| / (|stored|max + 1e-6)`` over the entry) next to each time in the cache.
     """
-    from spider.extract import ArraySource, extract
+    from spider.pipeline.extract import ArraySource, extract
 
     refs = _model_refs(zoo)
     todo = [(m, t) for m in refs for t in zoo.targets if cache.get(f"{m}|{t}") is None]
@@ -499,7 +499,7 @@ def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[st
     "models": [[k PTM ids re-scored] per target]}}``; time = general extraction (+ the k
     re-scored PTMs' extractions) + the scorer's token and scoring stages.
     """
-    from spider.modules.registry import load_scorer
+    from spider.modules.scorer_registry import load_scorer
     from spider.rank import rank_task
 
     model = load_scorer(ckpt)
@@ -596,7 +596,7 @@ def ability_profiles(ckpt: Path, zoo: Zoo, datasets: Sequence[str], tasks: int, 
     the profile is their mean: the paper's "averaged similarity between a PTM and the tasks".
     """
     from spider.datamodules.tokens import class_centres
-    from spider.modules.registry import load_scorer
+    from spider.modules.scorer_registry import load_scorer
 
     model = load_scorer(ckpt)
     rng = np.random.default_rng(seed)

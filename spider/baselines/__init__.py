@@ -14,7 +14,7 @@ eigenvalue, at most 1e-4), and ``logme_official`` features beyond about 1e+-150.
 give a one-line :class:`~spider.errors.BaselineInputError`; no baseline returns NaN or inf.
 """
 
-from spider.baselines.registry import (  # noqa: F401
+from spider.baselines.baseline_registry import (  # noqa: F401
     BASELINES,
     Baseline,
     get_baseline,

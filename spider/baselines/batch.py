@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from spider.baselines._inputs import classification_labels, is_regression_labels, regression_targets
-from spider.baselines.registry import Baseline, get_baseline
+from spider.baselines.baseline_registry import Baseline, get_baseline
 from spider.errors import BaselineInputError
 
 __all__ = [
@@ -255,17 +255,17 @@ def _progress_callback(progress: bool | Callable[[int, int], None], total: int) 
         return lambda done: None if done is None else progress(done, total)
     if not progress:
         return lambda done: None
-    from rich.console import Console
-    from rich.progress import Progress
+    from spider.progress import progress_bar
 
-    bar = Progress(console=Console(stderr=True), transient=True)
-    bar.start()
-    task = bar.add_task("scoring models", total=total)
+    bar = progress_bar(total, "scoring models", True, transient=True)
+    advance = bar.__enter__()
+    state = {"done": 0}
 
     def report(done: int | None) -> None:
         if done is None:
-            bar.stop()
+            bar.__exit__(None, None, None)
         else:
-            bar.update(task, completed=done)
+            advance(done - state["done"])
+            state["done"] = done
 
     return report

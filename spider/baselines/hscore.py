@@ -34,7 +34,7 @@ from spider.baselines._inputs import (
     symmetric_eigh,
     to_unit_scale,
 )
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 
 __all__ = ["HScoreTieWarning", "hscore", "hscore_reg", "trace_pinv_quadratic"]
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from spider.baselines._inputs import as_probabilities, classification_labels, softmax_probs
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
 
 __all__ = ["leep", "leep_from_probs", "source_probabilities"]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from spider.baselines._inputs import as_float64, classification_labels, to_unit_scale
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
 
 __all__ = ["lfc", "lfc_from_features"]

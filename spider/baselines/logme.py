@@ -57,7 +57,7 @@ from spider.baselines._inputs import (
     to_unit_scale,
     unscaled,
 )
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
 
 __all__ = ["Spectrum", "logme", "logme_official", "logme_spectrum", "profile_evidence"]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from spider.baselines._inputs import as_float64, as_probabilities, classification_labels
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
 
 __all__ = ["nce", "nce_from_pseudo_labels"]

@@ -28,7 +28,7 @@ import torch
 from spider.baselines._inputs import as_float64, classification_labels, to_unit_scale
 from spider.baselines.gbc import pca_project
 from spider.baselines.leep import leep_from_probs
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
 
 __all__ = ["fit_gmm_posteriors", "kmeans_labels", "nleep"]

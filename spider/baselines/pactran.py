@@ -21,7 +21,7 @@ import torch
 
 from spider.baselines._inputs import classification_labels
 from spider.baselines.leep import source_probabilities
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
 
 __all__ = ["pactran_dir", "pactran_dirichlet_bound"]

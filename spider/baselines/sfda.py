@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from spider.baselines._inputs import as_float64, classification_labels, format_scaled, to_unit_scale, unscaled
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
 
 __all__ = ["sfda", "sfda_from_features"]

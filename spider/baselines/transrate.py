@@ -36,7 +36,7 @@ from spider.baselines._inputs import (
     format_scaled,
     to_unit_scale,
 )
-from spider.baselines.registry import register_baseline
+from spider.baselines.baseline_registry import register_baseline
 from spider.errors import BaselineInputError
 
 __all__ = ["coding_rates", "transrate"]

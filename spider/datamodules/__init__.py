@@ -1,13 +1,13 @@
 """Training tasks, their labels, ground truth and the episode DataModule.
 
 * :mod:`~spider.datamodules.tasks` - :class:`TaskSpec` and the deterministic :class:`TaskSampler`.
-* :mod:`~spider.datamodules.labels` - the label cache (``python -m spider.labels build``).
-* :mod:`~spider.datamodules.groundtruth` - the targets' ground-truth CSV.
+* :mod:`~spider.pipeline.labelling` - the label cache (``python -m spider.labels build``).
+* :mod:`~spider.datamodules.ground_truth_csv` - the targets' ground-truth CSV.
 * :mod:`~spider.datamodules.tokens` - :func:`class_centres`, the task tokens.
 * :mod:`~spider.datamodules.episodes` - :class:`EpisodeDataModule` (imports Lightning; loaded lazily).
 """
 
-from spider.datamodules.groundtruth import GroundTruth, GroundTruthError, read_ground_truth, write_ground_truth
+from spider.datamodules.ground_truth_csv import GroundTruth, GroundTruthError, read_ground_truth, write_ground_truth
 from spider.datamodules.tasks import TASK_PRESETS, ClassIndex, TaskConfig, TaskSampler, TaskSpec, check_disjoint
 from spider.datamodules.tokens import class_centres
 

@@ -1,6 +1,6 @@
 """Episodes for training and evaluating a PTM ranker: the Lightning DataModule and its parts.
 
-Training episodes come from the label cache (:mod:`spider.datamodules.labels`): a fixed bank of
+Training episodes come from the label cache (:mod:`spider.pipeline.labelling`): a fixed bank of
 labelled tasks, of which every epoch draws ``tasks_per_epoch`` in an order that is a pure
 function of ``(seed, epoch)``. The train sampler yields ``(epoch, bank index)`` keys, so a
 DataLoader worker needs no epoch state and Lightning's distributed sampler wrapper shards the
@@ -14,265 +14,61 @@ decide). ``target_index`` of an evaluation batch indexes :attr:`EpisodeDataModul
 sharded: every rank scores every target (targets are few), so per-task metric averages reduced
 with ``sum`` across ranks equal the single-process values exactly.
 
-Batch keys and shapes are the "Episode batches" section of ``notes/INTERFACES.md``; evaluation
-batches also carry ``task_index`` int64 [B] (position in the stage's task list, for
-:meth:`EpisodeDataModule.specific_tokens_for`). ``baseline_scores`` keeps NaN where a baseline
-failed on a model (shown as such in results tables).
+Episode batches (B episodes, C classes padded to the batch maximum, M PTMs, Dg the general
+encoder's dim, S PTM-specific extras, Dmax the largest PTM dim, K baselines):
+
+* every batch: ``task_tokens`` float [B, C, Dg] (class centres, zeros past a task's classes),
+  ``task_mask`` bool [B, C], ``target_scores`` float [B, M] (training: the label; evaluation: the
+  aggregate baseline score), ``model_mask`` bool [B, M] (False where a PTM has no score);
+* with ``specific_models`` S > 0: ``specific_models`` int64 [B, S], ``specific_mask`` bool [B, S],
+  ``specific_tokens`` float [B, S, C, Dmax] (zero-padded past each PTM's dim);
+* evaluation batches also: ``truth`` float [B, M] and ``truth_mask`` bool [B, M] (ground truth),
+  ``target_index`` int64 [B] (into :attr:`EpisodeDataModule.target_names`), ``task_index`` int64
+  [B] (position in the stage's task list, for :meth:`EpisodeDataModule.specific_tokens_for`) and
+  ``baseline_scores`` float [B, K+1, M] (each baseline, then the aggregate; NaN where a baseline
+  failed on a model, shown as such in results tables).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from spider.baselines.batch import DEFAULT_BASELINES
-from spider.datamodules.groundtruth import GroundTruth, read_ground_truth
-from spider.datamodules.labels import (
+from spider.aggregate import get_aggregator
+from spider.datamodules.finetune_bank import open_bank
+from spider.datamodules.ground_truth_csv import GroundTruth, read_ground_truth
+from spider.datamodules.label_cache import (
+    LabelCacheError,
     LabelConfig,
-    _contiguous,
-    build_label_cache,
+    Labeller,
     open_label_cache,
+    read_target_scores,
     resolve_label_config,
-    target_baseline_scores,
-    task_array,
+)
+from spider.datamodules.episode_datasets import (
+    EVAL_EPOCH,
+    EpochBankSampler,
+    EvalTaskDataset,
+    LabelledTaskDataset,
+    collate_episodes,
+    epoch_order,
 )
 from spider.datamodules.label_sources import TrainingLabels, training_labels
 from spider.priors import PriorInputs
-from spider.zoo.bank import open_bank
 from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec
-from spider.datamodules.tokens import class_centres
 from spider.errors import ConfigError, StoreError
 
 __all__ = ["EpisodeDataModule", "EpochBankSampler", "EvalTaskDataset", "LabelledTaskDataset",
            "collate_episodes", "epoch_order"]
 
-# Stream ids mixed into seeds so that task draws, epoch orders and PTM picks never share a stream.
-_ORDER_STREAM, _SPECIFIC_STREAM = 1, 2
-_EVAL_EPOCH = 2**32 - 1  # "epoch" of the tasks sampled from target datasets
-
-
-def epoch_order(seed: int, epoch: int, bank_size: int, length: int) -> np.ndarray:
-    """[length] int64 bank indices of one epoch: concatenated permutations of the bank."""
-    rng = np.random.default_rng([seed, _ORDER_STREAM, epoch])
-    reps = -(-length // bank_size)
-    return np.concatenate([rng.permutation(bank_size) for _ in range(reps)])[:length].astype(np.int64)
-
-
-class EpochBankSampler(Sampler):
-    """Yields ``(epoch, bank index)`` keys: ``tasks_per_epoch`` draws from a bank of ``bank_size``.
-
-    Lightning calls :meth:`set_epoch` before every epoch (also through its distributed wrapper).
-    """
-
-    def __init__(self, bank_size: int, tasks_per_epoch: int | None = None, seed: int = 0) -> None:
-        if bank_size < 1:
-            raise ConfigError(f"num_label_tasks: expected >= 1, got {bank_size}")
-        self.bank_size = int(bank_size)
-        self.tasks_per_epoch = int(tasks_per_epoch or bank_size)
-        if self.tasks_per_epoch < 1:
-            raise ConfigError(f"tasks_per_epoch: expected >= 1, got {tasks_per_epoch}")
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.tasks_per_epoch
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = epoch_order(self.seed, self.epoch, self.bank_size, self.tasks_per_epoch)
-        return iter([(self.epoch, int(j)) for j in order])
-
-
-class _StoreUser:
-    """Opens the feature store lazily in each process (memory maps are not sent to workers)."""
-
-    def __init__(self, store_root: str | os.PathLike) -> None:
-        self.store_root = str(store_root)
-        self._store = None
-
-    @property
-    def store(self):
-        if self._store is None:
-            from spider.store import FeatureStore
-
-            self._store = FeatureStore(self.store_root)
-        return self._store
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_store"] = None
-        return state
-
-
-def _pick_specific(rng: np.random.Generator, mask: np.ndarray, count: int) -> np.ndarray:
-    candidates = np.flatnonzero(mask)
-    return rng.choice(candidates, size=min(count, len(candidates)), replace=False).astype(np.int64)
-
-
-def _specific_item(centres_of: Any, chosen: np.ndarray, count: int, num_classes: int, max_dim: int) -> dict:
-    tokens = torch.zeros(count, num_classes, max_dim)
-    for s, m in enumerate(chosen):
-        centres = centres_of(int(m))
-        tokens[s, :, : centres.shape[1]] = centres
-    models = torch.zeros(count, dtype=torch.int64)
-    models[: len(chosen)] = torch.as_tensor(chosen)
-    mask = torch.zeros(count, dtype=torch.bool)
-    mask[: len(chosen)] = True
-    return {"specific_models": models, "specific_mask": mask, "specific_tokens": tokens}
-
-
-class LabelledTaskDataset(_StoreUser, Dataset):
-    """Training episodes over the labelled bank; item key ``(epoch, bank index)`` or ``bank index``.
-
-    Args:
-        specs: the bank's tasks (:class:`TaskSpec` or its JSON, decoded per item to keep the bank
-            compact); ``scores`` [N, M] aggregate labels (NaN = unscored).
-        models: PTM ids (column order of ``scores``), ``model_dims`` their feature dims.
-        specific_models: S > 0 adds PTM-specific tokens of S random labelled PTMs per episode
-            (a pure function of (seed, epoch, bank index)).
-    """
-
-    def __init__(self, store_root: str | os.PathLike, general: str, specs: Sequence[TaskSpec | str], scores: np.ndarray,
-                 models: Sequence[str], model_dims: Sequence[int], *, specific_models: int = 0, seed: int = 0) -> None:
-        super().__init__(store_root)
-        self.general = general
-        self.specs = list(specs)
-        self.scores = np.asarray(scores, dtype=np.float64)
-        self.models = list(models)
-        self.model_dims = list(model_dims)
-        self.specific_models = int(specific_models)
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.specs)
-
-    def __getitem__(self, key: Any) -> dict[str, torch.Tensor]:
-        epoch, j = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (0, int(key))
-        spec = self.specs[j]
-        spec = TaskSpec.from_json(spec) if isinstance(spec, str) else spec
-        labels = spec.labels()
-        centres = class_centres(task_array(self.store, self.general, spec), labels, spec.num_classes)
-        mask = np.isfinite(self.scores[j])
-        item = {"task_tokens": centres.float(),
-                "target_scores": torch.as_tensor(np.where(mask, self.scores[j], 0.0), dtype=torch.float32),
-                "model_mask": torch.as_tensor(mask)}
-        if self.specific_models > 0:
-            rng = np.random.default_rng([self.seed, _SPECIFIC_STREAM, epoch, j])
-            chosen = _pick_specific(rng, mask, self.specific_models)
-            item.update(_specific_item(
-                lambda m: class_centres(task_array(self.store, self.models[m], spec), labels, spec.num_classes),
-                chosen, self.specific_models, spec.num_classes, max(self.model_dims)))
-        return item
-
-
-class EvalTaskDataset(_StoreUser, Dataset):
-    """Evaluation episodes: target tasks with ground truth and baseline scores.
-
-    Item ``i`` is task ``tasks[i] = (target dataset, spec or None = the whole stored dataset)``.
-    Class centres are computed on first use and kept (targets are few).
-    """
-
-    def __init__(self, store_root: str | os.PathLike, general: str, split: str, tasks: Sequence[tuple[str, Any]],
-                 target_names: Sequence[str], models: Sequence[str], model_dims: Sequence[int], truth: np.ndarray,
-                 baseline_raw: np.ndarray, baseline_aggregate: np.ndarray, *, specific_models: int = 0,
-                 seed: int = 0) -> None:
-        super().__init__(store_root)
-        self.general, self.split = general, split
-        self.tasks = list(tasks)
-        self.target_names = list(target_names)
-        self.models, self.model_dims = list(models), list(model_dims)
-        self.truth = np.asarray(truth, dtype=np.float64)  # [T targets, M]
-        self.baseline_raw = np.asarray(baseline_raw, dtype=np.float64)  # [len(tasks), K, M]
-        self.baseline_aggregate = np.asarray(baseline_aggregate, dtype=np.float64)  # [len(tasks), M]
-        self.specific_models = int(specific_models)
-        self.seed = int(seed)
-        self._centres: dict[tuple[int, str], torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def labels(self, i: int) -> np.ndarray:
-        dataset, spec = self.tasks[i]
-        if spec is None:
-            return _contiguous(self.store.entry(self.general, dataset, self.split).labels())
-        return spec.labels()
-
-    def centres(self, i: int, model: str) -> torch.Tensor:
-        """[C, D_model] class centres of task ``i`` under ``model`` (cached)."""
-        key = (i, model)
-        if key not in self._centres:
-            dataset, spec = self.tasks[i]
-            if spec is None:
-                features = self.store.entry(model, dataset, self.split).features()
-            else:
-                features = task_array(self.store, model, spec)
-            labels = self.labels(i)
-            self._centres[key] = class_centres(features, labels, int(labels.max()) + 1).float()
-        return self._centres[key]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        dataset, _ = self.tasks[i]
-        t = self.target_names.index(dataset)
-        truth = self.truth[t]
-        truth_mask = np.isfinite(truth)
-        agg = self.baseline_aggregate[i]
-        agg_mask = np.isfinite(agg)
-        item = {
-            "task_tokens": self.centres(i, self.general),
-            "target_scores": torch.as_tensor(np.where(agg_mask, agg, 0.0), dtype=torch.float32),
-            "model_mask": torch.as_tensor(agg_mask),
-            "truth": torch.as_tensor(np.where(truth_mask, truth, 0.0), dtype=torch.float32),
-            "truth_mask": torch.as_tensor(truth_mask),
-            "target_index": torch.tensor(t, dtype=torch.int64),
-            "task_index": torch.tensor(i, dtype=torch.int64),
-            "baseline_scores": torch.as_tensor(np.concatenate([self.baseline_raw[i], agg[None]]), dtype=torch.float32),
-        }
-        if self.specific_models > 0:
-            rng = np.random.default_rng([self.seed, _SPECIFIC_STREAM, _EVAL_EPOCH, i])
-            chosen = _pick_specific(rng, np.ones(len(self.models), dtype=bool), self.specific_models)
-            num_classes = item["task_tokens"].shape[0]
-            item.update(_specific_item(lambda m: self.centres(i, self.models[m]), chosen, self.specific_models,
-                                       num_classes, max(self.model_dims)))
-        return item
-
-
-def collate_episodes(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack episodes, padding classes to the batch maximum C with an explicit ``task_mask``.
-
-    ``task_tokens`` [C_i, Dg] -> [B, C, Dg] (zeros past C_i), ``task_mask`` [B, C] bool,
-    ``specific_tokens`` [S, C_i, Dmax] -> [B, S, C, Dmax]; every other key is stacked.
-    """
-    sizes = [item["task_tokens"].shape[0] for item in items]
-    num_classes = max(sizes)
-    batch: dict[str, torch.Tensor] = {}
-    tokens = torch.zeros(len(items), num_classes, items[0]["task_tokens"].shape[1])
-    mask = torch.zeros(len(items), num_classes, dtype=torch.bool)
-    for b, (item, c) in enumerate(zip(items, sizes)):
-        tokens[b, :c] = item["task_tokens"]
-        mask[b, :c] = True
-    batch["task_tokens"], batch["task_mask"] = tokens, mask
-    for key in items[0]:
-        if key == "task_tokens":
-            continue
-        if key == "specific_tokens":
-            s, _, d = items[0][key].shape
-            padded = torch.zeros(len(items), s, num_classes, d)
-            for b, (item, c) in enumerate(zip(items, sizes)):
-                padded[b, :, :c] = item[key]
-            batch[key] = padded
-        else:
-            batch[key] = torch.stack([item[key] for item in items])
-    return batch
 
 
 class EpisodeDataModule(L.LightningDataModule):
@@ -299,6 +95,8 @@ class EpisodeDataModule(L.LightningDataModule):
         label_workers: processes for building labels; num_workers: DataLoader workers;
             label_device: where label baselines compute (default CPU).
         build_labels: False makes ``prepare_data`` only check that the cache is complete.
+        labeller: what builds missing labels and targets' scores (``spider.pipeline.labelling.LABELLER``;
+            the training entry passes it). None: only read finished caches (``build_labels`` must be False).
     """
 
     def __init__(self, store: str | os.PathLike, label_cache: str | os.PathLike,
@@ -313,8 +111,12 @@ class EpisodeDataModule(L.LightningDataModule):
                  shard_size: int = 64, build_labels: bool = True, progress: bool = True,
                  label_device: str | None = None, label_source: str = "copeland",
                  finetune_bank: str | os.PathLike | None = None, mixed_weight: int = 1,
-                 selected_members: int = 3) -> None:
+                 selected_members: int = 3, labeller: Labeller | None = None) -> None:
         super().__init__()
+        if build_labels and labeller is None:
+            raise ConfigError("build_labels: building labels needs a labeller (spider.pipeline.labelling.LABELLER); "
+                              "pass one or set build_labels=False to read a finished cache")
+        self.labeller = labeller
         self.store_root = str(store)
         self.label_cache_dir = Path(label_cache)
         self.ground_truth_path = None if ground_truth is None else Path(ground_truth)
@@ -468,21 +270,31 @@ class EpisodeDataModule(L.LightningDataModule):
             index = ClassIndex.from_store(store, self.general, [dataset], self.target_split)
             sampler = TaskSampler(index, [dataset], config=config, num_tasks=self.val_tasks_per_target,
                                   seed=self.seed)
-            tasks += [(dataset, sampler.task(_EVAL_EPOCH, i)) for i in range(self.val_tasks_per_target)]
+            tasks += [(dataset, sampler.task(EVAL_EPOCH, i)) for i in range(self.val_tasks_per_target)]
         return tasks
 
     def _target_scores(self) -> tuple[list[tuple[str, TaskSpec | None]], np.ndarray, np.ndarray]:
         tasks = self._eval_tasks()
-        raw, aggregate = target_baseline_scores(
-            self.store_root, self.label_cache_dir, tasks, self._model_names, self.baselines, self.aggregator,
-            split=self.target_split, workers=self.label_workers, progress=self.progress, device=self.label_device)
+        if self.labeller is not None:
+            raw, aggregate = self.labeller.target_baseline_scores(
+                self.store_root, self.label_cache_dir, tasks, self._model_names, self.baselines, self.aggregator,
+                split=self.target_split, workers=self.label_workers, progress=self.progress,
+                device=self.label_device)
+            return tasks, raw, aggregate
+        raw, missing = read_target_scores(self.store_root, self.label_cache_dir, tasks, self._model_names,
+                                          self.baselines, self.target_split)
+        if missing:
+            raise LabelCacheError(f"{self.label_cache_dir}: no cached baseline scores of target "
+                                  f"{next(iter(missing))!r}; prepare the data with a labeller first")
+        aggregate = np.asarray(get_aggregator(self.aggregator)(raw).scores, dtype=np.float64) if len(tasks) else \
+            np.zeros((0, len(self._model_names)))
         return tasks, raw, aggregate
 
     def prepare_data(self) -> None:
         """Build or resume the label cache and the targets' baseline scores (one process per node)."""
         self._resolve()
         if self.build_labels:
-            build_label_cache(self.label_config, self.label_cache_dir, self.num_label_tasks,
+            self.labeller.build_label_cache(self.label_config, self.label_cache_dir, self.num_label_tasks,
                               workers=self.label_workers, progress=self.progress, device=self.label_device)
         else:
             open_label_cache(self.label_cache_dir, self.num_label_tasks, self.label_config)

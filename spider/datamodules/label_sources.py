@@ -1,7 +1,7 @@
 """Where the training labels come from: ``data.label_source``.
 
 * ``copeland`` - the paper: the Copeland aggregate of the label cache's baselines on every task.
-* ``finetune`` - real fine-tuned accuracies of the fine-tuning bank (:mod:`spider.zoo.bank`), on
+* ``finetune`` - real fine-tuned accuracies of the fine-tuning bank (:mod:`spider.pipeline.bank`), on
   the bank's tasks only (fewer tasks, true supervision).
 * ``mixed`` - every label-cache task; the bank's tasks carry fine-tuned accuracies, the others
   Copeland labels. ``mixed_weight`` w >= 1 lists each fine-tuned task w times, so an epoch draws
@@ -73,8 +73,8 @@ def training_labels(source: str, cache: Any, bank: Any = None, *, mixed_weight: 
     """The labelled tasks one epoch draws from, for ``source`` (see the module docstring).
 
     Args:
-        cache: a :class:`spider.datamodules.labels.LabelCache`.
-        bank: a :class:`spider.zoo.bank.FinetuneBank` with the cache's models, whose tasks are
+        cache: a :class:`spider.pipeline.labelling.LabelCache`.
+        bank: a :class:`spider.datamodules.finetune_bank.FinetuneBank` with the cache's models, whose tasks are
             the cache's first tasks (needed by every source but ``copeland``).
 
     Raises:

@@ -307,3 +307,8 @@ class TaskSampler(Dataset):
     def tasks(self, epoch: int, indices: Iterable[int] | None = None) -> list[TaskSpec]:
         """Tasks ``indices`` (default: all) of ``epoch``."""
         return [self.task(epoch, i) for i in (range(self.num_tasks) if indices is None else indices)]
+
+
+def contiguous(labels: np.ndarray) -> np.ndarray:
+    """Class ids remapped to 0..C-1 (classes without samples dropped)."""
+    return np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)

@@ -6,7 +6,7 @@ Importing this package registers the built-in scorers ``token`` (:class:`TokenSc
 
 from spider.modules._checks import ScorerInputError
 from spider.modules.losses import get_loss, list_losses, register_loss
-from spider.modules.registry import (
+from spider.modules.scorer_registry import (
     CHECKPOINT_KEY,
     SCORERS,
     create_scorer,

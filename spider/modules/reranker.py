@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spider.modules._checks import ScorerInputError, check_bool, check_float
-from spider.modules.registry import register_scorer
+from spider.modules.scorer_registry import register_scorer
 from spider.modules.token_scorer import TokenScorer, _require
 
 SPECIFIC_MODES = ("replace", "append")

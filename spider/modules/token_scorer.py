@@ -12,35 +12,20 @@ import torch
 from torch import nn
 
 from spider.errors import ConfigError
+from spider.metrics.functional import PROTOCOLS
 from spider.modules._checks import ScorerInputError, check_bool, check_float
 from spider.modules.blocks import ModelTaskBlock
 from spider.modules.losses import get_loss
-from spider.modules.registry import register_scorer
+from spider.modules.scorer_registry import register_scorer
+from spider.schedules import WarmupCosine
 
 # Validation metrics: log name -> (spider.metrics class name, constructor kwargs).
 EVAL_METRICS: dict[str, tuple[str, dict[str, Any]]] = {
-    "wtau_paper": ("WeightedTau", {"rank": None}),
-    "wtau_symmetric": ("WeightedTau", {"rank": True}),
+    **{name: ("WeightedTau", {"rank": rank}) for name, rank in PROTOCOLS.items()},  # wtau_paper, wtau_symmetric
     "pearson": ("PearsonPerTask", {}),
     "top1_regret": ("Top1Regret", {}),
 }
 SCHEDULERS = ("none", "cosine")
-
-
-class WarmupCosine:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``.
-
-    A class (not a lambda) so that LambdaLR's state_dict holds plain ints."""
-
-    def __init__(self, warmup: int, total: int) -> None:
-        self.warmup, self.total = int(warmup), max(int(total), 1)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        span = max(self.total - self.warmup, 1)
-        progress = min((step - self.warmup) / span, 1.0)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def standardise(values: list[float] | None, num_models: int) -> torch.Tensor:
@@ -59,7 +44,6 @@ def standardise(values: list[float] | None, num_models: int) -> torch.Tensor:
     std = prior.std(unbiased=False)
     prior = prior - prior.mean()
     return (prior / std if std > 0 else prior).float()
-
 
 
 @register_scorer("token")
@@ -100,7 +84,7 @@ class TokenScorer(L.LightningModule):
         target_names: validation target names, used when the datamodule has no
             ``target_names`` attribute (otherwise all tasks are logged as one target ``all``).
 
-    Batches are the dicts of ``notes/INTERFACES.md`` ("Episode batches"): training uses
+    Batches are the dicts of :mod:`spider.datamodules.episodes` ("Episode batches"): training uses
     ``task_tokens``, ``task_mask``, ``target_scores``, ``model_mask``; validation also logs
     ``val/wtau_paper/<target>`` (weighted tau, paper protocol ``rank=None``),
     ``val/wtau_symmetric/<target>`` (scipy default ``rank=True``), ``val/pearson/<target>``,

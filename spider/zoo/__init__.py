@@ -8,7 +8,7 @@ shared data folder (``SPIDER_DATA_DIR``); ``load_dataset(name, split)`` reads a 
 from spider.zoo import cifar_resnet, digit_cnn, keras_xception  # noqa: F401  (registration)
 from spider.zoo.datasets import ArrayDataset, list_datasets, load_dataset
 from spider.zoo.manifest import DataFileError, data_file, manifest_checksums
-from spider.zoo.registry import (
+from spider.zoo.model_registry import (
     ZooModelInfo,
     ZooNet,
     create_zoo_model,

@@ -18,7 +18,7 @@ from spider.errors import SpiderError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from spider.zoo.build import STAGES
+    from spider.pipeline.build import STAGES
 
     parser = argparse.ArgumentParser(prog="python -m spider.zoo", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> int:
-    from spider.zoo.minizoo import get_recipe, list_recipes
+    from spider.pipeline.recipes import get_recipe, list_recipes
 
     for name in list_recipes():
         recipe = get_recipe(name)
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list()
-        from spider.zoo.build import build_zoo
+        from spider.pipeline.build import build_zoo
 
         report = build_zoo(args.recipe, args.out, data_dir=args.data_dir, workers=args.workers,
                            progress=not args.no_progress, stages=args.stages)

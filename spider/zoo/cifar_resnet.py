@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spider.zoo.registry import ZooNet, load_state_dict_strict, read_torch_state_dict, register_zoo_model
+from spider.zoo.model_registry import ZooNet, load_state_dict_strict, read_torch_state_dict, register_zoo_model
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")

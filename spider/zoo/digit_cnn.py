@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spider.zoo.registry import ZooNet, load_state_dict_strict, read_torch_state_dict, register_zoo_model
+from spider.zoo.model_registry import ZooNet, load_state_dict_strict, read_torch_state_dict, register_zoo_model
 
 DIGITS = tuple(str(d) for d in range(10))
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spider.errors import SpiderError
-from spider.zoo.registry import ZooNet, register_zoo_model
+from spider.zoo.model_registry import ZooNet, register_zoo_model
 
 FER_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 GENDERS = ("woman", "man")

@@ -1,6 +1,6 @@
 """Write ``keras_port_reference.json``: outputs of the original Keras face models.
 
-This is the independent reference for ``tests/test_keras_port.py``. It runs the ``.hdf5`` files
+This is the independent reference for ``tests/integration/test_keras_port.py``. It runs the ``.hdf5`` files
 of ``weights/faces/`` in real Keras (TensorFlow CPU), NOT in spider's torch port, so it must run
 in a throwaway environment that is not one of the project's dependencies::
 

@@ -402,8 +402,8 @@ def test_a_missing_store_entry_is_a_store_error_not_a_traceback(zoo, tmp_path, c
 def test_non_finite_or_missing_bank_accuracy_is_one_line(trained, cache_dir, tmp_path, hole):
     """The fine-tuning bank (data.label_source=finetune/mixed/selected) is read by open_bank,
     which refuses an infinite accuracy (its line) or a pair without one (the file)."""
-    from spider.datamodules.labels import open_label_cache
-    from spider.zoo.bank import open_bank
+    from spider.datamodules.label_cache import open_label_cache
+    from spider.datamodules.finetune_bank import open_bank
 
     (labels,) = Path(cache_dir).glob("labels-*")
     specs = open_label_cache(labels).spec_texts[:2]

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datamodules_support import FAST_BASELINES, TINY_TASKS, tiny_zoo
+from helpers.datamodules_support import FAST_BASELINES, TINY_TASKS, tiny_zoo
 
-from spider.datamodules.labels import build_label_cache, resolve_label_config
+from spider.datamodules.label_cache import resolve_label_config
+from spider.pipeline.labelling import build_label_cache
 from spider.errors import ConfigError
 from spider.labels import main as labels_main
 
@@ -188,7 +189,7 @@ def test_info_on_a_truncated_shard_is_one_line_naming_it(built_cache, tmp_path, 
 
 
 def _open(path: Path) -> np.ndarray:
-    from spider.extract import _open_image
+    from spider.pipeline.extract import _open_image
 
     return _open_image(path)
 
@@ -221,7 +222,7 @@ def test_16bit_pgm_opens_as_mode_I_and_is_scaled_exactly(tmp_path):
 def test_large_16bit_png_is_downscaled_on_decode_and_keeps_its_range(tmp_path):
     from PIL import Image
 
-    from spider.extract import DECODE_MAX_SIDE
+    from spider.pipeline.extract import DECODE_MAX_SIDE
 
     ramp = np.linspace(0, 65535, 6000).round().astype(np.uint16)
     path = tmp_path / "big16.png"
@@ -235,7 +236,7 @@ def test_large_16bit_png_is_downscaled_on_decode_and_keeps_its_range(tmp_path):
 def test_large_jpeg_is_reduced_per_side_on_decode(tmp_path):
     from PIL import Image
 
-    from spider.extract import DECODE_MAX_SIDE
+    from spider.pipeline.extract import DECODE_MAX_SIDE
 
     path = tmp_path / "wide.jpg"
     ramp = np.linspace(0, 255, 6000).round().astype(np.uint8)
@@ -255,7 +256,7 @@ def test_huge_jpeg_decodes_without_holding_the_full_image(tmp_path):
     code = textwrap.dedent("""
         import sys
         from pathlib import Path
-        from spider.extract import _open_image
+        from spider.pipeline.extract import _open_image
 
         def peak_kb():
             for line in open("/proc/self/status"):
@@ -304,7 +305,7 @@ def _image_folder(root: Path, images: dict[str, list[tuple[str, Path | None]]]) 
 
 @pytest.mark.parametrize("size", [(10000, 9000), (20000, 20000)], ids=["over-our-limit", "pil-bomb"])
 def test_over_limit_image_is_refused_with_one_line_naming_it(tmp_path, size):
-    from spider.extract import MAX_IMAGE_PIXELS, ExtractError, ImageFolderSource
+    from spider.pipeline.extract import MAX_IMAGE_PIXELS, ExtractError, ImageFolderSource
 
     assert size[0] * size[1] > MAX_IMAGE_PIXELS
     bomb = tmp_path / "bomb.png"
@@ -322,7 +323,7 @@ def test_over_limit_image_is_refused_with_one_line_naming_it(tmp_path, size):
 
 
 def test_empty_class_folder_is_warned_and_left_out(tmp_path):
-    from spider.extract import EmptyClassFolderWarning, ImageFolderSource
+    from spider.pipeline.extract import EmptyClassFolderWarning, ImageFolderSource
 
     folder = _image_folder(tmp_path / "imgs", {"cat": [("1.png", None)], "dog": [], "eel": [("2.png", None)]})
     (folder / "fox").mkdir()
@@ -335,7 +336,7 @@ def test_empty_class_folder_is_warned_and_left_out(tmp_path):
 
 
 def test_folder_with_only_empty_classes_is_one_error_without_warnings(tmp_path):
-    from spider.extract import ExtractError, ImageFolderSource
+    from spider.pipeline.extract import ExtractError, ImageFolderSource
 
     folder = _image_folder(tmp_path / "imgs", {"dog": [], "fox": []})
     with warnings.catch_warnings():
@@ -437,8 +438,8 @@ def test_killing_a_labels_build_ends_its_workers(zoo, tmp_path):
 
 _POOL_SCRIPTS = {
     # the zoo build's pools (pretraining, extraction) and the ground-truth fine-tuning pool
-    "zoo-build": "from spider.zoo.build import _pool\npool = _pool(2, 2)",
-    "ground-truth": ("import multiprocessing\nfrom spider.zoo.groundtruth import _worker_init\n"
+    "zoo-build": "from spider.pipeline.build import _pool\npool = _pool(2, 2)",
+    "ground-truth": ("import multiprocessing\nfrom spider.pipeline.finetune import _worker_init\n"
                      "pool = multiprocessing.get_context('spawn').Pool(2, initializer=_worker_init, "
                      "initargs=([], None, '', None))"),
 }

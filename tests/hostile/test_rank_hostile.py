@@ -13,7 +13,7 @@ import torch
 
 from spider.config import compose
 from spider.fit import fit
-from spider.modules.registry import CHECKPOINT_KEY
+from spider.modules.scorer_registry import CHECKPOINT_KEY
 from spider.rank import main
 from spider.run_inputs import prepare_store
 

@@ -13,6 +13,6 @@ Example:
 """
 
 from spider.modules.losses import listmle, listnet, listwise, mse  # noqa: F401  (registers)
-from spider.modules.losses.registry import LOSSES, get_loss, list_losses, register_loss
+from spider.modules.losses.loss_registry import LOSSES, get_loss, list_losses, register_loss
 
 __all__ = ["LOSSES", "get_loss", "list_losses", "register_loss"]

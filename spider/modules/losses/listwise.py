@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from spider.modules.losses._plackett_luce import plackett_luce_terms
-from spider.modules.losses.registry import register_loss
+from spider.modules.losses.loss_registry import register_loss
 
 
 @register_loss("listwise", paper=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from spider.modules._checks import check_loss_inputs
-from spider.modules.losses.registry import register_loss
+from spider.modules.losses.loss_registry import register_loss
 
 
 @register_loss("mse")

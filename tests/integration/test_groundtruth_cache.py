@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import spider.zoo.groundtruth as gt
-from spider.datamodules.groundtruth import read_ground_truth
-from spider.extract import PreparedModel
-from spider.zoo.groundtruth import (
+import spider.pipeline.finetune as gt
+from spider.datamodules.ground_truth_csv import read_ground_truth
+from spider.pipeline.extract import PreparedModel
+from spider.pipeline.finetune import (
     FinetuneConfig,
     GroundTruthJob,
     RunCache,

@@ -12,18 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datamodules_support import FAST_BASELINES, TINY_TASKS, tiny_zoo
+from helpers.datamodules_support import FAST_BASELINES, TINY_TASKS, tiny_zoo
 
-import spider.datamodules.labels as labels_mod
+import spider.io
+import spider.pipeline.labelling as labels_mod
 from spider.aggregate import copeland
-from spider.datamodules.labels import (
-    LabelCacheError,
-    build_label_cache,
-    open_label_cache,
-    resolve_label_config,
-    target_baseline_scores,
-)
+from spider.datamodules.label_cache import LabelCacheError, open_label_cache, resolve_label_config
 from spider.datamodules.tasks import TaskSampler
+from spider.pipeline.labelling import build_label_cache, target_baseline_scores
 from spider.errors import ConfigError
 from spider.labels import main as labels_main
 from spider.store import FeatureStore
@@ -71,7 +67,7 @@ def test_cache_holds_sampled_tasks_raw_scores_and_their_copeland_aggregate(zoo, 
     assert reference.models == list(zoo.models) and reference.baselines == list(FAST_BASELINES)
     # spot-check one cell against a direct baseline call on the task's stored features
     from spider.baselines import get_baseline
-    from spider.datamodules.labels import task_array
+    from spider.datamodules.label_cache import task_array
 
     store, spec = FeatureStore(zoo.store_root), reference.specs[3]
     x, logits = task_array(store, zoo.models[1], spec), task_array(store, zoo.models[1], spec, "logits")
@@ -98,7 +94,7 @@ def test_interrupted_build_resumes_to_identical_result(zoo, reference, tmp_path,
     with pytest.raises(LabelCacheError, match="incomplete"):
         open_label_cache(out, NUM_TASKS)
     # what a kill during a write leaves behind: a half-written temp file of a dead process
-    (out / f".shard-00001.npz.tmp-{labels_mod._HOST}-999999999").write_bytes(b"PK\x03\x04 truncated")
+    (out / f".shard-00001.npz.tmp-{spider.io._HOST}-999999999").write_bytes(b"PK\x03\x04 truncated")
     (out / ".shard-00002.npz.tmp-otherhost-1").write_bytes(b"another machine's builder may be writing")
     report = build_label_cache(_config(zoo), out, NUM_TASKS, progress=False)
     assert (report.computed, report.reused) == (NUM_TASKS - SHARD, SHARD)
@@ -216,3 +212,29 @@ def test_killed_cli_build_resumes_to_the_uninterrupted_result(zoo, tmp_path, wor
     assert resumed.returncode == 0, resumed.stderr
     assert f"reused {done * shard}" in resumed.stdout
     _assert_identical(open_label_cache(out, num_tasks, config), reference)
+
+
+def _one_entry_store(root, features, labels):
+    store = FeatureStore(root)
+    store.write("general", "pool", "train", features=features, labels=labels)
+    store.write("ptm", "pool", "train", features=np.ones((len(labels), 2), np.float32), labels=labels)
+    return store
+
+
+def test_label_identity_covers_the_general_encoders_labels_not_its_features(tmp_path):
+    from spider.datamodules.label_cache import store_fingerprint
+
+    labels = np.array([0, 0, 1, 1])
+    rng = np.random.default_rng(0)
+    base = _one_entry_store(tmp_path / "a", rng.normal(size=(4, 3)).astype(np.float32), labels)
+    other_features = _one_entry_store(tmp_path / "b", rng.normal(size=(4, 3)).astype(np.float32), labels)
+    other_labels = _one_entry_store(tmp_path / "c", rng.normal(size=(4, 3)).astype(np.float32), labels[::-1].copy())
+
+    def fingerprint(store):
+        return store_fingerprint(store, ["general", "ptm"], ["pool"], "train", labels_of=["general"])
+
+    assert fingerprint(base) == fingerprint(other_features)
+    assert fingerprint(base)["general/pool/train"] != fingerprint(other_labels)["general/pool/train"]
+    # without labels_of the features count (the PTMs' entries keep doing so)
+    assert store_fingerprint(base, ["general"], ["pool"], "train") != \
+        store_fingerprint(other_features, ["general"], ["pool"], "train")

@@ -18,7 +18,7 @@ from spider.zoo import (
     load_dataset,
 )
 from spider.zoo.cifar_resnet import CifarResNet, ZeroPadShortcut
-from spider.zoo.registry import load_state_dict_strict, read_torch_state_dict
+from spider.zoo.model_registry import load_state_dict_strict, read_torch_state_dict
 
 TORCH_MODELS = ["cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet44", "cifar10_resnet56",
                 "mnist_cnn", "usps_cnn", "svhn_cnn"]
@@ -160,7 +160,7 @@ def _accuracy(name, images, labels, data_dir, batch=1000):
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("name", TORCH_MODELS)  # face models: tests/test_keras_port.py
+@pytest.mark.parametrize("name", TORCH_MODELS)  # face models: tests/integration/test_keras_port.py
 def test_real_weights_load_with_verified_checksums(name, data_dir):
     info = get_zoo_model_info(name)
     model = create_zoo_model(name, data_dir=data_dir)

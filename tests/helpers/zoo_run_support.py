@@ -21,10 +21,11 @@ from PIL import Image
 from spider.config import compose
 from spider.fit import fit
 from spider.registry import Registry
-from spider.zoo import minizoo
-from spider.zoo.groundtruth import FinetuneConfig
-from spider.zoo.minizoo import PoolSpec, TargetSpec, ZooRecipe, get_recipe
-from spider.zoo.pretrain import PretrainSpec
+from spider.pipeline.finetune import FinetuneConfig
+from spider.pipeline.recipe import RECIPES, PoolSpec, TargetSpec, ZooRecipe
+from spider.pipeline import recipes
+from spider.pipeline.recipes import get_recipe
+from spider.pipeline.pretrain import PretrainSpec
 
 FAKE_RECIPE = "test_fake_digits"
 LOW, HIGH = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
@@ -78,8 +79,8 @@ def fake_recipe() -> ZooRecipe:
 def recipes_with(**extra) -> Registry:
     """A copy of the zoo-recipe registry plus ``name=factory`` items."""
     registry: Registry = Registry("zoo recipe")
-    for name in minizoo.RECIPES:
-        registry.add(name, minizoo.RECIPES.get(name))
+    for name in RECIPES:
+        registry.add(name, RECIPES.get(name))
     for name, factory in extra.items():
         registry.add(name, factory)
     return registry
@@ -103,7 +104,7 @@ def trained_on_zoo(tmp_path_factory, monkeypatch, zoo: str, data_dir: Path) -> t
         return zoo_dir, checkpoint, {}
     monkeypatch.setenv("SPIDER_DATA_DIR", str(data_dir))
     if zoo == FAKE_RECIPE:
-        monkeypatch.setattr(minizoo, "RECIPES", recipes_with(**{FAKE_RECIPE: fake_recipe}))
+        monkeypatch.setattr(recipes, "RECIPES", recipes_with(**{FAKE_RECIPE: fake_recipe}))
     result = fit(compose(fit_overrides(zoo, zoo_dir, run_dir)))
     return zoo_dir, checkpoint, result
 

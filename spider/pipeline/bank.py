@@ -10,7 +10,7 @@ bank row and a label row describe the same task). It is the supervision of ``lab
 Protocol (cheaper than the targets', documented and measured by :func:`protocol_agreement`): each
 class of a task (at most ``max_per_class`` of its images) is split into train and test rows
 (``test_fraction``, seeded per task and class),
-the whole PTM plus a new head is fine-tuned with :func:`spider.zoo.groundtruth.finetune` at one
+the whole PTM plus a new head is fine-tuned with :func:`spider.pipeline.finetune.finetune` at one
 learning rate and one seed (no validation split: with one learning rate nothing is selected).
 Runs are cached one JSON file each (``<out>/bank/runs``), so a killed build resumes.
 
@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from spider.datamodules.finetune_bank import task_id
 from spider.errors import SpiderError
-from spider.zoo.groundtruth import FinetuneConfig
-
-BANK_DIR = "bank"
+from spider.io import write_text_if_changed
+from spider.pipeline.finetune import FinetuneConfig
 
 
 def _bank_finetune() -> FinetuneConfig:
@@ -69,10 +69,6 @@ class _View:
     class_names: tuple[str, ...]
 
 
-def task_id(index: int) -> str:
-    return f"task{index:04d}"
-
-
 def split_task(spec: Any, pool_views: Mapping[str, Any], index: int, settings: BankSettings) -> dict[str, _View]:
     """``{"train", "val", "test"}`` views of bank task ``index`` (``val`` is empty).
 
@@ -101,9 +97,9 @@ def split_task(spec: Any, pool_views: Mapping[str, Any], index: int, settings: B
 
 def bank_jobs(specs: Sequence[Any], refs: Sequence[Any], settings: BankSettings,
               pool_views: Mapping[str, Any] | None = None, need: set[int] | None = None) -> list:
-    """One :class:`~spider.zoo.groundtruth.GroundTruthJob` per (task, PTM); views only for the
+    """One :class:`~spider.pipeline.finetune.GroundTruthJob` per (task, PTM); views only for the
     task indices in ``need`` (all when None) when ``pool_views`` is given (hashing needs none)."""
-    from spider.zoo.groundtruth import GroundTruthJob
+    from spider.pipeline.finetune import GroundTruthJob
 
     jobs = []
     for i, spec in enumerate(specs):
@@ -117,73 +113,15 @@ def bank_jobs(specs: Sequence[Any], refs: Sequence[Any], settings: BankSettings,
 
 
 def write_specs(path: Path, specs: Sequence[Any]) -> None:
-    from spider.zoo.groundtruth import _write_text_if_changed
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_if_changed(path, "".join(json.dumps({"task": task_id(i), "spec": s.to_json()}) + "\n"
+    write_text_if_changed(path, "".join(json.dumps({"task": task_id(i), "spec": s.to_json()}) + "\n"
                                          for i, s in enumerate(specs)))
-
-
-@dataclass(frozen=True)
-class FinetuneBank:
-    """A finished bank: ``accuracy[i, j]`` (%) of ``models[j]`` fine-tuned on ``specs[i]``."""
-
-    specs: list[Any]
-    models: list[str]
-    accuracy: np.ndarray  # float64 [K, M]
-
-    @property
-    def num_tasks(self) -> int:
-        return len(self.specs)
-
-    def prior(self) -> np.ndarray:
-        """Mean fine-tuned accuracy of each PTM over the bank's tasks [M] (the history prior)."""
-        return np.nanmean(self.accuracy, axis=0)
-
-
-def open_bank(root: str | os.PathLike, models: Sequence[str] | None = None) -> FinetuneBank:
-    """Read ``<zoo>/bank`` (or the bank folder itself), columns in ``models`` order when given.
-
-    Raises:
-        SpiderError: missing files, a task of the CSV absent from ``tasks.jsonl``, a requested
-            model without a column, or a non-finite accuracy (one line naming the file).
-    """
-    from spider.datamodules.groundtruth import read_ground_truth
-    from spider.datamodules.tasks import TaskSpec
-
-    root = Path(root)
-    if (root / BANK_DIR).is_dir():
-        root = root / BANK_DIR
-    csv_path, specs_path = root / "accuracy.csv", root / "tasks.jsonl"
-    for path in (csv_path, specs_path):
-        if not path.is_file():
-            raise SpiderError(f"{path}: fine-tuning bank file not found (build it: spider zoo build --stages bank)")
-    specs = {}
-    for n, line in enumerate(specs_path.read_text().splitlines(), 1):
-        try:
-            item = json.loads(line)
-            specs[item["task"]] = TaskSpec.from_json(item["spec"])
-        except (ValueError, KeyError, TypeError, SpiderError) as err:
-            raise SpiderError(f"{specs_path}:{n}: expected {{'task': ..., 'spec': ...}} ({err})") from None
-    truth = read_ground_truth(csv_path)
-    missing = [t for t in truth.datasets if t not in specs]
-    if missing:
-        raise SpiderError(f"{csv_path}: tasks {missing[:3]} have no spec in {specs_path}")
-    columns = list(models) if models is not None else list(truth.models)
-    absent = [m for m in columns if m not in truth.models]
-    if absent:
-        raise SpiderError(f"{csv_path}: no column for model(s) {absent}")
-    accuracy = truth.accuracy[:, [truth.models.index(m) for m in columns]].astype(np.float64)
-    if not np.isfinite(accuracy).all():
-        raise SpiderError(f"{csv_path}: non-finite accuracy (incomplete bank?)")
-    return FinetuneBank([specs[t] for t in truth.datasets], columns, accuracy)
 
 
 def protocol_agreement(ground_truth_runs: str | os.PathLike, truth: Any, lr: float, seed: int) -> dict[str, float]:
     """How well one run at (``lr``, ``seed``) ranks the PTMs like the full protocol, per target.
 
     ``ground_truth_runs`` is ``<zoo>/ground_truth/runs`` (one JSON per run); ``truth`` a
-    :class:`~spider.datamodules.groundtruth.GroundTruth` of the full protocol. Returns
+    :class:`~spider.datamodules.ground_truth_csv.GroundTruth` of the full protocol. Returns
     ``{target: weighted tau (paper protocol) of the single run's test accuracies vs truth}``.
     """
     from spider.metrics.functional import weighted_tau

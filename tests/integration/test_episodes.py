@@ -6,14 +6,17 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from datamodules_support import FAST_BASELINES, tiny_zoo
+from helpers.datamodules_support import FAST_BASELINES, tiny_zoo
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from spider.aggregate import copeland
-from spider.datamodules.episodes import EpisodeDataModule, EpochBankSampler, collate_episodes, epoch_order
-from spider.datamodules.groundtruth import read_ground_truth
+from spider.datamodules.episode_datasets import EpochBankSampler, collate_episodes, epoch_order
+from spider.datamodules.episodes import EpisodeDataModule
+from spider.datamodules.ground_truth_csv import read_ground_truth
 from spider.datamodules.tasks import TaskConfig
-from spider.datamodules.labels import DEFAULT_BASELINES, open_label_cache, task_array
+from spider.baselines.batch import DEFAULT_BASELINES
+from spider.datamodules.label_cache import open_label_cache, task_array
+from spider.pipeline.labelling import LABELLER
 from spider.datamodules.tokens import class_centres
 from spider.errors import ConfigError
 from spider.store import FeatureStore
@@ -32,7 +35,7 @@ def zoo(tmp_path_factory):
 
 def _datamodule(zoo, cache, **kwargs) -> EpisodeDataModule:
     options = dict(baselines=FAST_BASELINES, num_label_tasks=12, shard_size=8, batch_size=5, progress=False,
-                   task=_tasks())
+                   task=_tasks(), labeller=LABELLER)
     return EpisodeDataModule(zoo.store_root, cache, zoo.ground_truth_csv, **{**options, **kwargs})
 
 
@@ -234,3 +237,18 @@ def test_lightning_trainer_runs_epochs_with_the_default_baselines(zoo, tmp_path)
     for e in (0, 1):
         got = np.concatenate(module.seen[2 * e: 2 * e + 2])
         np.testing.assert_allclose(got, expected[e], rtol=1e-6)
+
+
+def test_without_a_labeller_the_datamodule_only_reads_finished_caches(zoo, ready, tmp_path):
+    from spider.datamodules.label_cache import LabelCacheError
+    from spider.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="build_labels"):
+        _datamodule(zoo, tmp_path / "new", labeller=None)
+    reader = _datamodule(zoo, ready.label_cache_dir, specific_models=2, build_labels=False, labeller=None)
+    reader.prepare_data()
+    reader.setup("fit")
+    assert reader.training_labels.scores.shape == ready.training_labels.scores.shape
+    empty = _datamodule(zoo, tmp_path / "none", build_labels=False, labeller=None)
+    with pytest.raises(LabelCacheError, match="no label cache"):
+        empty.prepare_data()

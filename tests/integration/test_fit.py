@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from spider.config import compose, load_saved
+from spider.config import load_saved
 from spider.errors import ConfigError
 from spider.fit import fit
-from spider.modules.registry import CHECKPOINT_KEY, load_scorer
+from spider.modules.scorer_registry import CHECKPOINT_KEY, load_scorer
 from spider.train import validate_checkpoint
 
 # Cheapest baselines: the fit machinery, not the baselines, is under test here.
@@ -23,18 +23,19 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("fit-cache")
 
 
-def tiny(cache_dir, run_dir, *extra: str):
-    return compose([
+@pytest.fixture(scope="module")
+def tiny(compose_config, cache_dir):
+    """``tiny(run_dir, *overrides)``: the real ``data=tiny`` config, CPU, cheapest baselines."""
+    return lambda run_dir, *extra: compose_config(
         "data=tiny", "logger=none", f"data.cache_dir={cache_dir}", f"run_dir={run_dir}",
         f"data.baselines=[{','.join(BASELINES)}]", "trainer.enable_progress_bar=false",
-        "trainer.log_every_n_steps=1", "trainer.accelerator=cpu", *extra,
-    ])
+        "trainer.log_every_n_steps=1", "trainer.accelerator=cpu", *extra)
 
 
 @pytest.fixture(scope="module")
-def trained(cache_dir, tmp_path_factory):
+def trained(cache_dir, tmp_path_factory, tiny):
     run_dir = tmp_path_factory.mktemp("run")
-    result = fit(tiny(cache_dir, run_dir, "trainer.max_epochs=2"))
+    result = fit(tiny(run_dir, "trainer.max_epochs=2"))
     return run_dir, result
 
 
@@ -74,27 +75,27 @@ def test_checkpoint_loads_with_weights_only(trained):
     assert model(tokens, mask).shape == (2, 4)
 
 
-def test_validating_the_checkpoint_reproduces_the_fit_metrics(trained, cache_dir):
+def test_validating_the_checkpoint_reproduces_the_fit_metrics(trained, cache_dir, tiny):
     run_dir, result = trained
-    again = validate_checkpoint(tiny(cache_dir, run_dir), run_dir / "checkpoints" / "last.ckpt")
+    again = validate_checkpoint(tiny(run_dir), run_dir / "checkpoints" / "last.ckpt")
     assert again["val"] == pytest.approx(result["val"], abs=1e-6)
     assert again["test"] == pytest.approx(result["test"], abs=1e-6)
     assert (run_dir / "metrics-validate.json").is_file()
 
 
-def test_existing_run_needs_resume_or_overwrite(trained, cache_dir):
+def test_existing_run_needs_resume_or_overwrite(trained, cache_dir, tiny):
     run_dir, _ = trained
     with pytest.raises(ConfigError, match="resume=true"):
-        fit(tiny(cache_dir, run_dir))
+        fit(tiny(run_dir))
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(cache_dir, tmp_path):
+def test_resume_gives_the_weights_of_an_uninterrupted_run(cache_dir, tmp_path, tiny):
     # Dropout is on: the per-batch reseeding must make the resumed run repeat its masks.
     common = ("model.dropout=0.2", "results_table=false")
-    fit(tiny(cache_dir, tmp_path / "straight", "trainer.max_epochs=3", *common))
-    fit(tiny(cache_dir, tmp_path / "resumed", "trainer.max_epochs=1", *common))
+    fit(tiny(tmp_path / "straight", "trainer.max_epochs=3", *common))
+    fit(tiny(tmp_path / "resumed", "trainer.max_epochs=1", *common))
     after_one = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    resumed = fit(tiny(cache_dir, tmp_path / "resumed", "trainer.max_epochs=3", "resume=true", *common))
+    resumed = fit(tiny(tmp_path / "resumed", "trainer.max_epochs=3", "resume=true", *common))
     assert resumed["epochs"] == 3
 
     def weights(name):
@@ -108,15 +109,15 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(cache_dir, tmp_path):
     assert any(not torch.equal(after_one[k], straight[k]) for k in straight)
 
 
-def test_csv_logger_writes_metrics(cache_dir, tmp_path):
-    fit(tiny(cache_dir, tmp_path / "csv", "logger=csv", "trainer.max_epochs=1", "results_table=false"))
+def test_csv_logger_writes_metrics(cache_dir, tmp_path, tiny):
+    fit(tiny(tmp_path / "csv", "logger=csv", "trainer.max_epochs=1", "results_table=false"))
     files = list((tmp_path / "csv" / "csv").rglob("metrics.csv"))
     assert files and "train/loss" in files[0].read_text().splitlines()[0]
 
 
-def test_scorer_fields_it_does_not_take_are_rejected(cache_dir, tmp_path):
+def test_scorer_fields_it_does_not_take_are_rejected(cache_dir, tmp_path, tiny):
     with pytest.raises(ConfigError, match="'model.specific_mode': scorer 'token' does not take it"):
-        fit(tiny(cache_dir, tmp_path / "bad", "model.specific_mode=append"))
+        fit(tiny(tmp_path / "bad", "model.specific_mode=append"))
 
 
 PLUGIN = '''
@@ -132,10 +133,10 @@ class CosineTokenScorer(TokenScorer):
 '''
 
 
-def test_a_scorer_registered_in_a_user_module_is_trained_by_name(cache_dir, tmp_path, monkeypatch):
+def test_a_scorer_registered_in_a_user_module_is_trained_by_name(cache_dir, tmp_path, monkeypatch, tiny):
     (tmp_path / "my_scorers_test.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = fit(tiny(cache_dir, tmp_path / "plugin", "imports=[my_scorers_test]",
+    result = fit(tiny(tmp_path / "plugin", "imports=[my_scorers_test]",
                       "model.scorer=token_cosine_test", "trainer.max_epochs=1",
                       "results_table=false"))
     model = load_scorer(result["checkpoint"])
@@ -163,13 +164,13 @@ def test_a_checkpoint_of_an_unregistered_scorer_names_the_module_and_imports_not
     assert not marker.exists()  # the module named in the file was not imported
 
 
-def test_without_validation_targets_val_metrics_are_skipped_with_a_warning(cache_dir, tmp_path, capsys):
-    result = fit(tiny(cache_dir, tmp_path / "noval", "data.val_datasets=[]", "trainer.max_epochs=1"))
+def test_without_validation_targets_val_metrics_are_skipped_with_a_warning(cache_dir, tmp_path, capsys, tiny):
+    result = fit(tiny(tmp_path / "noval", "data.val_datasets=[]", "trainer.max_epochs=1"))
     assert result["val"] == {} and result["tables"]["val"] == {}
     assert "test/wtau_paper" in result["test"]  # test targets are never used in val's place
     assert "warning: no validation targets" in capsys.readouterr().err
 
 
-def test_unimportable_plugin_module_is_a_config_error(cache_dir, tmp_path):
+def test_unimportable_plugin_module_is_a_config_error(cache_dir, tmp_path, tiny):
     with pytest.raises(ConfigError, match="imports: cannot import module 'no_such_module_xyz'"):
-        fit(tiny(cache_dir, tmp_path / "noplugin", "imports=[no_such_module_xyz]"))
+        fit(tiny(tmp_path / "noplugin", "imports=[no_such_module_xyz]"))

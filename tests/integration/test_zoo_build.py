@@ -9,25 +9,19 @@ import os
 import numpy as np
 import pytest
 
-from spider.datamodules.groundtruth import read_ground_truth
+from spider.datamodules.ground_truth_csv import read_ground_truth
 from spider.datamodules.tasks import TaskConfig
 from spider.store import FeatureStore, validate
 from spider.zoo.__main__ import main
-from spider.datamodules.labels import open_label_cache
-from spider.zoo.bank import BankSettings, open_bank
-from spider.zoo.build import build_zoo, required_files
-from spider.zoo.groundtruth import FinetuneConfig, RunCache
-from spider.zoo.minizoo import (
-    REAL_PTMS,
-    LabelSettings,
-    PoolSpec,
-    TargetSpec,
-    ZooRecipe,
-    get_recipe,
-    list_recipes,
-)
-from spider.zoo.pretrain import PretrainSpec
-from zoo_run_support import fake_data_dir
+from spider.datamodules.label_cache import open_label_cache
+from spider.datamodules.finetune_bank import open_bank
+from spider.pipeline.bank import BankSettings
+from spider.pipeline.build import build_zoo, required_files
+from spider.pipeline.finetune import FinetuneConfig, RunCache
+from spider.pipeline.recipe import LabelSettings, PoolSpec, TargetSpec, ZooRecipe
+from spider.pipeline.recipes import REAL_PTMS, get_recipe, list_recipes
+from spider.pipeline.pretrain import PretrainSpec
+from helpers.zoo_run_support import fake_data_dir
 
 LOW, HIGH = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 

@@ -7,15 +7,15 @@ import torch
 from PIL import Image
 
 from spider.errors import StoreError
-from spider.extract import (
+from spider.pipeline.extract import (
     ArraySource,
     ExtractError,
     ImageFolderSource,
     extract_to_store,
     load_model,
-    main,
     preprocess,
 )
+from spider.extract import main
 from spider.store import FeatureStore
 
 ARCH = "test_convnext"  # ~0.2M parameters; classifier under a nested name ("head.fc")

@@ -12,8 +12,8 @@ from spider.errors import ConfigError
 from spider.fit import main
 
 
-def test_default_composition_uses_the_files_named_in_fit_yaml():
-    cfg = compose()
+def test_default_composition_uses_the_files_named_in_fit_yaml(compose_config):
+    cfg = compose_config()
     assert cfg.data.name == "minizoo"
     assert cfg.model.scorer == "token"
     assert cfg.logger.name == "wandb" and cfg.logger.offline is True
@@ -28,8 +28,8 @@ def test_every_group_file_composes(group):
         assert cfg[group].name == path.stem
 
 
-def test_group_choice_then_field_overrides():
-    cfg = compose(["model.lr=0.5", "data=tiny", "trainer.devices=2", "data.models=[a,b]", "seed=7"])
+def test_group_choice_then_field_overrides(compose_config):
+    cfg = compose_config("model.lr=0.5", "data=tiny", "trainer.devices=2", "data.models=[a,b]", "seed=7")
     assert cfg.data.name == "tiny" and cfg.data.batch_size == 4  # from configs/data/tiny.yaml
     assert cfg.model.lr == 0.5 and isinstance(cfg.model.lr, float)
     assert cfg.trainer.devices == 2 and cfg.data.models == ["a", "b"] and cfg.seed == 7

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "bench_baselines.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "bench_baselines.py"
 
 
 @pytest.fixture(scope="module")

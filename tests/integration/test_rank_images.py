@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from zoo_run_support import FAKE_RECIPE, fake_data_dir, fake_recipe, trained_on_zoo, write_image_folder
+from helpers.zoo_run_support import FAKE_RECIPE, fake_data_dir, fake_recipe, trained_on_zoo, write_image_folder
 
 from spider.errors import ConfigError
 from spider.rank import default_checkpoint, main, rank_images, rank_task
-from spider.zoo.minizoo import get_recipe
+from spider.pipeline.recipes import get_recipe
 
 
 @pytest.fixture(scope="module")

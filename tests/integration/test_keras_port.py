@@ -13,7 +13,7 @@ import torch
 from spider.zoo import create_zoo_model, get_zoo_model_info, list_zoo_models
 from spider.zoo.keras_xception import KerasPortError, load_keras_model, same_padding
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ weights of the shared data folder lack (ResNet, EfficientNet, ConvNeXt, ViT, Mam
 
 A :class:`PretrainSpec` names a timm architecture, the datasets it learns (their union: labels of
 the second dataset follow those of the first, and so on) and its native input (channels, size,
-mean/std). Training feeds images through :func:`spider.extract.preprocess` with the very settings
+mean/std). Training feeds images through :func:`spider.pipeline.extract.preprocess` with the very settings
 extraction will use later, so a checkpoint always sees its own normalisation.
 
 Outputs, per spec, under ``<out>/<spec.id>/``:
@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from spider.errors import SpiderError
+from spider.io import write_bytes_atomic, write_json_atomic
+from spider.progress import progress_bar
+from spider.schedules import WarmupCosine
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.pth"
@@ -170,15 +171,15 @@ def _holdout_rows(labels: np.ndarray, fraction: float, rng: np.random.Generator)
 
 
 def prepared_model(spec: PretrainSpec, checkpoint: str | Path | None = None, num_classes: int | None = None):
-    """The spec's model as a :class:`spider.extract.PreparedModel` (native size and mean/std).
+    """The spec's model as a :class:`spider.pipeline.extract.PreparedModel` (native size and mean/std).
 
     Without ``checkpoint`` the weights are timm's initialisation (seed the RNG first).
     """
-    from spider.extract import load_model
+    from spider.pipeline.extract import load_model
 
     if spec.timm_kwargs:
         raise SpiderError(f"pretrain spec {spec.id!r}: timm_kwargs are not supported by "
-                          f"spider.extract.load_model; use an architecture's defaults")
+                          f"spider.pipeline.extract.load_model; use an architecture's defaults")
     return load_model(spec.arch, checkpoint=checkpoint, num_classes=num_classes, in_chans=spec.in_chans,
                       input_size=(spec.input_size, spec.input_size), mean=spec.mean, std=spec.std)
 
@@ -222,7 +223,7 @@ def pretrain(spec: PretrainSpec, out: str | Path, *, data_dir: str | Path | None
     Whole-network training from timm's initialisation: AdamW, linear warm-up then cosine decay,
     label smoothing, batches drawn without replacement each epoch (seeded).
     """
-    from spider.extract import preprocess
+    from spider.pipeline.extract import preprocess
 
     config = read_config(out, spec)
     if config is not None:
@@ -242,11 +243,12 @@ def pretrain(spec: PretrainSpec, out: str | Path, *, data_dir: str | Path | None
     target = Path(out) / spec.id
     target.mkdir(parents=True, exist_ok=True)
     weights = checkpoint_path(out, spec)
-    _atomic_torch_save({k: v.detach().clone() for k, v in model.state_dict().items()}, weights)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    write_bytes_atomic(weights, lambda f: torch.save(state, f))
     _check_timm_reload(spec, weights, num_classes, model)
     result = PretrainResult(spec, weights, num_classes, accuracy, time.process_time() - cpu0,
                             time.perf_counter() - wall0, log=log)
-    _write_json_atomic(target / CONFIG_NAME, _config_json(spec, prepared, result, train))
+    write_json_atomic(target / CONFIG_NAME, _config_json(spec, prepared, result, train), indent=1, sort_keys=True)
     return result
 
 
@@ -261,7 +263,7 @@ def _train(spec, prepared, train: _LabelledImages, num_classes: int, progress: b
     steps_per_epoch = max(1, len(labels) // spec.batch_size)
     total = steps_per_epoch * spec.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, max(1, total // 20)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(max(1, total // 20), total))
     generator = np.random.default_rng([spec.seed, 11])
     log = []
     with progress_bar(total, f"pretrain {spec.id}", progress) as advance:
@@ -315,17 +317,6 @@ def _accuracy(prepared, held: _LabelledImages, preprocess, batch_size: int = 512
     return 100.0 * correct / max(total, 1)
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
 def _check_timm_reload(spec: PretrainSpec, weights: Path, num_classes: int, model: torch.nn.Module) -> None:
     """Load the saved file back through timm's ``checkpoint_path`` and compare outputs."""
     import timm
@@ -361,57 +352,3 @@ def _config_json(spec: PretrainSpec, prepared, result: PretrainResult, train: _L
 # ------------------------------------------------------------------------------- helpers
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-class progress_bar:
-    """Progress over ``total`` steps: a rich bar on a terminal, else a plain line every
-    ``every`` seconds and at the end (readable in a log file); nothing when disabled."""
-
-    def __init__(self, total: int, description: str, enabled: bool, every: float = 30.0) -> None:
-        self.total, self.description, self.enabled, self.every = total, description, enabled, every
-        self.bar = None
-        self.done = 0
-
-    def __enter__(self):
-        import sys
-
-        if not self.enabled:
-            return lambda n=1: None
-        if not sys.stdout.isatty():
-            self.start = self.last = time.perf_counter()
-            return self._advance_plain
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn())
-        self.bar.start()
-        task = self.bar.add_task(self.description, total=self.total)
-        return lambda n=1: self.bar.advance(task, n)
-
-    def _advance_plain(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
-            print(f"{self.description}: {self.done}/{self.total} ({now - self.start:.0f} s)", flush=True)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -13,7 +13,8 @@ from spider.datamodules.tasks import TaskSpec
 from spider.errors import ConfigError, SpiderError
 from spider.modules import ReRanker, ScorerInputError, TokenScorer
 from spider.priors import PriorInputs, available_priors, list_priors, prior_scores
-from spider.zoo.bank import BankSettings, FinetuneBank, open_bank, split_task
+from spider.datamodules.finetune_bank import FinetuneBank, open_bank
+from spider.pipeline.bank import BankSettings, split_task
 
 MODELS = ["a", "b", "c", "d"]
 

@@ -85,7 +85,7 @@ def test_missing_zoo_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.mark.shared_data
 def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
-    from spider.zoo.build import build_zoo
+    from spider.pipeline.build import build_zoo
 
     zoo = tmp_path / "tiny"
     build_zoo("tiny", zoo, data_dir=data_dir, workers=1, progress=False, log=lambda *a: None)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from zoo_run_support import FAKE_RECIPE, fake_data_dir, fake_recipe, recipes_with, trained_on_zoo
+from helpers.zoo_run_support import FAKE_RECIPE, fake_data_dir, fake_recipe, recipes_with, trained_on_zoo
 
 from omegaconf import OmegaConf
 
@@ -16,14 +16,15 @@ from spider.config import compose
 from spider.errors import ConfigError
 from spider.fit import main
 from spider.run_inputs import prepare_store
+from spider.datamodules.finetune_bank import open_bank
+from spider.pipeline import recipes
+from spider.pipeline.build import required_files
+from spider.pipeline.recipe import LabelSettings
+from spider.pipeline.recipes import get_recipe
 from spider.train import build_scorer, train
-from spider.zoo.bank import open_bank
-from spider.zoo import minizoo
-from spider.zoo.build import required_files
-from spider.zoo.minizoo import get_recipe
 
 # DataConfig keys of the label settings a zoo build uses for its label cache.
-LABEL_KEYS = [f.name for f in dataclasses.fields(minizoo.LabelSettings)]
+LABEL_KEYS = [f.name for f in dataclasses.fields(LabelSettings)]
 
 
 def test_default_config_trains_on_the_minizoo():
@@ -96,7 +97,7 @@ def test_fit_builds_the_zoo_then_trains_and_ends_with_the_table(fake_run):
 def test_other_task_settings_get_their_own_label_cache(fake_run, tmp_path, monkeypatch):
     zoo_dir, _, _, data = fake_run
     monkeypatch.setenv("SPIDER_DATA_DIR", str(data))
-    monkeypatch.setattr(minizoo, "RECIPES", recipes_with(**{FAKE_RECIPE: fake_recipe}))
+    monkeypatch.setattr(recipes, "RECIPES", recipes_with(**{FAKE_RECIPE: fake_recipe}))
     common = ["data=minizoo_tiny", f"data.zoo={FAKE_RECIPE}", f"data.zoo_dir={zoo_dir}", f"run_dir={tmp_path}"]
     same = prepare_store(compose(common))
     other = prepare_store(compose(common + ["data.task.max_samples_per_class=5"]))
@@ -111,7 +112,7 @@ def test_a_zoo_dir_of_another_recipe_is_refused(fake_run, tmp_path, monkeypatch)
     zoo_dir, _, _, data = fake_run
     monkeypatch.setenv("SPIDER_DATA_DIR", str(data))
     other = dataclasses.replace(fake_recipe(), name="test_other")
-    monkeypatch.setattr(minizoo, "RECIPES", recipes_with(test_other=lambda: other))
+    monkeypatch.setattr(recipes, "RECIPES", recipes_with(test_other=lambda: other))
     before = (zoo_dir / "zoo.json").read_text()
     with pytest.raises(ConfigError, match="holds zoo 'test_fake_digits', not 'test_other'"):
         prepare_store(compose(["data=minizoo_tiny", "data.zoo=test_other", f"data.zoo_dir={zoo_dir}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spider.datamodules.groundtruth import GroundTruth, GroundTruthError, read_ground_truth, write_ground_truth
+from spider.datamodules.ground_truth_csv import GroundTruth, GroundTruthError, read_ground_truth, write_ground_truth
 from spider.errors import SpiderError
 
 

@@ -26,7 +26,6 @@ Python::
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import resource
@@ -36,14 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spider.datamodules.label_cache import LabelCacheError, open_label_cache, resolve_label_config
 from spider.errors import SpiderError
 from spider.zoo.manifest import DataFileError, MANIFEST_NAME, resolve_data_dir
-from spider.zoo.minizoo import GENERAL_ID, ModelRef, ZooRecipe, get_recipe, timm_ref
-from spider.zoo.pretrain import PretrainSpec, is_pretrained, pretrain, progress_bar
+from spider.pipeline.recipe import GENERAL_ID, ModelRef, ZooRecipe, timm_ref
+from spider.pipeline.recipes import get_recipe
+from spider.pipeline.pretrain import PretrainSpec, is_pretrained, pretrain
+from spider.pipeline.build_manifest import MANIFEST, SPLIT, label_models, write_manifest, zoo_manifest
+from spider.pipeline.labelling import build_label_cache
+from spider.progress import progress_bar
 
 STAGES = ("pretrain", "extract", "groundtruth", "labels", "bank")
-SPLIT = "train"
-MANIFEST = "zoo.json"
 
 
 @dataclass
@@ -211,7 +213,7 @@ def _extract_init(view_specs: dict[str, Any]) -> None:
 
 
 def _extract_one(args: tuple[_ExtractTask, str | None, int]) -> list[tuple[str, bool]]:
-    from spider.extract import extract_to_store
+    from spider.pipeline.extract import extract_to_store
     from spider.store import FeatureStore
 
     task, data_dir, batch_size = args
@@ -295,7 +297,7 @@ def _link_alternatives(recipe: ZooRecipe, out: Path) -> None:
 
 
 def ground_truth_jobs(recipe: ZooRecipe, out: Path, views: dict[str, Any] | None = None):
-    from spider.zoo.groundtruth import GroundTruthJob
+    from spider.pipeline.finetune import GroundTruthJob
 
     refs = recipe.ptm_refs(out / "checkpoints")
     cost = {r.id: (4.0 if r.kind == "zoo" else 1.0) for r in refs}  # the real PTMs are the heavy ones
@@ -307,7 +309,7 @@ def ground_truth_jobs(recipe: ZooRecipe, out: Path, views: dict[str, Any] | None
 
 
 def stage_groundtruth(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
-    from spider.zoo.groundtruth import RunCache, run_ground_truth, run_hash, summarize, write_tables
+    from spider.pipeline.finetune import RunCache, run_ground_truth, run_hash, summarize, write_tables
 
     report = StageReport("groundtruth")
     with _Timer(report):
@@ -332,25 +334,9 @@ def stage_groundtruth(recipe: ZooRecipe, out: Path, data_dir, workers: int, prog
     return report
 
 
-def label_models(recipe: ZooRecipe) -> list[str]:
-    """PTM order of the label cache: sorted, as the datamodule's default (every stored model but
-    the general encoder) lists them, so a fit that leaves ``models`` unset reuses this cache."""
-    return sorted(recipe.ptm_ids())
-
-
 def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> StageReport:
     report = StageReport("labels")
     with _Timer(report):
-        try:
-            from spider.datamodules.labels import (
-                LabelCacheError,
-                build_label_cache,
-                open_label_cache,
-                resolve_label_config,
-            )
-        except ImportError as err:  # the label cache is optional for the zoo itself
-            report.note = f"skipped: {err}"
-            return report
         settings = recipe.labels
         config = resolve_label_config(
             out / "store", general_encoder=GENERAL_ID, models=label_models(recipe), pool=[p.id for p in recipe.pool],
@@ -370,8 +356,6 @@ def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> 
 
 def _bank_specs(recipe: ZooRecipe, out: Path) -> list:
     """The first ``recipe.bank.num_tasks`` task specs of the zoo's label cache."""
-    from spider.datamodules.labels import open_label_cache
-
     if recipe.bank.num_tasks == 0:
         return []
     if recipe.bank.num_tasks > recipe.labels.num_label_tasks:
@@ -381,9 +365,9 @@ def _bank_specs(recipe: ZooRecipe, out: Path) -> list:
 
 
 def stage_bank(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
-    """Fine-tune every PTM on the bank's pool tasks (:mod:`spider.zoo.bank`); needs the labels."""
-    from spider.zoo.bank import bank_jobs, task_id, write_specs
-    from spider.zoo.groundtruth import RunCache, run_ground_truth, run_hash, summarize, write_tables
+    """Fine-tune every PTM on the bank's pool tasks (:mod:`spider.pipeline.bank`); needs the labels."""
+    from spider.pipeline.bank import bank_jobs, task_id, write_specs
+    from spider.pipeline.finetune import RunCache, run_ground_truth, run_hash, summarize, write_tables
 
     report = StageReport("bank")
     with _Timer(report):
@@ -413,95 +397,6 @@ def stage_bank(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: b
 
 
 # ------------------------------------------------------------------------------- manifest
-
-
-def param_counts(recipe: ZooRecipe, out: Path, data_dir=None) -> dict[str, int]:
-    """Parameter count of every PTM (metadata for the ``param_count`` prior), cached in
-    ``<out>/ptm_params.json`` by what identifies each PTM's weights; PTMs whose checkpoint does
-    not exist yet are left out."""
-    path = out / "ptm_params.json"
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    counts, changed = {}, False
-    for ref in recipe.ptm_refs(out / "checkpoints"):
-        key = f"{ref.id}|{ref.weights}"
-        if key not in cached:
-            if ref.kind == "timm" and not Path(ref.checkpoint).is_file():
-                continue
-            try:
-                module = ref.load(data_dir).module
-            except (OSError, SpiderError):
-                continue
-            cached[key] = int(sum(p.numel() for p in module.parameters()))
-            changed = True
-        counts[ref.id] = cached[key]
-    if changed:
-        from spider.zoo.groundtruth import _write_text_if_changed
-
-        _write_text_if_changed(path, json.dumps(cached, indent=1, sort_keys=True))
-    return counts
-
-
-def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
-    """What ``out`` holds, with a ``data`` section of :class:`spider.config.DataConfig` keys."""
-    checkpoints = out / "checkpoints"
-    root = out.resolve()
-    settings = dataclasses.asdict(recipe.labels)
-    params = param_counts(recipe, out)
-    data = {
-        "store": str(root / "store"), "ground_truth": str(root / "ground_truth.csv"),
-        "label_cache": str(root / "labels"), "general": GENERAL_ID, "models": label_models(recipe),
-        "pool_datasets": [p.id for p in recipe.pool], "val_datasets": [t.id for t in recipe.val_targets],
-        "test_datasets": [t.id for t in recipe.targets],
-        "finetune_bank": str(root / "bank") if recipe.bank.num_tasks else None,
-        "split": SPLIT, "target_split": SPLIT,
-    }
-    data |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
-    return {
-        "recipe": recipe.name, "recipe_hash": recipe.hash, "description": recipe.description,
-        "models": [dict(r.to_dict(), params=params.get(r.id)) for r in recipe.ptm_refs(checkpoints)],
-        "general": dict(recipe.general_ref(checkpoints).to_dict(), description=recipe.general.description),
-        "alternatives": {name: {"store": str(root / "alternatives" / name / "store"),
-                                "encoder": timm_ref(spec, checkpoints, GENERAL_ID).to_dict(),
-                                "description": spec.description}
-                         for name, spec in recipe.general_alternatives},
-        "pool": [dataclasses.asdict(p) for p in recipe.pool],
-        "targets": [dataclasses.asdict(t) for t in recipe.targets],
-        "val_targets": [dataclasses.asdict(t) for t in recipe.val_targets],
-        "bank": dataclasses.asdict(recipe.bank),
-        "finetune": dataclasses.asdict(recipe.finetune),
-        "data": data,
-    }
-
-
-def read_manifest(out: str | Path) -> dict[str, Any]:
-    path = Path(out) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpiderError(f"{path} not found: build the zoo first (python -m spider.zoo build)") from None
-    except ValueError as err:
-        raise SpiderError(f"{path}: not valid JSON ({err})") from None
-
-
-def _write_manifest(out: Path, manifest: dict[str, Any], report: BuildReport) -> None:
-    path = out / MANIFEST
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = None
-    manifest = json.loads(json.dumps(manifest, default=str))  # tuples -> lists, as read back
-    if old is not None and not report.computed and {k: v for k, v in old.items() if k != "last_build"} == manifest:
-        return  # nothing changed: leave the file (and its timestamp) alone
-    manifest = dict(manifest, last_build=[dataclasses.asdict(s) for s in report.stages])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(manifest, indent=1, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -541,7 +436,7 @@ def build_zoo(recipe: ZooRecipe | str = "minizoo", out: str | Path | None = None
         report.stages.append(stage_labels(recipe, out, workers, progress))
     if "bank" in stages:
         report.stages.append(stage_bank(recipe, out, data_dir, workers, progress))
-    _write_manifest(out, zoo_manifest(recipe, out), report)
+    write_manifest(out, zoo_manifest(recipe, out), report)
     report.paths = {"out": str(out), "store": str(out / "store"), "ground_truth": str(out / "ground_truth.csv"),
                     "label_cache": str(out / "labels"), "manifest": str(out / MANIFEST)}
     return report
@@ -554,7 +449,7 @@ def _needs_data(recipe: ZooRecipe, out: Path, stages: Sequence[str]) -> bool:
     if "extract" in stages and extract_tasks(recipe, out)[0]:
         return True
     if "groundtruth" in stages:
-        from spider.zoo.groundtruth import RunCache, run_hash
+        from spider.pipeline.finetune import RunCache, run_hash
 
         cache = RunCache(out / "ground_truth" / "runs")
         config = recipe.finetune
@@ -563,9 +458,8 @@ def _needs_data(recipe: ZooRecipe, out: Path, stages: Sequence[str]) -> bool:
             if any(cache.get(job.target, job.model.id, lr, s, h) is None for lr in config.lrs for s in config.seeds):
                 return True
     if "bank" in stages and recipe.bank.num_tasks:
-        from spider.datamodules.labels import LabelCacheError
-        from spider.zoo.bank import bank_jobs
-        from spider.zoo.groundtruth import RunCache, run_hash
+        from spider.pipeline.bank import bank_jobs
+        from spider.pipeline.finetune import RunCache, run_hash
 
         try:
             specs = _bank_specs(recipe, out)

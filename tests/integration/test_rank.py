@@ -9,7 +9,7 @@ import torch
 
 from spider.config import compose
 from spider.fit import fit
-from spider.modules.registry import load_scorer
+from spider.modules.scorer_registry import load_scorer
 from spider.run_inputs import build_datamodule, prepare_store
 from spider.rank import main, rank_task
 

@@ -13,6 +13,7 @@ row is "unknown" (NaN in the matrix, masked out in evaluation). Example::
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from spider.errors import SpiderError
+from spider.io import write_atomic
 
 __all__ = ["GroundTruth", "GroundTruthError", "read_ground_truth", "write_ground_truth", "REQUIRED_COLUMNS"]
 
@@ -122,16 +124,12 @@ def write_ground_truth(path: str | os.PathLike, truth: GroundTruth) -> Path:
     if accuracy.shape != (len(truth.datasets), len(truth.models)):
         raise GroundTruthError(f"{path}: accuracy has shape {accuracy.shape}, expected "
                                f"({len(truth.datasets)}, {len(truth.models)})")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(REQUIRED_COLUMNS)
-            for i, dataset in enumerate(truth.datasets):
-                for j, model in enumerate(truth.models):
-                    if np.isfinite(accuracy[i, j]):
-                        writer.writerow([dataset, model, repr(float(accuracy[i, j]))])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(REQUIRED_COLUMNS)
+    for i, dataset in enumerate(truth.datasets):
+        for j, model in enumerate(truth.models):
+            if np.isfinite(accuracy[i, j]):
+                writer.writerow([dataset, model, repr(float(accuracy[i, j]))])
+    write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getvalue().encode("utf-8")))
     return path

@@ -4,7 +4,7 @@ For every (target, PTM) the *whole* PTM is fine-tuned with a new linear head on 
 images, once per (learning rate, seed) of :class:`FinetuneConfig`. The learning rate with the best
 validation accuracy (mean over seeds) is selected and the ground truth is the mean test accuracy
 (%) over seeds at that rate. Each model keeps its native input size and normalisation
-(:func:`spider.extract.preprocess` converts grey/RGB and resizes).
+(:func:`spider.pipeline.extract.preprocess` converts grey/RGB and resizes).
 
 Every finished run is cached as a small JSON file written atomically
 (``<cache>/<target>/<model>/lr<lr>_seed<seed>.json``) holding a hash of everything that
@@ -43,7 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from spider.errors import SpiderError
-from spider.zoo.pretrain import progress_bar, warmup_cosine
+from spider.io import write_text_atomic, write_text_if_changed
+from spider.progress import progress_bar
+from spider.schedules import WarmupCosine
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class GroundTruthJob:
 
     ``views`` maps ``"train"``, ``"val"``, ``"test"`` to objects with ``images`` (uint8 ``[N, H, W]``
     or ``[N, H, W, 3]``), ``labels`` (int ``[N]``) and ``class_names``; ``model`` has
-    ``id``, ``load(data_dir) -> PreparedModel`` and ``to_dict()`` (a :class:`~spider.zoo.minizoo.ModelRef`).
+    ``id``, ``load(data_dir) -> PreparedModel`` and ``to_dict()`` (a :class:`~spider.pipeline.recipe.ModelRef`).
     ``identity`` is any JSON-able description of the target's data (part of the cache hash).
     """
 
@@ -121,7 +123,7 @@ class Summary:
 def finetune(prepared, data: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int, *,
              lr: float, seed: int, config: FinetuneConfig, epochs: int, order_seed: int = 0
              ) -> tuple[float, float, float]:
-    """Fine-tune ``prepared`` (a :class:`spider.extract.PreparedModel`, weights changed in place)
+    """Fine-tune ``prepared`` (a :class:`spider.pipeline.extract.PreparedModel`, weights changed in place)
     with a new ``num_classes``-way head; returns (val accuracy %, test accuracy %, last-epoch loss).
 
     ``data[part] = (x float [N, C, H, W] preprocessed, y int64 [N])`` for train/val/test.
@@ -142,7 +144,7 @@ def finetune(prepared, data: dict[str, tuple[torch.Tensor, torch.Tensor]], num_c
         batches = min(batches, n // 2)  # no batch of one: BatchNorm needs two samples
     total = batches * epochs
     warmup = max(1, int(round(total * config.warmup_fraction)))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total))
     generator = np.random.default_rng([seed, order_seed])
     model.train()
     head.train()
@@ -217,15 +219,9 @@ class RunCache:
 
     def put(self, result: RunResult, hash_: str) -> None:
         path = self.path(result.target, result.model, result.lr, result.seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = dict(dataclasses.asdict(result), hash=hash_)
         data.pop("cached")
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(data, sort_keys=True))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text_atomic(path, json.dumps(data, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------- scheduling
@@ -236,7 +232,7 @@ def _runs(config: FinetuneConfig) -> list[tuple[float, int]]:
 
 
 def _tensors(job: GroundTruthJob, prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    from spider.extract import preprocess
+    from spider.pipeline.extract import preprocess
 
     out = {}
     for part in ("train", "val", "test"):
@@ -367,7 +363,7 @@ def write_tables(summaries: dict[tuple[str, str], Summary], targets: Sequence[st
     (selected lr, std over seeds, validation accuracy, in-domain flag); rows in target then model
     order. Files are replaced atomically and only when their content changes; returns whether
     anything was written."""
-    from spider.datamodules.groundtruth import GroundTruth, write_ground_truth
+    from spider.datamodules.ground_truth_csv import GroundTruth, write_ground_truth
 
     accuracy = np.full((len(targets), len(models)), np.nan)
     for i, t in enumerate(targets):
@@ -394,17 +390,7 @@ def write_tables(summaries: dict[tuple[str, str], Summary], targets: Sequence[st
                 if s is not None:
                     writer.writerow([t, m, f"{s.accuracy:.4f}", f"{s.accuracy_std:.4f}", f"{s.best_lr:g}",
                                      f"{s.val_accuracy:.4f}", s.runs, int(m in domain.get(t, ()))])
-        changed |= _write_text_if_changed(Path(details_path), buffer.getvalue())
+        changed |= write_text_if_changed(details_path, buffer.getvalue())
     return changed
 
 
-def _write_text_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
-        return False
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
