@@ -105,7 +105,8 @@ def bank_jobs(specs: Sequence[Any], refs: Sequence[Any], settings: BankSettings,
     for i, spec in enumerate(specs):
         views = split_task(spec, pool_views, i, settings) if pool_views is not None and (
             need is None or i in need) else None
-        identity = {"spec": spec.to_json(), "test_fraction": settings.test_fraction, "seed": settings.seed}
+        identity = {"spec": spec.to_json(), "test_fraction": settings.test_fraction, "seed": settings.seed,
+                    "max_per_class": settings.max_per_class}
         cost = float(spec.num_samples)
         jobs += [GroundTruthJob(task_id(i), views, ref, identity=identity,
                                 cost=cost * (4.0 if ref.kind == "zoo" else 1.0)) for ref in refs]

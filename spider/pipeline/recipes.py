@@ -148,7 +148,7 @@ def minizoo() -> ZooRecipe:
     return ZooRecipe("minizoo", REAL_PTMS, pretrained, general, pool, targets,
                      finetune=FinetuneConfig(), labels=LabelSettings(),
                      general_alternatives=(("random", random_general),), val_targets=val_targets,
-                     bank=BankSettings(num_tasks=20, max_per_class=12,
+                     bank=BankSettings(num_tasks=40, max_per_class=12,
                                        finetune=FinetuneConfig(lrs=(3e-3,), seeds=(0,), epochs=2)),
                      description="20 PTMs (12 real + 8 timm pre-trained here), 3 pool datasets, "
                                  "4 validation and 6 test targets")
