@@ -21,18 +21,18 @@ def build_stages(zoo: Zoo) -> list[dict[str, Any]]:
 
 
 def bank_runs(zoo: Zoo) -> dict[str, Any]:
-    """The fine-tuning bank's runs (``<bank>/runs/<task>/*.json``): how many, over how many tasks,
+    """The fine-tuning bank's runs (``<bank>/runs/<task>/<model>/*.json``): how many, over how many tasks,
     and their fine-tuning seconds in total and per run (None without a bank)."""
     bank = zoo.manifest.get("data", {}).get("finetune_bank")
     root = Path(bank) / "runs" if bank else None
     if root is None or not root.is_dir():
         return {"runs": 0, "tasks": 0, "seconds": None, "seconds_per_run": None}
     seconds, tasks = [], set()
-    for path in sorted(root.glob("*/*.json")):
+    for path in sorted(root.rglob("*.json")):  # <task>/<model>/lr<lr>_seed<seed>.json
         try:
             record = json.loads(path.read_text())
             seconds.append(float(record["seconds"]))
-            tasks.add(path.parent.name)
+            tasks.add(path.relative_to(root).parts[0])
         except (OSError, ValueError, KeyError, TypeError):
             continue
     total = float(np.sum(seconds)) if seconds else None
