@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -90,8 +91,14 @@ def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], No
     if done.is_file() and done.read_text() == identity and ckpt.is_file():
         return ckpt
     start = time.perf_counter()
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-        metrics, _ = train(cfg)
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # "GPU available ..." once per fit drowns the report's log
+    try:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            metrics, _ = train(cfg)
+    finally:
+        lightning_log.setLevel(level)
     write_text_atomic(done, identity)
     log(f"trained {spec.name} in {time.perf_counter() - start:.0f} s")
     return Path(metrics["checkpoint"])
