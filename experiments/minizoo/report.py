@@ -87,19 +87,24 @@ def spider_row(name: str, zoo, runs: Sequence[dict], ptm_passes: int, note: str)
 
 
 def prior_rows(zoo, work: Path) -> list:
-    """Every available static prior of the zoo (inputs as the main fit's datamodule sees them)."""
+    """Every available static prior, from what the main fit's datamodule knows before any target
+    (labels, fine-tuning bank, parameter counts); its cost per target is computing its scores."""
     from spider.benchmark.training import fit_config
-    from spider.evaluate import static_priors
+    from spider.priors import available_priors, prior_scores
     from spider.run_inputs import build_datamodule, resolve_inputs
 
-    inputs = resolve_inputs(fit_config(zoo, FitSpec(), work))
-    start = time.perf_counter()
-    scores = static_priors(build_datamodule(fit_config(zoo, FitSpec(), work), inputs, progress=False),
-                           inputs.get("params"))
-    seconds = (time.perf_counter() - start) / max(len(scores), 1)  # one-off, charged to every target
-    return [method_result(name, "prior", zoo, [s], seconds=seconds, extract_seconds=0.0, score_seconds=seconds,
-                          ptm_passes=0, general_passes=0, note="static prior: same ranking for every target")
-            for name, s in scores.items()]
+    cfg = fit_config(zoo, FitSpec(), work)
+    inputs = resolve_inputs(cfg)
+    known = build_datamodule(cfg, inputs, progress=False).prior_inputs(inputs.get("params"))
+    rows = []
+    for name in available_priors(known):
+        start = time.perf_counter()
+        scores = prior_scores(name, known)
+        seconds = time.perf_counter() - start
+        rows.append(method_result(name, "prior", zoo, [scores], seconds=seconds, extract_seconds=0.0,
+                                  score_seconds=seconds, ptm_passes=0, general_passes=0,
+                                  note="static prior: one ranking for every target"))
+    return rows
 
 
 def label_source_ablation(zoo, budget: Budget, work: Path, extraction) -> tuple[dict, list, FitSpec]:
