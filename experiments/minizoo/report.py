@@ -138,6 +138,7 @@ def label_source_ablation(zoo, budget: Budget, work: Path, extraction) -> tuple[
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
+    commit = md.git_commit(REPO)  # before this run rewrites its own outputs
     import torch
 
     torch.set_num_threads(max(1, args.threads))
@@ -203,7 +204,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "recipe": zoo.name, "ptms": num,
         "val": summary(order, zoo.val_targets) if zoo.val_targets else {},
         "test": summary(order, zoo.test_targets), "groups": groups,
-        "command": args.command_line, "commit": md.git_commit(REPO), "machine": md.machine(),
+        "command": args.command_line, "commit": commit, "machine": md.machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": bool(args.quick), "budget": dataclasses.asdict(budget), "main_setting": main.setting,
         "zoo": {"dir": str(zoo.root), "recipe_hash": zoo.manifest.get("recipe_hash"), "models": zoo.models,
