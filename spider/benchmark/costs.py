@@ -11,7 +11,7 @@ import numpy as np
 
 from spider.benchmark.inputs import Zoo
 
-__all__ = ["bank_agreement", "bank_runs", "build_stages"]
+__all__ = ["bank_agreement", "bank_runs", "build_stages", "run_files"]
 
 
 def build_stages(zoo: Zoo) -> list[dict[str, Any]]:
@@ -20,25 +20,25 @@ def build_stages(zoo: Zoo) -> list[dict[str, Any]]:
     return [dict(stage) for stage in zoo.manifest.get("last_build") or []]
 
 
-def bank_runs(zoo: Zoo) -> dict[str, Any]:
-    """The fine-tuning bank's runs (``<bank>/runs/<task>/<model>/*.json``): how many, over how many tasks,
-    and their fine-tuning seconds in total and per run (None without a bank)."""
-    bank = zoo.manifest.get("data", {}).get("finetune_bank")
-    root = Path(bank) / "runs" if bank else None
-    if root is None or not root.is_dir():
-        return {"runs": 0, "tasks": 0, "seconds": None, "seconds_per_run": None}
+def run_files(root: Path) -> dict[str, Any]:
+    """Fine-tuning runs cached as ``<root>/<task>/<model>/lr<lr>_seed<seed>.json``: how many, over
+    how many tasks, and their fine-tuning seconds in total and per run (zeros for no folder)."""
     seconds, tasks = [], set()
-    for path in sorted(root.rglob("*.json")):  # <task>/<model>/lr<lr>_seed<seed>.json
+    for path in sorted(Path(root).rglob("*.json")) if Path(root).is_dir() else []:
         try:
-            record = json.loads(path.read_text())
-            seconds.append(float(record["seconds"]))
+            seconds.append(float(json.loads(path.read_text())["seconds"]))
             tasks.add(path.relative_to(root).parts[0])
         except (OSError, ValueError, KeyError, TypeError):
             continue
     total = float(np.sum(seconds)) if seconds else None
     return {"runs": len(seconds), "tasks": len(tasks), "seconds": total,
-            "seconds_per_run": total / len(seconds) if seconds else None,
-            "settings": zoo.manifest.get("bank")}
+            "seconds_per_run": total / len(seconds) if seconds else None}
+
+
+def bank_runs(zoo: Zoo) -> dict[str, Any]:
+    """:func:`run_files` of the zoo's fine-tuning bank (``<bank>/runs``) and the bank's settings."""
+    bank = zoo.manifest.get("data", {}).get("finetune_bank")
+    return {**run_files(Path(bank) / "runs" if bank else Path("/nonexistent")), "settings": zoo.manifest.get("bank")}
 
 
 def bank_agreement(zoo: Zoo, lr: float = 3e-3, seed: int = 0) -> dict[str, float]:

@@ -79,13 +79,17 @@ def ablation_table(entries: Sequence[Mapping[str, Any]]) -> str:
                   "seeds"], body)
 
 
-def build_cost_table(stages: Sequence[Mapping[str, Any]], bank: Mapping[str, Any]) -> str:
-    """The zoo build's stages (one-off costs) and the fine-tuning bank's runs."""
+def build_cost_table(stages: Sequence[Mapping[str, Any]], bank: Mapping[str, Any],
+                     ground_truth: Mapping[str, Any] | None = None) -> str:
+    """The zoo build's stages (one-off costs), then the fine-tuning runs of the ground truth and
+    of the bank (:func:`spider.benchmark.costs.run_files`)."""
     body = [[s["name"], s.get("computed", ""), s.get("reused", ""), fmt_seconds(s.get("wall_seconds")),
              fmt_seconds(s.get("cpu_seconds")), s.get("note", "")] for s in stages]
-    if bank.get("runs"):
-        body.append(["bank runs (their JSON files)", bank["runs"], f"{bank['tasks']} tasks", "",
-                     fmt_seconds(bank["seconds"]), f"{fmt_seconds(bank['seconds_per_run'])} per run"])
+    for name, runs in (("ground-truth runs (their JSON files)", ground_truth or {}),
+                       ("bank runs (their JSON files)", bank)):
+        if runs.get("runs"):
+            body.append([name, runs["runs"], f"{runs['tasks']} tasks", "", fmt_seconds(runs["seconds"]),
+                         f"{fmt_seconds(runs['seconds_per_run'])} per run"])
     return table(["stage", "computed", "reused", "wall", "cpu", "note"], body)
 
 
