@@ -121,8 +121,10 @@ def plot_efficiency(path: Path, rows: Sequence[MethodResult], targets: Sequence[
             continue
         ax.scatter([x], [y], color=COLOURS[row.kind], s=20 + 3 * row.ptm_passes, zorder=3)
         left = row.kind in ("baseline", "aggregate") and i % 2 == 1  # forward methods share one x
+        # Model Spider's points lie close together: their labels alternate above and below.
+        offset = (4, 6 if len(spider) % 2 == 0 else -11) if row.kind == "spider" else (-7, -3) if left else (7, -3)
         ax.annotate(row.name.replace("model_spider ", "MS "), (x, y), fontsize=7, color=COLOURS[row.kind],
-                    xytext=(-7, -3) if left else (7, -3), textcoords="offset points", ha="right" if left else "left")
+                    xytext=offset, textcoords="offset points", ha="right" if left else "left")
         if row.kind == "spider":
             spider.append((x, y))
     if len(spider) > 1:
