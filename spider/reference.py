@@ -107,7 +107,7 @@ def baseline_weighted_tau_table(
 ) -> ScoreTable:
     """Weighted tau between each baseline's published scores and the true accuracies.
 
-    For each dataset: ``weighted_tau(accuracy, score, rank=rank)`` over the PTMs (ground truth
+    For each dataset: ``weighted_tau(score, accuracy, rank=rank)`` over the PTMs (ground truth
     first; ``rank=None`` is the paper's protocol). Datasets in the order of
     ``published_weighted_tau.csv``, methods in the column order of ``baseline_scores.csv``; the
     last column is the mean over datasets of the unrounded values.
@@ -138,7 +138,7 @@ def baseline_weighted_tau_table(
                 if row is None:
                     raise ReferenceDataError(f"{scores_path}: no row for {dataset} / {r['Model']}")
                 pred.append(_number(scores_path, row, method))
-            values[m, d] = float(weighted_tau(truth, np.array(pred), rank=rank))
+            values[m, d] = float(weighted_tau(np.array(pred), truth, rank=rank))
     values[:, -1] = values[:, :-1].mean(axis=1)
     return ScoreTable(methods, datasets + [MEAN], values)
 

@@ -63,7 +63,7 @@ def _train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_from(cfg, run_dir, model), weights_only=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     metrics = {"episodes_per_second": throughput.value(trainer), "epochs": int(trainer.current_epoch),
-               "checkpoint": str(last), **_evaluate(cfg, trainer, model, datamodule)}
+               "checkpoint": str(last), **_evaluate(cfg, trainer, model, datamodule, inputs.get("params"))}
     _mark_non_finite(metrics)
     if trainer.is_global_zero:
         print(f"training throughput: {metrics['episodes_per_second']:.1f} episodes/s "
@@ -83,11 +83,12 @@ def validate_checkpoint(cfg: DictConfig | FitConfig | dict, checkpoint: str | Pa
 def _validate_checkpoint(cfg: DictConfig, checkpoint: Path) -> dict[str, Any]:
     if not checkpoint.is_file():
         raise ConfigError(f"config key 'validate_checkpoint': no file {checkpoint}")
-    datamodule = build_datamodule(cfg, resolve_inputs(cfg), progress=env_rank() == 0)
+    inputs = resolve_inputs(cfg)
+    datamodule = build_datamodule(cfg, inputs, progress=env_rank() == 0)
     _warn_without_val(datamodule)
     model = load_scorer(checkpoint)
     trainer = build_trainer(cfg, Path(cfg.run_dir), [QuietLightning()], for_fit=False)
-    metrics = {"checkpoint": str(checkpoint), **_evaluate(cfg, trainer, model, datamodule)}
+    metrics = {"checkpoint": str(checkpoint), **_evaluate(cfg, trainer, model, datamodule, inputs.get("params"))}
     _mark_non_finite(metrics)
     if trainer.is_global_zero:
         write_json_atomic(Path(cfg.run_dir) / "metrics-validate.json", metrics)
@@ -196,8 +197,10 @@ def _check_resume(cfg: DictConfig, run_dir: Path, last: Path, model: Any) -> Non
                           f"got trainer.max_epochs={cfg.trainer.max_epochs}; pass at least {done} to resume it")
 
 
-def _evaluate(cfg: DictConfig, trainer: Any, model: Any, datamodule: Any) -> dict[str, Any]:
-    """``val`` and ``test`` metrics (Lightning, every rank) and, on rank 0, their results tables."""
+def _evaluate(cfg: DictConfig, trainer: Any, model: Any, datamodule: Any,
+              params: Optional[dict] = None) -> dict[str, Any]:
+    """``val`` and ``test`` metrics (Lightning, every rank) and, on rank 0, their results tables
+    (:func:`spider.evaluate.results_table`; ``params``: PTM parameter counts for the priors)."""
     out: dict[str, Any] = {"val": {}, "test": {}, "tables": {"val": {}, "test": {}}}
     for stage, run in (("val", trainer.validate), ("test", trainer.test)):
         if datamodule.stage_names(stage):
@@ -209,7 +212,8 @@ def _evaluate(cfg: DictConfig, trainer: Any, model: Any, datamodule: Any) -> dic
         topk = int(cfg.model.rerank_topk or 0) if isinstance(model, ReRanker) else 0
         for stage in ("val", "test"):
             if datamodule.stage_names(stage):
-                out["tables"][stage] = results_table(model, datamodule, stage=stage, rerank_topk=topk)
+                out["tables"][stage] = results_table(model, datamodule, stage=stage, rerank_topk=topk,
+                                                      params=params)
                 print(format_results(out["tables"][stage], title=f"{stage}: "))
     return out
 

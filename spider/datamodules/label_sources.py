@@ -63,7 +63,7 @@ def baseline_agreement(cache: Any, bank: Any) -> dict[str, float]:
             raw, acc = cache.raw[i, b], bank.accuracy[i]
             ok = np.isfinite(raw) & np.isfinite(acc)
             if ok.sum() >= 2:
-                taus.append(float(weighted_tau(truth=acc[ok], pred=raw[ok])))
+                taus.append(float(weighted_tau(preds=raw[ok], target=acc[ok])))
         out[name] = float(np.mean(taus)) if taus else float("nan")
     return out
 

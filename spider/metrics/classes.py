@@ -19,7 +19,7 @@ from spider.metrics import functional as F
 __all__ = ["PearsonPerTask", "SpearmanPerTask", "Top1Regret", "TopKHit", "WeightedTau"]
 
 class _PerTaskMean(Metric):
-    """Mean over tasks of ``_task_values(target [B, M], preds [B, M], mask) -> [B]``.
+    """Mean over tasks of ``_task_values(preds [B, M], target [B, M], mask) -> [B]``.
 
     Subclasses implement ``_task_values`` with one call into the functional core.
     """
@@ -35,7 +35,7 @@ class _PerTaskMean(Metric):
             self.add_state(name, default=torch.tensor(0, dtype=dtype), dist_reduce_fx="sum")
 
     def _task_values(
-        self, target: torch.Tensor, preds: torch.Tensor, mask: torch.Tensor | None
+        self, preds: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         raise NotImplementedError
 
@@ -53,7 +53,7 @@ class _PerTaskMean(Metric):
             raise F.MetricInputError(
                 f"preds must have shape [B tasks, M models], got {tuple(preds.shape)}"
             )
-        values = self._task_values(target, preds, mask).to(self.total.device)
+        values = self._task_values(preds, target, mask).to(self.total.device)
         defined = ~torch.isnan(values)
         self.total += torch.where(defined, values, 0.0).sum()
         self.num_tasks += defined.sum()
@@ -79,8 +79,8 @@ class WeightedTau(_PerTaskMean):
         super().__init__(**kwargs)
         self.rank = rank
 
-    def _task_values(self, target, preds, mask):
-        return F.weighted_tau(target, preds, rank=self.rank, mask=mask)
+    def _task_values(self, preds, target, mask):
+        return F.weighted_tau(preds, target, rank=self.rank, mask=mask)
 
 
 class PearsonPerTask(_PerTaskMean):
@@ -88,8 +88,8 @@ class PearsonPerTask(_PerTaskMean):
 
     higher_is_better = True
 
-    def _task_values(self, target, preds, mask):
-        return F.pearson(target, preds, mask=mask)
+    def _task_values(self, preds, target, mask):
+        return F.pearson(preds, target, mask=mask)
 
 
 class SpearmanPerTask(_PerTaskMean):
@@ -97,8 +97,8 @@ class SpearmanPerTask(_PerTaskMean):
 
     higher_is_better = True
 
-    def _task_values(self, target, preds, mask):
-        return F.spearman(target, preds, mask=mask)
+    def _task_values(self, preds, target, mask):
+        return F.spearman(preds, target, mask=mask)
 
 
 class Top1Regret(_PerTaskMean):
@@ -106,8 +106,8 @@ class Top1Regret(_PerTaskMean):
 
     higher_is_better = False
 
-    def _task_values(self, target, preds, mask):
-        return F.top1_regret(target, preds, mask=mask)
+    def _task_values(self, preds, target, mask):
+        return F.top1_regret(preds, target, mask=mask)
 
 
 class TopKHit(_PerTaskMean):
@@ -121,5 +121,5 @@ class TopKHit(_PerTaskMean):
         super().__init__(**kwargs)
         self.k = k
 
-    def _task_values(self, target, preds, mask):
-        return F.topk_hit(target, preds, self.k, mask=mask)
+    def _task_values(self, preds, target, mask):
+        return F.topk_hit(preds, target, self.k, mask=mask)

@@ -1,7 +1,8 @@
 """Ranking metrics between true fine-tuned accuracies and predicted PTM scores (functional core).
 
-Every function takes ``truth`` and ``pred`` of shape ``[..., M]`` (M models of one task per last-dim
-row; leading dims are independent tasks) and an optional boolean ``mask`` of the same shape
+Every function takes ``preds`` (predicted scores, higher = better) and ``target`` (true
+fine-tuned accuracies), in that order as torchmetrics does, of shape ``[..., M]`` (M models of one
+task per last-dim row; leading dims are independent tasks) and an optional boolean ``mask`` of the same shape
 (True = this model takes part in this task). Inputs may be numpy arrays, lists or torch tensors
 (CPU or CUDA); work happens in float64 on the input's device and the result is a float64 tensor of
 shape ``[...]`` (0-d for 1-D inputs; ``float(result)`` gives a Python number). A task whose value
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 #: Named weighted-tau protocols, as reports should cite them, mapped to ``weighted_tau``'s ``rank``.
-#: ``wtau_paper``: ``scipy.stats.weightedtau(truth, pred, rank=None)``, the protocol of the Model
+#: ``wtau_paper``: ``scipy.stats.weightedtau(target, preds, rank=None)``, the protocol of the Model
 #: Spider / LogME code: pairs are weighted by the *truth's* ranking, so mistakes among the truly
 #: best models cost most (asymmetric). ``wtau_symmetric``: scipy's default ``rank=True``, the mean
 #: of the truth-weighted and the prediction-weighted values.
@@ -59,14 +60,14 @@ def _as_float64(x: Any, name: str, device: torch.device | None = None) -> torch.
     return t.to(torch.float64)
 
 
-def _prepare(truth: Any, pred: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _prepare(preds: Any, target: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Converts inputs to float64 tensors on one device and returns ``(truth, pred, mask)``."""
-    truth_t = _as_float64(truth, "truth")
-    pred_t = _as_float64(pred, "pred", truth_t.device)
+    truth_t = _as_float64(target, "target")
+    pred_t = _as_float64(preds, "preds", truth_t.device)
     if truth_t.shape != pred_t.shape:
         raise MetricInputError(
-            f"truth and pred must have the same shape [..., M], got {tuple(truth_t.shape)} "
-            f"and {tuple(pred_t.shape)}"
+            f"preds and target must have the same shape [..., M], got {tuple(pred_t.shape)} "
+            f"and {tuple(truth_t.shape)}"
         )
     if mask is None:
         mask_t = torch.ones(truth_t.shape, dtype=torch.bool, device=truth_t.device)
@@ -78,7 +79,7 @@ def _prepare(truth: Any, pred: Any, mask: Any) -> tuple[torch.Tensor, torch.Tens
             )
         if mask_t.shape != truth_t.shape:
             raise MetricInputError(
-                f"mask must have the shape of truth {tuple(truth_t.shape)}, "
+                f"mask must have the shape of target {tuple(truth_t.shape)}, "
                 f"got {tuple(mask_t.shape)}"
             )
     return truth_t, pred_t, mask_t
@@ -148,17 +149,17 @@ def _weighted_tau_one_way(
     return tau.clamp(-1.0, 1.0)
 
 
-def weighted_tau(truth: Any, pred: Any, rank: bool | None = None, mask: Any = None) -> torch.Tensor:
-    """Weighted Kendall's tau: ``scipy.stats.weightedtau(truth, pred, rank=rank).statistic``.
+def weighted_tau(preds: Any, target: Any, rank: bool | None = None, mask: Any = None) -> torch.Tensor:
+    """Weighted Kendall's tau: ``scipy.stats.weightedtau(target, preds, rank=rank).statistic``.
 
     Hyperbolic weigher ``1 / (r + 1)`` and additive pair weights (scipy's defaults). NaN values
     count as the smallest score, as in scipy; use ``mask`` for missing models instead.
 
     Args:
-        truth: true accuracies ``[..., M]`` (argument order matters for ``rank=None``).
-        pred: predicted scores ``[..., M]``, higher = better.
-        rank: ``None`` (``PROTOCOLS["wtau_paper"]``): weights by the decreasing rank of ``truth``,
-            ties broken by ``pred``. ``True`` (``PROTOCOLS["wtau_symmetric"]``): the mean of that
+        preds: predicted scores ``[..., M]``, higher = better.
+        target: true accuracies ``[..., M]`` (which argument is the truth matters for ``rank=None``).
+        rank: ``None`` (``PROTOCOLS["wtau_paper"]``): weights by the decreasing rank of ``target``,
+            ties broken by ``preds``. ``True`` (``PROTOCOLS["wtau_symmetric"]``): the mean of that
             and the same with the arguments swapped. ``False``: weights by position in the array.
         mask: optional bool ``[..., M]``; False entries are left out of the task.
 
@@ -168,7 +169,7 @@ def weighted_tau(truth: Any, pred: Any, rank: bool | None = None, mask: Any = No
     """
     if rank is not None and not isinstance(rank, bool):
         raise MetricInputError(f"rank must be None, True or False, got {rank!r}")
-    truth_t, pred_t, mask_t = _prepare(truth, pred, mask)
+    truth_t, pred_t, mask_t = _prepare(preds, target, mask)
     if rank is True:
         forward = _weighted_tau_one_way(truth_t, pred_t, mask_t, None)
         backward = _weighted_tau_one_way(pred_t, truth_t, mask_t, None)
@@ -194,12 +195,12 @@ def _is_constant(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return high == low
 
 
-def pearson(truth: Any, pred: Any, mask: Any = None) -> torch.Tensor:
+def pearson(preds: Any, target: Any, mask: Any = None) -> torch.Tensor:
     """Pearson correlation per task (``scipy.stats.pearsonr``); ``[..., M]`` -> ``[...]``.
 
     NaN where a task has fewer than two models or a constant input.
     """
-    truth_t, pred_t, mask_t = _prepare(truth, pred, mask)
+    truth_t, pred_t, mask_t = _prepare(preds, target, mask)
     return _masked_pearson(truth_t, pred_t, mask_t)
 
 
@@ -211,20 +212,20 @@ def _average_rank(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return below.to(torch.float64) + (tied.to(torch.float64) + 1.0) / 2.0
 
 
-def spearman(truth: Any, pred: Any, mask: Any = None) -> torch.Tensor:
+def spearman(preds: Any, target: Any, mask: Any = None) -> torch.Tensor:
     """Spearman rank correlation per task (``scipy.stats.spearmanr``, average ranks for ties)."""
-    truth_t, pred_t, mask_t = _prepare(truth, pred, mask)
+    truth_t, pred_t, mask_t = _prepare(preds, target, mask)
     return _masked_pearson(_average_rank(truth_t, mask_t), _average_rank(pred_t, mask_t), mask_t)
 
 
-def top1_regret(truth: Any, pred: Any, mask: Any = None) -> torch.Tensor:
+def top1_regret(preds: Any, target: Any, mask: Any = None) -> torch.Tensor:
     """Best true accuracy minus the true accuracy of the model predicted best, per task.
 
     Units are those of ``truth`` (accuracy points). When several models share the highest
     prediction, the result is the expected regret of picking one of them uniformly at random (the
     mean over the tied models), so a constant prediction earns no lucky zero. NaN for an empty task.
     """
-    truth_t, pred_t, mask_t = _prepare(truth, pred, mask)
+    truth_t, pred_t, mask_t = _prepare(preds, target, mask)
     best_truth = torch.where(mask_t, truth_t, -torch.inf).amax(-1)
     best_pred = torch.where(mask_t, pred_t, -torch.inf).amax(-1, keepdim=True)
     chosen = mask_t & (pred_t == best_pred)
@@ -233,7 +234,7 @@ def top1_regret(truth: Any, pred: Any, mask: Any = None) -> torch.Tensor:
     return torch.where(mask_t.any(-1), regret, torch.nan)
 
 
-def topk_hit(truth: Any, pred: Any, k: int, mask: Any = None) -> torch.Tensor:
+def topk_hit(preds: Any, target: Any, k: int, mask: Any = None) -> torch.Tensor:
     """1.0 if a truly best model is among the ``k`` models with the highest prediction, else 0.0.
 
     Ties in the prediction are broken uniformly at random and the result is the hit probability
@@ -242,7 +243,7 @@ def topk_hit(truth: Any, pred: Any, k: int, mask: Any = None) -> torch.Tensor:
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise MetricInputError(f"k must be a positive integer, got {k!r}")
-    truth_t, pred_t, mask_t = _prepare(truth, pred, mask)
+    truth_t, pred_t, mask_t = _prepare(preds, target, mask)
     is_best = mask_t & (truth_t == torch.where(mask_t, truth_t, -torch.inf).amax(-1, keepdim=True))
     # Only the truly best models with the highest prediction matter: the others sit below them.
     best_pred = torch.where(is_best, pred_t, -torch.inf).amax(-1, keepdim=True)

@@ -20,7 +20,8 @@ SPECIFIC_MODES = ("replace", "append")
 
 @dataclass(frozen=True)
 class RerankResult:
-    """Outcome of :meth:`ReRanker.rerank` for one task (all tensors on the module's device).
+    """Outcome of :meth:`ReRanker.rerank` for one task (all tensors on the module's device;
+    :meth:`ReRanker.rerank_batch` adds a leading batch dim B to each).
 
     Attributes:
         order: int64 [M] model indices, best first: the re-scored top-k (re-ordered among
@@ -267,9 +268,39 @@ class ReRanker(TokenScorer):
     ) -> RerankResult:
         """Rank one task's models, then re-score the top-k with their specific tokens.
 
-        The general tokens rank all M models; the k best are passed (as int64 [k], best first)
-        to ``specific_tokens_fn``, which returns their specific tokens [k, C, D <= Dmax] (class
-        centres of the task under each PTM's own features, same class order as
+        One task of :meth:`rerank_batch`: ``task_tokens`` float [C, Dg], ``task_mask`` bool [C]
+        or None, ``specific_tokens_fn``: model indices int64 [k] (best first) -> float
+        [k, C, D <= Dmax]. Returns a :class:`RerankResult` of [M] tensors.
+        """
+        check_float("task_tokens", task_tokens, 2)
+        if task_mask is not None:
+            task_mask = task_mask[None]
+
+        def batch_fn(top: torch.Tensor) -> torch.Tensor:
+            specific = torch.as_tensor(specific_tokens_fn(top[0].clone()))
+            if specific.ndim != 3 or specific.shape[0] != top.shape[1]:
+                raise ScorerInputError(
+                    f"specific_tokens_fn: expected a tensor [{top.shape[1]}, C, D], got {list(specific.shape)}"
+                )
+            return specific[None]
+
+        result = self.rerank_batch(task_tokens[None], task_mask, topk, batch_fn)
+        return RerankResult(*(t[0] for t in (result.order, result.scores, result.general_scores, result.rescored)))
+
+    @torch.no_grad()
+    def rerank_batch(
+        self,
+        task_tokens: torch.Tensor,
+        task_mask: torch.Tensor | None,
+        topk: int,
+        specific_tokens_fn: Callable[[torch.Tensor], torch.Tensor],
+    ) -> RerankResult:
+        """Rank B tasks' models, then re-score each task's top-k with their specific tokens.
+
+        The only re-ranking implementation (``spider rank`` and the results tables use it).
+        The general tokens rank all M models; each task's k best are passed (int64 [B, k], best
+        first) to ``specific_tokens_fn``, which returns their specific tokens [B, k, C, D <= Dmax]
+        (class centres of the task under each PTM's own features, same class order as
         ``task_tokens``); they are re-scored and re-ordered among themselves.
 
         Re-scored models stay ahead of all others: specific and general scores come from
@@ -279,41 +310,39 @@ class ReRanker(TokenScorer):
         the k-th position.
 
         Args:
-            task_tokens: float [C, Dg] general class centres of the task.
-            task_mask: bool [C] (True = real class) or None (all real).
+            task_tokens: float [B, C, Dg] general class centres of the tasks.
+            task_mask: bool [B, C] (True = real class) or None (all real).
             topk: number of models to re-score (clipped to M; 0 = general ranking only).
-            specific_tokens_fn: model indices int64 [k] -> float [k, C, D].
+            specific_tokens_fn: model indices int64 [B, k] -> float [B, k, C, D].
 
         Returns:
-            A :class:`RerankResult`.
+            A :class:`RerankResult` whose tensors have a leading batch dim B.
         """
-        check_float("task_tokens", task_tokens, 2)
+        check_float("task_tokens", task_tokens, 3)
         if task_mask is None:
-            task_mask = torch.ones(
-                task_tokens.shape[0], dtype=torch.bool, device=task_tokens.device
-            )
-        if not isinstance(topk, int) or topk < 0:
+            task_mask = torch.ones(task_tokens.shape[:2], dtype=torch.bool, device=task_tokens.device)
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
             raise ScorerInputError(f"topk: expected an integer >= 0, got {topk!r}")
         was_training = self.training
         self.eval()
         try:
-            tokens, mask = task_tokens[None], task_mask[None]
-            general = self(tokens, mask)[0]
-            order = torch.argsort(general, descending=True, stable=True)
+            general = self(task_tokens, task_mask)
+            order = torch.argsort(general, dim=1, descending=True, stable=True)
             k = min(topk, self.num_models)
             rescored = torch.zeros_like(general, dtype=torch.bool)
             if k == 0:
                 return RerankResult(order, general.clone(), general, rescored)
-            top = order[:k]
+            top = order[:, :k]
             specific = torch.as_tensor(specific_tokens_fn(top.clone()))
-            specific = specific.to(device=general.device, dtype=tokens.dtype)
-            if specific.ndim != 3 or specific.shape[0] != k:
+            specific = specific.to(device=general.device, dtype=task_tokens.dtype)
+            if specific.ndim != 4 or tuple(specific.shape[:2]) != tuple(top.shape):
                 raise ScorerInputError(
-                    f"specific_tokens_fn: expected a tensor [{k}, C, D], got {list(specific.shape)}"
+                    f"specific_tokens_fn: expected a tensor [{top.shape[0]}, {k}, C, D], got {list(specific.shape)}"
                 )
-            mixed = self(tokens, mask, top[None], specific[None])[0]
-            new_top = top[torch.argsort(mixed[top], descending=True, stable=True)]
-            rescored[top] = True
-            return RerankResult(torch.cat([new_top, order[k:]]), mixed, general, rescored)
+            mixed = self(task_tokens, task_mask, top, specific)
+            by_specific = torch.argsort(torch.gather(mixed, 1, top), dim=1, descending=True, stable=True)
+            new_top = torch.gather(top, 1, by_specific)
+            rescored.scatter_(1, top, True)
+            return RerankResult(torch.cat([new_top, order[:, k:]], dim=1), mixed, general, rescored)
         finally:
             self.train(was_training)

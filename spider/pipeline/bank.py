@@ -139,7 +139,7 @@ def protocol_agreement(ground_truth_runs: str | os.PathLike, truth: Any, lr: flo
                 cheap.append(np.nan)
         cheap = np.asarray(cheap)
         if np.isfinite(cheap).all():
-            out[target] = float(weighted_tau(truth=truth.accuracy[i], pred=cheap))
+            out[target] = float(weighted_tau(preds=cheap, target=truth.accuracy[i]))
     return out
 
 

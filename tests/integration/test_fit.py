@@ -50,8 +50,10 @@ def test_fit_returns_metrics_and_writes_the_run_dir(trained):
         assert key in result["test"]
     assert not any("val0" in key for key in result["test"])
     val, test = result["tables"]["val"], result["tables"]["test"]
-    assert set(test) == {"wtau_paper", "wtau_symmetric"}
-    assert list(test["wtau_paper"]) == ["scorer", *BASELINES, "copeland"]
+    assert set(test) == {"wtau_paper", "wtau_symmetric", "top1_regret"}
+    # Rows: the scorer, every baseline and their aggregate, every available static prior.
+    assert list(test["wtau_paper"]) == ["scorer", *BASELINES, "copeland", "label_mean"]
+    assert test["top1_regret"]["scorer"]["mean"] == pytest.approx(result["test"]["test/top1_regret"], abs=1e-6)
     assert set(test["wtau_paper"]["scorer"]) == {"target0", "target1", "mean"}
     assert set(val["wtau_paper"]["scorer"]) == {"val0", "mean"}
     # The tables' scorer rows are the same weighted tau the module logged.

@@ -77,7 +77,10 @@ def test_fit_builds_the_zoo_then_trains_and_ends_with_the_table(fake_run):
     assert (zoo_dir / "zoo.json").is_file() and checkpoint.is_file()
     assert result["tables"]["val"] == {}  # the recipe declares no validation targets
     table = result["tables"]["test"]["wtau_paper"]
-    assert set(table) == {"scorer", "rerank@2", "logme", "leep", "nce", "hscore", "copeland"}
+    # The scorer, its re-ranking, the baselines and their aggregate, every available static prior
+    # (finetune_mean appears only when the fit reads a fine-tuning bank; this one reads none).
+    assert set(table) == {"scorer", "rerank@2", "logme", "leep", "nce", "hscore", "copeland", "label_mean",
+                          "param_count"}
     assert set(table["scorer"]) == {"usps", "mean"} and math.isfinite(table["scorer"]["usps"])
     # Same task settings as the build: the fit's label cache started as a copy of the build's
     # (no task labelled twice) and the build's own output was left alone.

@@ -1,0 +1,98 @@
+"""One result row per method, scored by the one evaluation function (:func:`spider.evaluate.evaluate`).
+
+Every row holds per-target metrics over the zoo's validation and test targets (means over seeds),
+the seed spread of each stage's mean, and the cost of one selection per target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spider.benchmark.inputs import Zoo
+from spider.evaluate import METRICS, evaluate
+
+__all__ = ["METRICS", "MethodResult", "method_result", "pick_winner", "summary"]
+
+STAGES = ("val", "test")
+
+
+@dataclass
+class MethodResult:
+    """One row: ``per_target[metric][target]`` (mean over seeds) and per-target costs in seconds."""
+
+    name: str
+    kind: str  # "baseline", "aggregate", "prior", "spider"
+    per_target: dict[str, dict[str, float]]
+    seconds: dict[str, float]  # one selection: extraction + scoring
+    extract_seconds: dict[str, float]
+    score_seconds: dict[str, float]
+    ptm_passes: int  # PTM forward passes over the target
+    general_passes: int  # general-encoder forward passes over the target
+    spread: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> metric -> std over seeds
+    note: str = ""
+    preds: list[np.ndarray] = field(default_factory=list)  # [T, M] per seed, over zoo.targets
+
+    def values(self, metric: str, targets: Sequence[str]) -> list[float]:
+        return [self.per_target[metric][t] for t in targets]
+
+    def mean(self, metric: str, targets: Sequence[str]) -> float:
+        return _nanmean(self.values(metric, targets))
+
+    def mean_seconds(self, targets: Sequence[str]) -> float:
+        return _nanmean([self.seconds[t] for t in targets])
+
+
+def _nanmean(values: Any) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
+def method_result(name: str, kind: str, zoo: Zoo, preds: Sequence[np.ndarray], *, seconds: Any,
+                  extract_seconds: Any, score_seconds: Any, ptm_passes: int, general_passes: int,
+                  note: str = "") -> MethodResult:
+    """Score ``preds`` (one [T, M] or [M] array per seed, over ``zoo.targets``) and average over seeds.
+
+    ``seconds``, ``extract_seconds``, ``score_seconds``: [T] (or one number for every target).
+    """
+    targets = zoo.targets
+    indexes = np.arange(len(targets))
+    tables = [evaluate({name: p}, zoo.truth, indexes, targets) for p in preds]
+    per_target = {m: {t: _nanmean([tab[m][name][t] for tab in tables]) for t in targets} for m in METRICS}
+    spread: dict[str, dict[str, float]] = {}
+    if len(tables) > 1:
+        for stage in STAGES:
+            names = zoo.stage_targets(stage)
+            if names:
+                spread[stage] = {m: float(np.std([_nanmean([tab[m][name][t] for t in names]) for tab in tables]))
+                                 for m in METRICS}
+
+    def per(value: Any) -> dict[str, float]:
+        array = np.broadcast_to(np.asarray(value, dtype=np.float64), (len(targets),))
+        return dict(zip(targets, array.tolist()))
+
+    full = [np.broadcast_to(np.asarray(p, dtype=np.float64), zoo.truth.shape).copy() for p in preds]
+    return MethodResult(name, kind, per_target, per(seconds), per(extract_seconds), per(score_seconds),
+                        ptm_passes, general_passes, spread, note, full)
+
+
+def pick_winner(candidates: Mapping[str, MethodResult], zoo: Zoo, metric: str = "wtau_paper") -> str:
+    """The candidate with the best mean ``metric`` over the VALIDATION targets only (test targets
+    never decide). Without validation targets the first candidate (the paper's setting) wins."""
+    if not zoo.val_targets:
+        return next(iter(candidates))
+    sign = -1.0 if metric == "top1_regret" else 1.0
+    finite = {k: sign * r.mean(metric, zoo.val_targets) for k, r in candidates.items()}
+    finite = {k: v for k, v in finite.items() if math.isfinite(v)}
+    return max(finite, key=finite.get) if finite else next(iter(candidates))
+
+
+def summary(rows: Sequence[MethodResult], targets: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{method: {"wtau_paper", "wtau_symmetric", "top1_regret", "seconds_per_target"}}`` (means
+    over ``targets`` and seeds): the ``"val"``/``"test"`` sections of ``results.json``."""
+    return {r.name: {**{m: r.mean(m, targets) for m in METRICS}, "seconds_per_target": r.mean_seconds(targets)}
+            for r in rows}

@@ -1,0 +1,144 @@
+"""Model Spider fits for a benchmark and their rankings of every target.
+
+Every fit composes the shipped config of the zoo's recipe (``configs/data/<file>.yaml`` whose
+``zoo`` is the recipe) and overrides only what a benchmark varies (:class:`FitSpec`), so the
+report measures the configuration users get. Fits run through :func:`spider.train.train`; a fit
+whose resolved config is unchanged is reused (``report-done.json`` beside its checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from spider.benchmark.inputs import ReportError, Zoo
+
+__all__ = ["FitSpec", "data_config_name", "fit_config", "rank_targets", "train_scorer"]
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """One scorer to train: what a benchmark varies; everything else is the shipped config's."""
+
+    scorer: str = "token"  # "token" (general tokens) or "reranker"
+    label_source: str = "copeland"
+    prior: Optional[str] = None  # a static prior added to the scores (model.prior)
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.scorer}-{self.label_source}-prior{self.prior or 'none'}-seed{self.seed}"
+
+    @property
+    def setting(self) -> str:
+        """The label-source ablation's name of this setting (seed left out)."""
+        return f"{self.label_source}" + (f" + prior {self.prior}" if self.prior else "")
+
+
+def data_config_name(recipe: str) -> str:
+    """The shipped data config (``configs/data/<name>.yaml``) of zoo recipe ``recipe``."""
+    from omegaconf import OmegaConf
+
+    from spider.config import config_dir
+
+    for path in sorted((config_dir() / "data").glob("*.yaml")):
+        if OmegaConf.load(path).get("zoo") == recipe:
+            return path.stem
+    raise ReportError(f"no configs/data/*.yaml has zoo: {recipe} (the report trains with a recipe's shipped config)")
+
+
+def fit_config(zoo: Zoo, spec: FitSpec, work: Path, *, max_epochs: Optional[int] = None,
+               specific_models: int = 3) -> Any:
+    """The composed config of one fit (its run folder: ``<work>/runs/<spec.name>``)."""
+    from spider.config import compose
+
+    overrides = [f"data={data_config_name(zoo.name)}", f"data.zoo_dir={zoo.root.resolve()}",
+                 f"data.cache_dir={work / 'cache'}", f"data.label_source={spec.label_source}",
+                 f"model={spec.scorer}", f"model.prior={spec.prior or 'null'}", f"seed={spec.seed}",
+                 "trainer=cpu", "trainer.enable_progress_bar=false", "logger=none", "results_table=false",
+                 f"run_dir={work / 'runs' / spec.name}", "overwrite=true"]
+    if spec.scorer == "reranker":
+        overrides.append(f"data.specific_models={specific_models}")
+    if max_epochs is not None:
+        overrides.append(f"trainer.max_epochs={max_epochs}")
+    cfg = compose(overrides)
+    # Validation every epoch only feeds checkpoint callbacks the report does not use.
+    cfg.trainer.check_val_every_n_epoch = int(cfg.trainer.max_epochs) + 1
+    return cfg
+
+
+def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], None] = lambda _: None,
+                 **options: Any) -> Path:
+    """Train (or reuse) one scorer; returns its ``last.ckpt``."""
+    from omegaconf import OmegaConf
+
+    from spider.io import write_text_atomic
+    from spider.train import train
+
+    cfg = fit_config(zoo, spec, work, **options)
+    run_dir = Path(cfg.run_dir)
+    done, ckpt = run_dir / "report-done.json", run_dir / "checkpoints" / "last.ckpt"
+    identity = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+    if done.is_file() and done.read_text() == identity and ckpt.is_file():
+        return ckpt
+    start = time.perf_counter()
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # "GPU available ..." once per fit drowns the report's log
+    try:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            metrics, _ = train(cfg)
+    finally:
+        lightning_log.setLevel(level)
+    write_text_atomic(done, identity)
+    log(f"trained {spec.name} in {time.perf_counter() - start:.0f} s")
+    return Path(metrics["checkpoint"])
+
+
+def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[str, Mapping[str, float]]
+                 ) -> dict[int, dict[str, Any]]:
+    """Rank every target with a trained scorer: general tokens (k = 0) and re-ranking of the top k.
+
+    Returns ``{k: {"pred": [T, M], "seconds": [T], "extract_seconds": [T], "score_seconds": [T],
+    "models": [[PTM ids re-scored] per target]}}`` over ``zoo.targets``; time = the general
+    encoder's extraction (+ the k re-scored PTMs') + the scorer's token, scoring and re-rank stages.
+    """
+    from spider.evaluate import rank_values
+    from spider.modules.scorer_registry import load_scorer
+    from spider.rank import rank_task
+
+    import torch
+
+    model = load_scorer(ckpt)
+    names = list(model.spider_info["model_names"])
+    if names != zoo.models:
+        raise ReportError(f"{ckpt}: ranks {names}, the zoo lists {zoo.models}")
+    out: dict[int, dict[str, Any]] = {}
+    for k in ks:
+        rec: dict[str, Any] = {"pred": [], "seconds": [], "extract_seconds": [], "score_seconds": [], "models": []}
+        for target in zoo.targets:
+            result = rank_task(model, zoo.store, target, general=zoo.general, rerank_topk=k)
+            if k == 0:
+                pred = np.array([result.general_scores[m] for m in zoo.models])
+            else:
+                order = torch.tensor([[zoo.models.index(m) for m in result.models]])
+                pred = rank_values(order)[0].numpy()
+            rescored = [m for m, t in zip(result.models, result.tokens) if t == "specific"]
+            ms = result.timings_ms
+            score = (ms["tokens"] + ms["score"] + ms.get("rerank", 0.0)) / 1000.0
+            extract_s = extraction[zoo.general][target] + sum(extraction[m][target] for m in rescored)
+            for key, value in (("pred", pred), ("score_seconds", score), ("extract_seconds", extract_s),
+                               ("seconds", score + extract_s), ("models", rescored)):
+                rec[key].append(value)
+        rec["pred"] = np.stack(rec["pred"])
+        out[k] = rec
+    return out

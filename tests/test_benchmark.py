@@ -1,0 +1,140 @@
+"""``spider.benchmark``: the library parts of the benchmark report, on hand-made inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from spider.benchmark import charts, costs, forward, goals, markdown as md
+from spider.benchmark.inputs import JsonCache, ReportError, Zoo
+from spider.benchmark.methods import method_result, pick_winner, summary
+from spider.benchmark.training import FitSpec, data_config_name
+
+TRUTH = np.array([[90.0, 80.0, 70.0, 60.0],   # val0
+                  [60.0, 70.0, 80.0, 90.0],   # test0
+                  [90.0, 70.0, 80.0, 60.0]])  # test1
+
+
+def fake_zoo(tmp_path, manifest=None) -> Zoo:
+    return Zoo(tmp_path, manifest or {"recipe": "fake", "data": {}}, None, None, ["a", "b", "c", "d"],
+               ["val0"], ["test0", "test1"], "general", TRUTH, None)
+
+
+def row(zoo, name, preds, kind="spider", seconds=1.0, passes=0):
+    return method_result(name, kind, zoo, preds, seconds=seconds, extract_seconds=seconds / 2,
+                         score_seconds=seconds / 2, ptm_passes=passes, general_passes=1)
+
+
+def test_json_cache_resumes_and_drops_values_of_another_identity(tmp_path):
+    path = tmp_path / "cache.json"
+    cache = JsonCache(path, {"models": ["a"]})
+    cache.put("a|t", {"seconds": 1.5})
+    assert JsonCache(path, {"models": ["a"]}).get("a|t") == {"seconds": 1.5}
+    assert JsonCache(path, {"models": ["a", "b"]}).get("a|t") is None
+    path.write_text("not json")
+    assert JsonCache(path, {"models": ["a"]}).values == {}
+
+
+def test_method_result_means_over_seeds_per_target_and_stage(tmp_path):
+    zoo = fake_zoo(tmp_path)
+    perfect, reverse = TRUTH.copy(), -TRUTH
+    result = row(zoo, "m", [perfect, reverse], seconds=np.array([1.0, 2.0, 3.0]))
+    assert result.per_target["wtau_paper"]["val0"] == pytest.approx(0.0)  # mean of +1 and -1
+    assert result.spread["test"]["wtau_paper"] == pytest.approx(1.0)
+    assert result.mean_seconds(zoo.test_targets) == pytest.approx(2.5)
+    # A static prior: one [M] array scores every target the same way.
+    prior = row(zoo, "p", [np.array([4.0, 3.0, 2.0, 1.0])], kind="prior")
+    assert prior.per_target["wtau_paper"]["val0"] == pytest.approx(1.0)
+    assert prior.per_target["wtau_paper"]["test0"] == pytest.approx(-1.0)
+    assert prior.per_target["top1_regret"]["test0"] == pytest.approx(30.0)
+    table = summary([result, prior], zoo.test_targets)
+    assert set(table["p"]) == {"wtau_paper", "wtau_symmetric", "top1_regret", "seconds_per_target"}
+    assert table["p"]["top1_regret"] == pytest.approx(15.0)
+
+
+def test_the_winner_is_chosen_on_validation_targets_only(tmp_path):
+    zoo = fake_zoo(tmp_path)
+    good_on_val = row(zoo, "val-best", [np.stack([TRUTH[0], -TRUTH[1], -TRUTH[2]])])
+    good_on_test = row(zoo, "test-best", [np.stack([-TRUTH[0], TRUTH[1], TRUTH[2]])])
+    assert pick_winner({"test-best": good_on_test, "val-best": good_on_val}, zoo) == "val-best"
+    no_val = Zoo(tmp_path, {}, None, None, zoo.models, [], zoo.test_targets, "general", TRUTH[1:], None)
+    first = row(no_val, "paper", [-TRUTH[1:]])
+    assert pick_winner({"paper": first, "other": row(no_val, "other", [TRUTH[1:]])}, no_val) == "paper"
+
+
+def test_goal_check_states_each_goal_plainly(tmp_path):
+    zoo = fake_zoo(tmp_path)
+    noisy = np.stack([TRUTH[0], TRUTH[1][[1, 0, 2, 3]], TRUTH[2][[1, 0, 2, 3]]])
+    rows = {"ms": row(zoo, "ms", [TRUTH], seconds=0.001), "ms3": row(zoo, "ms3", [TRUTH], seconds=0.002, passes=3),
+            "logme": row(zoo, "logme", [noisy], kind="baseline", seconds=10.0, passes=4),
+            "prior": row(zoo, "prior", [np.array([1.0, 2.0, 3.0, 4.0])], kind="prior", seconds=0.0)}
+    win = goals.goal_check(rows, "ms", "ms3", ["logme"], ["prior"], zoo.test_targets)
+    assert win["all_met"] and win["best_forward"] == "logme" and win["best_prior"] == "prior"
+    assert all("**met**" in line for line in win["text"])
+    rows["logme"] = row(zoo, "logme", [TRUTH], kind="baseline", seconds=0.05, passes=4)
+    lose = goals.goal_check(rows, "ms", "ms3", ["logme"], ["prior"], zoo.test_targets)
+    assert not lose["goals"]["general_vs_forward"] and not lose["goals"]["time_fraction"]
+    assert lose["goals"]["lowest_regret"]  # a tie with the lowest counts
+    assert "**not met**" in lose["text"][0] and "**not met**" in lose["text"][3]
+
+
+def test_markdown_tables(tmp_path):
+    zoo = fake_zoo(tmp_path)
+    rows = [row(zoo, "m", [TRUTH, -TRUTH]), row(zoo, "copeland", [TRUTH], kind="aggregate", seconds=4.0, passes=4)]
+    text = md.metric_table(rows, zoo.test_targets, "wtau_paper", "test")
+    assert text.splitlines()[0] == "| method | test0 | test1 | **mean** |"
+    assert "| m | +0.000 | +0.000 | **+0.000 ± 1.000** |" in text
+    cost = md.cost_table(rows, zoo.test_targets, rows[1])
+    assert "| copeland | 4 | 1 | 2.00 s | 2.00 s | 4.00 s | 100.00% |" in cost
+    entries = [{"setting": "copeland", "winner": False, "seeds": 3, "val": {"wtau_paper": 0.1, "wtau_symmetric": 0.2,
+                "top1_regret": 3.0}, "val_std": {}, "test": None},
+               {"setting": "finetune", "winner": True, "seeds": 3, "val": {"wtau_paper": 0.3, "wtau_symmetric": 0.2,
+                "top1_regret": 1.0}, "val_std": {"wtau_paper": 0.01}, "test": {"wtau_paper": 0.25}}]
+    ablation = md.ablation_table(entries)
+    assert "| copeland | +0.100 | +0.200 | 3.00 | (not looked at) | 3 |" in ablation
+    assert "| finetune **(winner)** | +0.300 ± 0.010 |" in ablation and "+0.250" in ablation
+    assert md.fmt(math.nan) == "n/a" and md.fmt_seconds(0.0123) == "12.3 ms"
+
+
+def test_build_costs_and_bank_runs(tmp_path):
+    runs = tmp_path / "bank" / "runs"
+    for task, model, seconds in (("task0000", "a", 1.0), ("task0000", "b", 3.0), ("task0001", "a", 2.0)):
+        (runs / task / model).mkdir(parents=True, exist_ok=True)
+        (runs / task / model / "lr0.003_seed0.json").write_text(json.dumps({"seconds": seconds, "test_accuracy": 50.0}))
+    (runs / "task0001" / "a" / "broken.json").write_text("{")
+    stages = [{"name": "bank", "computed": 3, "reused": 0, "wall_seconds": 6.5, "cpu_seconds": 6.0, "note": ""}]
+    zoo = fake_zoo(tmp_path, {"recipe": "fake", "data": {"finetune_bank": str(tmp_path / "bank")},
+                              "last_build": stages})
+    assert costs.build_stages(zoo) == stages
+    bank = costs.bank_runs(zoo)
+    assert (bank["runs"], bank["tasks"], bank["seconds"], bank["seconds_per_run"]) == (3, 2, 6.0, 2.0)
+    text = md.build_cost_table(stages, bank)
+    assert "| bank | 3 | 0 | 6.50 s | 6.00 s |  |" in text and "| bank runs (their JSON files) | 3 | 2 tasks |" in text
+    assert costs.bank_runs(fake_zoo(tmp_path))["runs"] == 0
+
+
+def test_forward_helpers():
+    names = forward.applicable_baselines()
+    assert {"logme", "leep", "nce", "hscore", "gbc", "transrate", "sfda", "lfc", "nleep", "pactran_dir"} <= set(names)
+    scores = {"x": np.array([[3.0, 1.0, 2.0]]), "y": np.array([[2.0, 1.0, 3.0]])}
+    agg, seconds = forward.copeland_scores(scores, ["x", "y"])
+    assert agg.shape == (1, 3) and seconds.shape == (1,)
+    assert int(np.argmin(agg[0])) == 1  # last in both members' rankings
+
+
+def test_group_axes_merges_dataset_families():
+    values = np.array([[0.0, 1.0, 0.5, np.nan]])
+    axes, merged = charts.group_axes(["mnist", "omniglot_eval0", "omniglot_eval1", "usps"], values)
+    assert axes == ["mnist", "omniglot_eval", "usps"]
+    assert merged[0, 1] == pytest.approx(0.75) and math.isnan(merged[0, 2])
+
+
+def test_fit_specs_use_the_recipes_shipped_data_config():
+    assert data_config_name("tiny") == "minizoo_tiny" and data_config_name("minizoo") == "minizoo"
+    with pytest.raises(ReportError, match="no configs/data"):
+        data_config_name("no-such-recipe")
+    spec = FitSpec("token", "mixed", "finetune_mean", seed=2)
+    assert spec.setting == "mixed + prior finetune_mean" and spec.name.endswith("seed2")
