@@ -44,7 +44,7 @@ def bank_runs(zoo: Zoo) -> dict[str, Any]:
 def bank_agreement(zoo: Zoo, lr: float = 3e-3, seed: int = 0) -> dict[str, float]:
     """``{target: wtau_paper}`` of one fine-tuning run per PTM at (``lr``, ``seed``) - the bank's
     protocol - against the full ground-truth protocol, for every target that has those runs
-    (:func:`spider.zoo.bank.protocol_agreement`); plus ``"mean"``."""
+    (:func:`spider.pipeline.bank.protocol_agreement`); plus ``"mean"``."""
     from spider.datamodules.ground_truth_csv import read_ground_truth
     from spider.pipeline.bank import protocol_agreement
 
