@@ -37,6 +37,7 @@ def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[None]:
     if env_rank() != 0 or key in _HELD:
         yield
         return
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -52,6 +53,9 @@ def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+        if created:  # a run that failed before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
 
 
 def _acquire(path: Path) -> int:
