@@ -129,20 +129,28 @@ def task_tokens(store: Any, model: str, dataset: str, split: str = "train",
     return class_centres(entry.features(), labels, num_classes).float(), labels
 
 
-def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module], device: str,
-                 rerank_topk: int) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
-    """(scorer in eval mode on ``device``, its checkpoint info, PTM ids in model-index order)."""
+def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Union[str, os.PathLike]]],
+                 device: str, rerank_topk: int) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
+    """(scorer in eval mode on ``device``, its checkpoint info, PTM ids in model-index order);
+    several checkpoints rank as one :class:`~spider.modules.ensemble.ScorerEnsemble`."""
+    from spider.modules.ensemble import ScorerEnsemble
     from spider.modules.scorer_registry import load_scorer
     from spider.modules import ReRanker
 
     if rerank_topk < 0:
         raise ConfigError(f"rerank_topk: expected an integer >= 0, got {rerank_topk}")
+    if isinstance(checkpoint, (list, tuple)):
+        if rerank_topk > 0 and len(checkpoint) > 1:
+            raise ConfigError("--rerank-topk: re-ranking takes one checkpoint, not an ensemble")
+        checkpoint = ScorerEnsemble([load_scorer(c, map_location=device) for c in checkpoint])
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_scorer(checkpoint, map_location=device)
     model = model.to(device).eval()
     info = getattr(model, "spider_info", None) or {}
     names = list(info.get("model_names") or model.hparams.get("model_names") or [])
     if len(names) != model.num_models:
         names = [f"model{m}" for m in range(model.num_models)]
+    if isinstance(model, ScorerEnsemble) and len(model.members) == 1:
+        model = model.members[0]
     if rerank_topk > 0 and not isinstance(model, ReRanker):
         raise ConfigError(f"rerank_topk={rerank_topk}: the checkpoint holds a {type(model).__name__}, "
                           "re-ranking needs a ReRanker (model=reranker)")
@@ -420,8 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     task = parser.add_mutually_exclusive_group(required=True)
     task.add_argument("--images", help="folder of the task's images, one sub-folder per class")
     task.add_argument("--store", help="feature-store folder holding the task (with --dataset)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint written by spider.fit (default: last.ckpt of the default fit run)")
+    parser.add_argument("--checkpoint", default=None, nargs="+",
+                        help="checkpoint written by spider.fit (default: last.ckpt of the default fit run); "
+                             "several (e.g. seeds of one setting) rank as an ensemble of standardised scores")
     parser.add_argument("--dataset", default=None, help="dataset id of the task in the store")
     parser.add_argument("--split", default="train", help="stored split of the task (default: train)")
     parser.add_argument("--general", default=None, help="general encoder id in the store (default: the checkpoint's)")
@@ -441,10 +450,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         _check_options(args)
-        checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
-        if not checkpoint.is_file():
-            raise ConfigError(f"--checkpoint: no file {checkpoint}" + (
-                "" if args.checkpoint else " (the default run's; train it with `python -m spider.fit`)"))
+        checkpoints = [Path(c) for c in args.checkpoint] if args.checkpoint else [default_checkpoint()]
+        for path in checkpoints:
+            if not path.is_file():
+                raise ConfigError(f"--checkpoint: no file {path}" + (
+                    "" if args.checkpoint else " (the default run's; train it with `python -m spider.fit`)"))
+        checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints
         if args.images:
             progress = not args.no_progress and args.json != "-" and sys.stdout.isatty()
             result = rank_images(args.images, checkpoint, rerank_topk=args.rerank_topk, zoo_dir=args.zoo_dir,

@@ -118,7 +118,12 @@ def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[st
 
     import torch
 
-    model = load_scorer(ckpt)
+    if isinstance(ckpt, (list, tuple)):  # several seeds: one ensemble of standardised scores
+        from spider.modules.ensemble import ScorerEnsemble
+
+        model = ScorerEnsemble([load_scorer(c) for c in ckpt])
+    else:
+        model = load_scorer(ckpt)
     names = list(model.spider_info["model_names"])
     if names != zoo.models:
         raise ReportError(f"{ckpt}: ranks {names}, the zoo lists {zoo.models}")

@@ -99,3 +99,20 @@ def test_rerank_needs_a_reranker_checkpoint(trained, tmp_path, capsys):
     assert main(["--checkpoint", str(checkpoint), "--store", store, "--dataset", "target0",
                  "--rerank-topk", "2"]) == 2
     assert "ReRanker" in capsys.readouterr().err
+
+
+def test_several_checkpoints_rank_as_one_ensemble(trained, tmp_path, capsys):
+    from spider.modules.ensemble import ScorerEnsemble
+
+    _, checkpoint, store = trained
+    single = rank_task(checkpoint, store, "target0")
+    twice = rank_task([checkpoint, checkpoint], store, "target0")  # two equal members: the same order
+    assert twice.models == single.models
+    ensemble = ScorerEnsemble([load_scorer(checkpoint), load_scorer(checkpoint)])
+    assert rank_task(ensemble, store, "target0").models == single.models
+    assert main(["--checkpoint", str(checkpoint), str(checkpoint), "--store", store, "--dataset", "target0",
+                 "--json", "-"]) == 0
+    assert [r["model"] for r in json.loads(capsys.readouterr().out)["ranking"]] == single.models
+    assert main(["--checkpoint", str(checkpoint), str(checkpoint), "--store", store, "--dataset", "target0",
+                 "--rerank-topk", "1"]) == 2
+    assert "re-ranking takes one checkpoint" in capsys.readouterr().err

@@ -201,3 +201,31 @@ def test_reranker_keeps_the_prior_on_reranked_models():
 def test_bad_priors_are_refused(prior):
     with pytest.raises(ScorerInputError, match="model_prior"):
         TokenScorer(4, 8, dim=16, model_prior=prior)
+
+
+# ------------------------------------------------------------------------- seed ensembles
+
+
+def test_ensemble_averages_standardised_member_scores():
+    from spider.modules.ensemble import ScorerEnsemble, standardise_scores
+
+    x, mask = _tokens()
+    members = [TokenScorer(4, 8, dim=16, dropout=0.0).eval() for _ in range(3)]
+    for i, m in enumerate(members):  # members on very different scales
+        with torch.no_grad():
+            m.head[-1].weight.mul_(10.0 ** i)
+    ensemble = ScorerEnsemble(members).eval()
+    expected = torch.stack([standardise_scores(m(x, mask)) for m in members]).mean(0)
+    assert torch.allclose(ensemble(x, mask), expected)
+    z = standardise_scores(members[2](x, mask))
+    assert torch.allclose(z.mean(-1), torch.zeros(3), atol=1e-5) and torch.allclose(z.std(-1, unbiased=False), torch.ones(3))
+    assert ensemble.num_models == 4 and int(ensemble.hparams.task_dim) == 8
+
+
+def test_ensemble_refuses_members_of_another_zoo():
+    from spider.modules.ensemble import ScorerEnsemble
+
+    with pytest.raises(ConfigError, match="member 1 ranks another zoo"):
+        ScorerEnsemble([TokenScorer(4, 8, dim=16), TokenScorer(5, 8, dim=16)])
+    with pytest.raises(ConfigError, match="at least one"):
+        ScorerEnsemble([])
