@@ -47,7 +47,7 @@ def goal_check(rows: Mapping[str, MethodResult], general: str, rerank3: str, for
     name = lambda row: row.name if row is not None else "none"  # noqa: E731
     goals["general_vs_forward"] = beats(g, best_fwd, MARGINS["general_vs_forward"])
     goals["general_vs_prior"] = beats(g, best_prior, MARGINS["general_vs_prior"])
-    text.append(f"1. General tokens {tau(g):+.3f}{spread(g)} vs best forward baseline {name(best_fwd)} "
+    text.append(f"1. Model Spider, general tokens ({g.name}) {tau(g):+.3f}{spread(g)} vs best forward baseline {name(best_fwd)} "
                 f"{tau(best_fwd):+.3f} (margin {tau(g) - tau(best_fwd):+.3f}, needed +0.05: "
                 f"{yes(goals['general_vs_forward'])}) and best static prior {name(best_prior)} {tau(best_prior):+.3f} "
                 f"(margin {tau(g) - tau(best_prior):+.3f}, needed +0.03: {yes(goals['general_vs_prior'])}).")
