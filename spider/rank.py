@@ -27,8 +27,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -37,58 +36,11 @@ import torch
 
 from spider.errors import ConfigError, SpiderError, StoreError
 from spider.io import write_text_atomic
+from spider.rank_core import RankResult, _check_task_dim, _load_ranker, _result, _score, default_checkpoint
+from spider.rank_images import image_source, rank_images, zoo_model_refs
 
 __all__ = ["RankResult", "default_checkpoint", "image_source", "main", "rank_images", "rank_task", "task_tokens",
            "zoo_model_refs"]
-
-
-@dataclass
-class RankResult:
-    """PTMs of one task, best first.
-
-    Attributes:
-        models: PTM ids, best first.
-        scores: their scores (the specific score for re-scored PTMs, else the general score;
-            the two kinds are not calibrated against each other, so the order is in ``models``).
-        tokens: per PTM, ``"general"`` or ``"specific"`` (re-scored with its own features).
-        general_scores: ``{model id: general score}`` for every PTM.
-        timings_ms: wall time per stage in milliseconds: ``load`` (checkpoint), ``tokens``
-            (reading features, class centres), ``warmup`` (the process's first forward, one-off
-            costs), ``score`` (all PTMs, one batched forward), ``rerank`` (specific tokens of the
-            top k and re-scoring), ``total``. For images (:func:`rank_images`) ``tokens`` is
-            ``extract_general`` (general encoder on the images, class centres) and ``rerank``
-            is split into ``extract_topk`` (the k PTMs on the images) and ``rescore``.
-        dataset, split, num_classes, num_samples: the task (for images: the folder's name and
-            ``"images"``).
-        images: the image folder ranked ("" for a stored dataset); class_names: its classes.
-    """
-
-    models: list[str]
-    scores: list[float]
-    tokens: list[str]
-    general_scores: dict[str, float]
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    dataset: str = ""
-    split: str = "train"
-    num_classes: int = 0
-    num_samples: int = 0
-    images: str = ""
-    class_names: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **({"images": self.images, "class_names": self.class_names} if self.images else {}),
-            "dataset": self.dataset,
-            "split": self.split,
-            "num_classes": self.num_classes,
-            "num_samples": self.num_samples,
-            "ranking": [
-                {"rank": i + 1, "model": m, "score": s, "tokens": t}
-                for i, (m, s, t) in enumerate(zip(self.models, self.scores, self.tokens))
-            ],
-            "general_scores": self.general_scores,
-            "timings_ms": self.timings_ms,
-        }
 
 
 def _contiguous_labels(labels: np.ndarray, where: str) -> tuple[np.ndarray, int]:
@@ -127,96 +79,6 @@ def task_tokens(store: Any, model: str, dataset: str, split: str = "train",
     if num_classes < 1:
         raise StoreError(f"{model}/{dataset}/{split}: the entry has no samples")
     return class_centres(entry.features(), labels, num_classes).float(), labels
-
-
-def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Union[str, os.PathLike]]],
-                 device: str, rerank_topk: int) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
-    """(scorer in eval mode on ``device``, its checkpoint info, PTM ids in model-index order);
-    several checkpoints rank as one :class:`~spider.modules.ensemble.ScorerEnsemble`."""
-    from spider.modules.ensemble import ScorerEnsemble
-    from spider.modules.scorer_registry import load_scorer
-    from spider.modules import ReRanker
-
-    if rerank_topk < 0:
-        raise ConfigError(f"rerank_topk: expected an integer >= 0, got {rerank_topk}")
-    if isinstance(checkpoint, (list, tuple)):
-        if rerank_topk > 0 and len(checkpoint) > 1:
-            raise ConfigError("--rerank-topk: re-ranking takes one checkpoint, not an ensemble")
-        checkpoint = ScorerEnsemble([load_scorer(c, map_location=device) for c in checkpoint])
-    model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_scorer(checkpoint, map_location=device)
-    model = model.to(device).eval()
-    info = getattr(model, "spider_info", None) or {}
-    names = list(info.get("model_names") or model.hparams.get("model_names") or [])
-    if len(names) != model.num_models:
-        names = [f"model{m}" for m in range(model.num_models)]
-    if isinstance(model, ScorerEnsemble) and len(model.members) == 1:
-        model = model.members[0]
-    if rerank_topk > 0 and not isinstance(model, ReRanker):
-        raise ConfigError(f"rerank_topk={rerank_topk}: the checkpoint holds a {type(model).__name__}, "
-                          "re-ranking needs a ReRanker (model=reranker)")
-    return model, info, names
-
-
-@dataclass
-class _Scored:
-    order: torch.Tensor  # int64 [M] model indices, best first
-    scores: torch.Tensor  # [M] final scores (specific for re-scored models)
-    general: torch.Tensor  # [M] general scores
-    rescored: torch.Tensor  # bool [M]
-    specific_seconds: float = 0.0  # time spent computing specific tokens (inside re-ranking)
-
-
-def _score(model: torch.nn.Module, tokens: torch.Tensor, rerank_topk: int,
-           specific_tokens: Callable[[int], torch.Tensor], timings: dict[str, float]) -> _Scored:
-    """Score every PTM from ``tokens`` [C, Dg]; re-score the top k from ``specific_tokens(m)``
-    ([C, D_m] class centres under PTM m). Adds ``warmup``, ``score`` and ``rerank`` to ``timings``."""
-    from spider.datamodules.tokens import pad_last_dim
-
-    mask = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-    with torch.no_grad():
-        # The first forward of a process pays one-off costs (lazy initialisation, kernel
-        # selection: ~100x a steady-state call on CPU); time it apart from the scoring itself.
-        t0 = time.perf_counter()
-        model(tokens[None], mask[None])
-        timings["warmup"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        general_scores = model(tokens[None], mask[None])[0]
-        timings["score"] = time.perf_counter() - t0
-    order = torch.argsort(general_scores, descending=True, stable=True)
-    scored = _Scored(order, general_scores, general_scores, torch.zeros_like(general_scores, dtype=torch.bool))
-    if rerank_topk > 0:
-        t0 = time.perf_counter()
-        max_dim = int(model.max_model_dim)
-
-        def batch_tokens(models: torch.Tensor) -> torch.Tensor:
-            start = time.perf_counter()
-            out = torch.stack([pad_last_dim(specific_tokens(m), max_dim) for m in models.tolist()])
-            scored.specific_seconds += time.perf_counter() - start
-            return out.to(tokens.device)
-
-        result = model.rerank(tokens, mask, rerank_topk, batch_tokens)
-        scored.order, scored.scores, scored.rescored = result.order, result.scores, result.rescored
-        timings["rerank"] = time.perf_counter() - t0
-    return scored
-
-
-def _result(scored: _Scored, names: list[str], timings: dict[str, float], **task: Any) -> RankResult:
-    order = scored.order.tolist()
-    return RankResult(
-        models=[names[m] for m in order],
-        scores=[float(scored.scores[m]) for m in order],
-        tokens=["specific" if bool(scored.rescored[m]) else "general" for m in order],
-        general_scores={names[m]: float(scored.general[m]) for m in range(len(names))},
-        timings_ms={k: v * 1000.0 for k, v in timings.items()},
-        **task,
-    )
-
-
-def _check_task_dim(model: torch.nn.Module, tokens: torch.Tensor, where: str) -> None:
-    task_dim = int(model.hparams.task_dim)
-    if tokens.shape[1] != task_dim:
-        raise StoreError(f"{where}: features have dim {tokens.shape[1]}, the scorer was trained on task tokens "
-                         f"of dim {task_dim}")
 
 
 def rank_task(
@@ -273,134 +135,6 @@ def rank_task(
 
 
 # ------------------------------------------------------------------------------ image folders
-
-
-def default_checkpoint() -> Path:
-    """``last.ckpt`` of the default ``python -m spider.fit`` run (its ``run_dir`` as composed now)."""
-    from spider.config import compose
-
-    return Path(compose().run_dir) / "checkpoints" / "last.ckpt"
-
-
-def image_source(images: Union[str, os.PathLike]):
-    """The checked :class:`~spider.pipeline.extract.ImageFolderSource` of a task's image folder.
-
-    Raises:
-        ExtractError: the folder is missing, holds no images, holds images of a single class, or
-            an image cannot be read (one line naming it). Every file's header is read here, so a
-            broken image fails before any model runs.
-    """
-    from spider.pipeline.extract import ExtractError, ImageFolderSource
-
-    source = ImageFolderSource(images)
-    if len(source.class_names) < 2:
-        raise ExtractError(f"image folder {source.root}: found images of one class only "
-                           f"({source.class_names[0]!r}); a task needs at least 2 classes, one sub-folder each")
-    source.check()
-    return source
-
-
-def zoo_model_refs(zoo_dir: Union[str, os.PathLike]) -> tuple[Any, dict[str, Any]]:
-    """(general encoder, ``{PTM id: ModelRef}``) recorded by the zoo build in ``<zoo_dir>/zoo.json``."""
-    import dataclasses
-
-    from spider.pipeline.build_manifest import read_manifest
-    from spider.pipeline.recipe import ModelRef
-
-    manifest = read_manifest(zoo_dir)
-    fields = {f.name for f in dataclasses.fields(ModelRef)}
-
-    def ref(entry: dict[str, Any]) -> ModelRef:
-        return ModelRef(**{k: v for k, v in entry.items() if k in fields})
-
-    try:
-        return ref(manifest["general"]), {entry["id"]: ref(entry) for entry in manifest["models"]}
-    except (KeyError, TypeError) as err:
-        raise ConfigError(f"{Path(zoo_dir) / 'zoo.json'}: no valid 'general'/'models' entries ({err})") from None
-
-
-def rank_images(
-    images: Union[str, os.PathLike],
-    checkpoint: Union[str, os.PathLike, torch.nn.Module, None] = None,
-    *,
-    rerank_topk: int = 0,
-    zoo_dir: Union[str, os.PathLike, None] = None,
-    data_dir: Union[str, os.PathLike, None] = None,
-    batch_size: int = 128,
-    device: str = "cpu",
-    progress: bool = False,
-) -> RankResult:
-    """Rank every PTM of a trained scorer's zoo for the task given by an image folder.
-
-    The general encoder of the zoo the checkpoint was trained on runs on every image; the class
-    centres of its features are the task tokens. With ``rerank_topk = k``, the k best PTMs run on
-    the images too and are re-scored from the class centres of their own features.
-
-    Args:
-        images: folder with one sub-folder of images per class (at least 2 classes).
-        checkpoint: written by ``spider.fit`` with ``data.zoo`` set (default
-            :func:`default_checkpoint`), or a loaded scorer.
-        zoo_dir: the zoo's build folder (default: the one recorded in the checkpoint).
-        data_dir: shared data folder with the real PTMs' weights (default ``SPIDER_DATA_DIR``).
-
-    Returns:
-        A :class:`RankResult` (``timings_ms``: ``imports`` (one-off per process),
-        ``check_images`` (every file's header),
-        ``load`` (checkpoint, zoo record), ``extract_general``, ``warmup``,
-        ``score``, then with re-ranking ``extract_topk`` and ``rescore``; ``total``).
-    """
-    timings: dict[str, float] = {}
-    start = t0 = time.perf_counter()
-    # One-off per process (torchvision, timm, lightning): timed apart from the stages proper.
-    import timm  # noqa: F401
-    import torchvision.datasets.folder  # noqa: F401
-
-    import spider.train  # noqa: F401
-    from spider.datamodules.tokens import class_centres
-    from spider.pipeline.extract import extract
-
-    timings["imports"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    source = image_source(images)  # bad folders fail before anything is loaded
-    timings["check_images"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    checkpoint = default_checkpoint() if checkpoint is None else checkpoint
-    if not isinstance(checkpoint, torch.nn.Module) and not Path(checkpoint).is_file():
-        raise ConfigError(f"checkpoint {checkpoint}: no such file (train one with `python -m spider.fit`, "
-                          "or pass --checkpoint)")
-    model, info, names = _load_ranker(checkpoint, device, rerank_topk)
-    zoo = info.get("zoo") or {}
-    zoo_dir = zoo_dir or zoo.get("dir")
-    if not zoo_dir:
-        raise ConfigError(f"checkpoint {checkpoint}: trained on a feature store without a zoo (data.zoo), so it "
-                          "names no encoder to run on images; pass --zoo-dir, or rank a stored dataset with "
-                          "--store/--dataset")
-    general_ref, refs = zoo_model_refs(zoo_dir)
-    missing = [n for n in names if n not in refs]
-    if missing:
-        raise ConfigError(f"zoo {zoo_dir}: no model entries for {', '.join(missing)} of the checkpoint "
-                          "(another zoo than the one it was trained on?)")
-    timings["load"] = time.perf_counter() - t0
-
-    def centres_of(ref: Any) -> torch.Tensor:
-        features = extract(ref.load(data_dir), source, batch_size=batch_size, device=device, progress=progress,
-                           description=f"{ref.id} on {source.root.name}").features
-        return class_centres(features, source.labels, len(source.class_names)).float()
-
-    t0 = time.perf_counter()
-    tokens = centres_of(general_ref)
-    _check_task_dim(model, tokens, f"general encoder {general_ref.id} ({general_ref.model})")
-    tokens = tokens.to(device)
-    timings["extract_general"] = time.perf_counter() - t0
-
-    scored = _score(model, tokens, rerank_topk, lambda m: centres_of(refs[names[m]]), timings)
-    if "rerank" in timings:
-        timings["extract_topk"] = scored.specific_seconds
-        timings["rescore"] = timings.pop("rerank") - scored.specific_seconds
-    timings["total"] = time.perf_counter() - start
-    return _result(scored, names, timings, dataset=source.root.name, split="images",
-                   num_classes=len(source.class_names), num_samples=len(source), images=str(source.root),
-                   class_names=list(source.class_names))
 
 
 def format_ranking(result: RankResult, top: Optional[int] = None) -> str:

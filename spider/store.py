@@ -39,36 +39,30 @@ Convention: every model's entry of one (dataset, split) lists the same samples i
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import datetime
-import errno
-import fcntl
-import hashlib
 import json
 import os
 import re
 import shutil
-import stat
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spider.errors import StoreError
+from spider.store_checks import StoreProblem, _check_values, _sha256, _trust, _verified_sha256, _verified_values
+from spider.store_versions import (MANIFEST, _fsync_dir, _pid_alive, _pointer, _publish, _publish_lock,
+                                   _version)
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 ARRAYS = ("features", "labels", "logits", "sample_ids")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 # Ids are file names; with the hidden prefixes and suffixes added to them they must stay well
 # below the usual 255-byte limit of one path component.
 MAX_ID_LENGTH = 128
-_CHUNK_ROWS = 65536  # rows per chunk when scanning a whole array (bounds memory in validate)
 _OPEN_ATTEMPTS = 50  # re-reads of an entry whose version is replaced while being opened
 
 
@@ -80,18 +74,6 @@ def check_id(kind: str, value: Any) -> str:
         raise StoreError(f"{kind}: invalid id {value[:40]!r}... of {len(value)} characters "
                          f"(expected at most {MAX_ID_LENGTH})")
     return value
-
-
-@dataclass(frozen=True)
-class StoreProblem:
-    """One problem found by :func:`validate`: the file (or entry dir), the field, what is wrong."""
-
-    path: Path
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.field}: {self.message}"
 
 
 class StoreEntry:
@@ -253,10 +235,8 @@ class FeatureStore:
                 version = _publish(tmp, final, overwrite)
                 tmp = None
                 # The checksums were just computed from the files: no need to hash them again.
-                for spec in specs.values():
-                    key = _file_key(final.parent / version / spec["file"])
-                    _VERIFIED[key] = spec["sha256"]
-                    _VALUES_OK.add(key)  # _prepare checked them
+                for spec in specs.values():  # _prepare checked their values
+                    _trust(final.parent / version / spec["file"], spec["sha256"])
                 # Opened under the lock, so no other writer can delete this version meanwhile.
                 return _open_version(final, version)
         except OSError as err:
@@ -322,18 +302,6 @@ def _validate_dataset_dir(base: Path, checksums: bool) -> list[StoreProblem]:
 
 
 # ----------------------------------------------------------------------------- reading helpers
-
-def _pointer(path: Path) -> tuple[str, Any] | None:
-    """What the entry name ``path`` holds now: ("link", target), ("dir", inode) for a plain
-    directory (a store written before versions existed), or None."""
-    try:
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            return "link", os.readlink(path)
-    except OSError:
-        return None
-    return ("dir", st.st_ino) if stat.S_ISDIR(st.st_mode) else None
-
 
 def _is_entry(path: Path) -> bool:
     """Whether ``path`` is an entry (has a manifest). A version replaced and deleted while its
@@ -426,20 +394,6 @@ def _check_manifest(m: Any, path: Path) -> list[StoreProblem]:
     nc = m.get("num_classes")
     if not (nc is None or (isinstance(nc, int) and nc >= 1)):
         problems.append(StoreProblem(mpath, "num_classes", f"expected a positive int or null, got {nc!r}"))
-    return problems
-
-
-def _check_values(fpath: Path, name: str, array: np.ndarray, num_classes: int | None) -> list[StoreProblem]:
-    problems = []
-    for start in range(0, array.shape[0], _CHUNK_ROWS):
-        chunk = np.asarray(array[start:start + _CHUNK_ROWS])
-        if name in ("features", "logits") or (name == "labels" and num_classes is None):
-            if not np.isfinite(chunk).all():
-                problems.append(StoreProblem(fpath, name, f"non-finite values near row {start}"))
-                break
-        elif name == "labels" and chunk.size and (chunk.min() < 0 or chunk.max() >= num_classes):
-            problems.append(StoreProblem(fpath, name, f"label out of range [0, {num_classes}) near row {start}"))
-            break
     return problems
 
 
@@ -536,189 +490,3 @@ def _write_manifest(path: Path, manifest: dict) -> None:
         json.dump(manifest, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def _publish_lock(final: Path) -> Iterator[None]:
-    """Hold an exclusive flock on ``.lock-<split>`` while publishing; the kernel releases it
-    when its holder dies, so a killed writer never blocks the next one."""
-    fd = os.open(final.parent / f".lock-{final.name}", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _publish(tmp: Path, final: Path, overwrite: bool) -> str:
-    """Make the finished temp dir ``tmp`` the current version of the entry ``final``; return
-    the version's name. Called under the publish lock. Every state a kill can leave between two
-    steps has a complete entry at ``final`` (the old one until the swap, then the new one)."""
-    parent, split = final.parent, final.name
-    if _pointer(final) is None:
-        _restore_displaced(final)
-    current = _pointer(final)
-    if current is not None and not overwrite and (final / MANIFEST).is_file():  # another writer was first
-        raise StoreError(f"{final}: entry exists (pass overwrite=True to replace it)")
-    version = f".v-{split}-{uuid.uuid4().hex}"
-    os.rename(tmp, parent / version)
-    link = parent / f".tmp-{split}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.symlink(version, link)
-    displaced = _swap(link, final, plain_dir=current is not None and current[0] == "dir")
-    _fsync_dir(parent)
-    if displaced is not None:
-        _remove(displaced)
-    _collect(parent, split, keep=version)
-    return version
-
-
-def _swap(link: Path, final: Path, plain_dir: bool) -> Path | None:
-    """Atomically replace ``final`` by the symlink ``link``; return where a replaced plain
-    directory now is (None if ``final`` was a symlink or nothing)."""
-    if not plain_dir:
-        os.replace(link, final)  # a symlink (or nothing) is replaced in one step
-        return None
-    # A plain entry directory cannot be renamed over: exchange it with the link in one step,
-    # which leaves the old directory under the link's temp name.
-    if _exchange(link, final):
-        return link
-    # No atomic exchange on this filesystem: between these two renames there is no entry; if the
-    # writer dies there, the next writer's _restore_displaced puts the old directory back.
-    old = final.parent / f".old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.rename(final, old)
-    os.rename(link, final)
-    return old
-
-
-def _collect(parent: Path, split: str, keep: str) -> None:
-    """Delete the versions of ``split`` other than ``keep`` (called under the publish lock, so
-    no writer is between creating a version and publishing it) and the temp dirs of writers
-    that died. Readers that already opened a deleted version keep reading their memory maps."""
-    for p in parent.iterdir():
-        kind, pid = _hidden(p.name, split)
-        if (kind == "v" and p.name != keep) or (kind in ("tmp", "old") and not _pid_alive(pid)):
-            _remove(p)
-
-
-def _restore_displaced(final: Path) -> None:
-    """After a writer died between the two renames of _swap's fallback, move the old entry back."""
-    for p in sorted(final.parent.iterdir()):
-        kind, pid = _hidden(p.name, final.name)
-        if kind == "old" and not _pid_alive(pid) and (p / MANIFEST).is_file():
-            os.rename(p, final)
-            return
-
-
-def _hidden(name: str, split: str) -> tuple[str | None, int | None]:
-    """("v", None) for a version of ``split``, ("tmp" or "old", pid) for a writer's temp name
-    (``.tmp-<split>-<pid>-<hex>``, also a pending symlink), else (None, None). ``split`` may
-    contain '-': the fixed-format tail after it tells the names of two splits apart."""
-    for kind, tail in (("v", r"[0-9a-f]{32}"), ("tmp", r"(\d+)-[0-9a-f]{8}"), ("old", r"(\d+)-[0-9a-f]{8}")):
-        prefix = f".{kind}-{split}-"
-        if name.startswith(prefix) and (match := re.fullmatch(tail, name[len(prefix):])):
-            return kind, int(match.group(1)) if match.groups() else None
-    return None, None
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap the names ``a`` and ``b`` (Linux renameat2 RENAME_EXCHANGE); False if the
-    platform or filesystem cannot."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except OSError:  # e.g. PermissionError: the pid runs under another user
-        return True
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# sha256 of files already hashed by this process. The key changes whenever the file is replaced
-# or rewritten (inode, size, mtime, ctime), so only a change that keeps all of them (bit rot on
-# disk after the file was first read here) goes unseen until the next process or validate().
-_VERIFIED: dict[tuple, str] = {}
-
-
-def _file_key(path: Path) -> tuple:
-    st = os.stat(path)
-    return str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def _verified_sha256(path: Path) -> str:
-    key = _file_key(path)
-    if key not in _VERIFIED:
-        if len(_VERIFIED) >= 1 << 16:  # a process reading ever new versions: bound the memory
-            _VERIFIED.clear()
-        _VERIFIED[key] = _sha256(path)
-    return _VERIFIED[key]
-
-
-# Files whose values this process has scanned (finite features/logits, labels in range), keyed
-# as _VERIFIED: an entry a run reads is scanned once, so NaN/Inf written behind the store's back
-# (with a matching sha256) is a StoreError on open, never a NaN model.
-_VALUES_OK: set[tuple] = set()
-
-
-def _verified_values(fpath: Path, shown: Path, name: str, array: np.ndarray,
-                     num_classes: int | None) -> list[StoreProblem]:
-    if name == "sample_ids":  # ids: nothing to scan
-        return []
-    key = _file_key(fpath)
-    if key in _VALUES_OK:
-        return []
-    problems = _check_values(shown, name, array, num_classes)
-    if not problems:
-        if len(_VALUES_OK) >= 1 << 16:
-            _VALUES_OK.clear()
-        _VALUES_OK.add(key)
-    return problems
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _version() -> str:
-    from spider import __version__
-
-    return __version__

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import spider.store as store_mod
+import spider.store_checks as store_checks
 from spider.config import RESUMABLE_KEYS, compose
 from spider.errors import ConfigError, SpiderError, StoreError
 from spider.fit import fit, main
@@ -117,7 +118,7 @@ def _poison(zoo_dir: Path, out: Path, model: str, dataset: str, array: str, valu
     data.flush()
     del data
     manifest = json.loads((entry / "manifest.json").read_text())
-    manifest["arrays"][array]["sha256"] = store_mod._sha256(path)
+    manifest["arrays"][array]["sha256"] = store_checks._sha256(path)
     (entry / "manifest.json").write_text(json.dumps(manifest))
     return path
 
@@ -142,9 +143,9 @@ def test_non_finite_store_values_stop_fit_before_training(zoo, tmp_path, capsys,
 def test_store_value_scan_is_cached_per_file(zoo, monkeypatch):
     """The scan runs once per file and process, like the checksum: reading an entry again is free."""
     scanned = []
-    real = store_mod._check_values
-    monkeypatch.setattr(store_mod, "_check_values", lambda *a: scanned.append(a[1]) or real(*a))
-    monkeypatch.setattr(store_mod, "_VALUES_OK", set())
+    real = store_checks._check_values
+    monkeypatch.setattr(store_checks, "_check_values", lambda *a: scanned.append(a[1]) or real(*a))
+    monkeypatch.setattr(store_checks, "_VALUES_OK", set())
     store = store_mod.FeatureStore(zoo / "store")
     for _ in range(3):
         store.entry("ptm00", "pool0")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import spider
-from spider import store as store_mod
+from spider import store_checks, store_versions
 from spider.errors import StoreError
 from spider.store import MAX_ID_LENGTH, FeatureStore, validate
 
@@ -63,11 +63,13 @@ def _run(code, *args, timeout=120):
 _DYING_WRITER = """
 import os, sys
 import numpy as np
-from spider import store as s
+from spider import store as s, store_versions as v
 root, func, nth, when, no_exchange = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
 if no_exchange:
-    s._exchange = lambda a, b: False
-target = s.os if func == "rename" else s
+    v._exchange = lambda a, b: False
+# store.py's helpers and the publishing helpers it calls are patched where store.py looks them
+# up; the publishing steps those call, in spider.store_versions.
+target = s.os if func == "rename" else s if hasattr(s, func) else v
 original = getattr(target, func)
 calls = []
 def dying(*args, **kwargs):
@@ -135,7 +137,7 @@ def test_legacy_fallback_without_exchange_completes(tmp_path, monkeypatch):
     store = FeatureStore(tmp_path)
     store.write("m", "d", "train", **_tagged(1.0))
     _make_legacy(store)
-    monkeypatch.setattr(store_mod, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(store_versions, "_exchange", lambda a, b: False)
     _check_tagged(store.write("m", "d", "train", **_tagged(2.0), overwrite=True), 2.0)
     assert _only_current_version(tmp_path / "m" / "d") and validate(store) == []
 
@@ -339,9 +341,9 @@ def test_checksum_is_computed_once_per_file_and_again_when_the_file_changes(tmp_
     store = FeatureStore(tmp_path)
     store.write("m", "d", "train", **_tagged(1.0))
     hashed = []
-    real_sha = store_mod._sha256
-    monkeypatch.setattr(store_mod, "_sha256", lambda p: hashed.append(Path(p).name) or real_sha(p))
-    monkeypatch.setattr(store_mod, "_VERIFIED", {})  # as in a fresh process
+    real_sha = store_checks._sha256
+    monkeypatch.setattr(store_checks, "_sha256", lambda p: hashed.append(Path(p).name) or real_sha(p))
+    monkeypatch.setattr(store_checks, "_VERIFIED", {})  # as in a fresh process
     store.entry("m", "d")
     store.entry("m", "d")
     assert sorted(hashed) == ["features.npy", "labels.npy", "logits.npy"]
@@ -418,7 +420,7 @@ def test_nan_written_behind_the_store_s_back_is_found_by_validate(tmp_path):
     features.flush()
     del features
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["arrays"]["features"]["sha256"] = store_mod._sha256(path / "features.npy")
+    manifest["arrays"]["features"]["sha256"] = store_checks._sha256(path / "features.npy")
     (path / "manifest.json").write_text(json.dumps(manifest))
     for checksums in (True, False):
         problems = validate(store, checksums=checksums)
@@ -430,7 +432,7 @@ def test_deleted_version_is_a_missing_entry_reported_by_validate(tmp_path):
     store = FeatureStore(tmp_path)
     store.write("m", "d", "train", **_tagged(1.0))
     target = os.readlink(store.path("m", "d"))
-    store_mod._remove(tmp_path / "m" / "d" / target)
+    store_versions._remove(tmp_path / "m" / "d" / target)
     assert not store.has("m", "d") and list(store.entries()) == []
     with pytest.raises(StoreError, match=f"points to missing {target}"):
         store.entry("m", "d")

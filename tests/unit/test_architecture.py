@@ -17,14 +17,14 @@ ROOT = Path(__file__).resolve().parents[2] / "spider"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("spider", "spider.errors", "spider.registry", "spider.io", "spider.paths", "spider._procs",
               "spider.progress", "spider.schedules")),
-    ("library", ("spider.store", "spider.metrics", "spider.baselines", "spider.aggregate", "spider.priors",
-                 "spider.reference", "spider.zoo", "spider.modules", "spider.evaluate", "spider.synthetic")),
+    ("library", ("spider.store", "spider.store_versions", "spider.store_checks", "spider.metrics",
+                 "spider.baselines", "spider.aggregate", "spider.priors", "spider.reference", "spider.zoo", "spider.modules", "spider.evaluate", "spider.synthetic")),
     ("data", ("spider.datamodules",)),
     ("pipeline", ("spider.pipeline",)),
     ("training", ("spider.config", "spider.config_schema", "spider.train", "spider.callbacks", "spider.trainer",
                   "spider.run_inputs", "spider.run_lock")),
-    ("cli", ("spider.cli", "spider.fit", "spider.rank", "spider.labels", "spider.extract",
-             "spider.baselines.__main__", "spider.zoo.__main__")),
+    ("cli", ("spider.cli", "spider.fit", "spider.rank", "spider.rank_core", "spider.rank_images", "spider.labels",
+             "spider.extract", "spider.baselines.__main__", "spider.zoo.__main__")),
     # The benchmark report's library sits on top: it trains and ranks through the public entry points.
     ("benchmark", ("spider.benchmark",)),
 ]
