@@ -363,10 +363,13 @@ def _inspect(path: Path, shown: Path, deep: bool = False, checksums: bool = Fals
             problems.append(StoreProblem(shown_file, name, f"cannot read .npy ({type(err).__name__}: {err})"))
             continue
         arrays[name] = array
-        if deep:
-            problems += _check_values(shown_file, name, array, manifest["num_classes"])
-        elif checksums:  # opening: values scanned once per process and file, as the checksum
-            problems += _verified_values(fpath, shown_file, name, array, manifest["num_classes"])
+        try:  # a version deleted by a writer's clean-up while being scanned: a problem, so _read retries
+            if deep:
+                problems += _check_values(shown_file, name, array, manifest["num_classes"])
+            elif checksums:  # opening: values scanned once per process and file, as the checksum
+                problems += _verified_values(fpath, shown_file, name, array, manifest["num_classes"])
+        except OSError as err:
+            problems.append(StoreProblem(shown_file, name, f"cannot read .npy ({type(err).__name__}: {err})"))
     return manifest, arrays, problems
 
 
