@@ -31,3 +31,15 @@ def compose_config():
     from spider.config import compose
 
     return lambda *overrides: compose(list(overrides))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy shared CPU the thread
+    hand-offs cost far more than the maths; restore the setting afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

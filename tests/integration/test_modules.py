@@ -21,14 +21,7 @@ DIMS = [4, 7, 3, 7, 5, 6]
 SMALL = dict(dim=16, heads=2, head_hidden=8)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy shared CPU the thread
-    hand-offs cost far more than the maths; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_tasks(batch=3, classes=C, seed=0):

@@ -12,14 +12,7 @@ from spider.modules.losses import LOSSES, get_loss, list_losses, register_loss
 RANKING = ["listwise", "listmle", "listnet"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy shared CPU the thread
-    hand-offs cost far more than the maths; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def lse(*xs):
