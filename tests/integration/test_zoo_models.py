@@ -227,3 +227,31 @@ def test_sklearn_digits_registered_only_with_sklearn():
     else:
         digits = load_dataset("sklearn_digits", "all")
         assert digits.images.shape == (1797, 8, 8) and digits.images.max() == 255
+
+
+SECOND_BATCH = {  # name: (split, images shape, classes, grey images inverted to bright strokes)
+    "tiny_imagenet": ("test", (2000, 32, 32, 3), 200, False),
+    "gtsrb": ("train", (2580, 32, 32, 3), 43, False),
+    "cmaterdb": ("test", (2000, 32, 32), 30, True),
+    "chars74k": ("train", (6800, 32, 32), 34, True),
+    "binary_alphadigits": ("train", (1404, 20, 16), 36, False),
+    "orl_faces": ("train", (400, 112, 92), 40, False),
+}
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", sorted(SECOND_BATCH))
+def test_second_batch_datasets_load_with_their_class_names(data_dir, name):
+    split, shape, classes, strokes = SECOND_BATCH[name]
+    data = load_dataset(name, split, data_dir=data_dir)  # sha256 checked against MANIFEST.md
+    assert data.images.shape == shape and data.images.dtype == np.uint8
+    assert len(data.class_names) == classes and set(np.unique(data.labels)) == set(range(classes))
+    assert "," not in "".join(data.class_names)  # WordNet synonyms cut to the first name
+    if strokes:  # like MNIST: mostly dark background, bright strokes
+        assert np.median(data.images) < 64
+    assert name in list_datasets()
+
+
+def test_second_batch_splits_are_checked():
+    with pytest.raises(SpiderError, match="no split 'test'"):
+        load_dataset("chars74k", "test")
