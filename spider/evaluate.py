@@ -93,7 +93,7 @@ def evaluate(predictions: Mapping[str, Any], target: Any, indexes: Any, names: S
         for metric in metrics:
             per_target = grouped_mean(values[metric], index_t, len(names)).tolist()
             row = dict(zip(names, per_target))
-            row["mean"] = _nanmean(per_target)
+            row["mean"] = nanmean(per_target)
             table[metric][method] = row
     return table
 
@@ -163,8 +163,9 @@ def results_table(model: Any, datamodule: Any, *, stage: str = "test", rerank_to
     return evaluate(preds, torch.cat(truth), torch.cat(indexes), targets, mask=torch.cat(masks))
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values (None and NaN skipped); NaN when there is none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     return float(sum(finite) / len(finite)) if finite else float("nan")
 
 

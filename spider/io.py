@@ -81,12 +81,13 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 2, sort_
     write_text_atomic(path, json.dumps(jsonable(data), indent=indent, sort_keys=sort_keys) + "\n")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
-    except PermissionError:
+    except OSError:  # e.g. PermissionError: the pid runs under another user
         return True
     return True
 
@@ -101,5 +102,5 @@ def clean_temp_files(root: str | os.PathLike) -> None:
         host, _, pid = tmp.name.split(".tmp-", 1)[1].rpartition("-")
         if host and host != _HOST:
             continue
-        if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)

@@ -53,8 +53,9 @@ from typing import Any
 import numpy as np
 
 from spider.errors import StoreError
+from spider.io import pid_alive
 from spider.store_checks import StoreProblem, _check_values, _sha256, _trust, _verified_sha256, _verified_values
-from spider.store_versions import (MANIFEST, _fsync_dir, _pid_alive, _pointer, _publish, _publish_lock,
+from spider.store_versions import (MANIFEST, _fsync_dir, _pointer, _publish, _publish_lock,
                                    _version)
 
 SCHEMA_VERSION = 1
@@ -295,7 +296,7 @@ def _validate_dataset_dir(base: Path, checksums: bool) -> list[StoreProblem]:
             problems.append(StoreProblem(p, "entry", f"points to missing {os.readlink(p)}"))
         displaced = re.fullmatch(r"\.old-(.+)-(\d+)-[0-9a-f]{8}", p.name)
         if (displaced and _ID.match(displaced[1]) and not os.path.lexists(base / displaced[1])
-                and not _pid_alive(int(displaced[2])) and (p / MANIFEST).is_file()):
+                and not pid_alive(int(displaced[2])) and (p / MANIFEST).is_file()):
             problems.append(StoreProblem(base / displaced[1], "entry", f"missing: a writer died while replacing it; "
                                          f"the old entry waits in {p.name} and the next write restores it"))
     return problems

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from spider.errors import StoreError
+from spider.io import pid_alive
 
 # The file whose presence makes a directory a complete entry (written last, fsynced first).
 MANIFEST = "manifest.json"
@@ -96,7 +97,7 @@ def _collect(parent: Path, split: str, keep: str) -> None:
     that died. Readers that already opened a deleted version keep reading their memory maps."""
     for p in parent.iterdir():
         kind, pid = _hidden(p.name, split)
-        if (kind == "v" and p.name != keep) or (kind in ("tmp", "old") and not _pid_alive(pid)):
+        if (kind == "v" and p.name != keep) or (kind in ("tmp", "old") and not pid_alive(pid)):
             _remove(p)
 
 
@@ -104,7 +105,7 @@ def _restore_displaced(final: Path) -> None:
     """After a writer died between the two renames of _swap's fallback, move the old entry back."""
     for p in sorted(final.parent.iterdir()):
         kind, pid = _hidden(p.name, final.name)
-        if kind == "old" and not _pid_alive(pid) and (p / MANIFEST).is_file():
+        if kind == "old" and not pid_alive(pid) and (p / MANIFEST).is_file():
             os.rename(p, final)
             return
 
@@ -144,16 +145,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(b))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except OSError:  # e.g. PermissionError: the pid runs under another user
-        return True
-    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from spider.benchmark.inputs import Zoo
-from spider.evaluate import METRICS, evaluate
+from spider.evaluate import METRICS, evaluate, nanmean
 
 __all__ = ["METRICS", "MethodResult", "method_result", "pick_winner", "summary"]
 
@@ -41,15 +41,10 @@ class MethodResult:
         return [self.per_target[metric][t] for t in targets]
 
     def mean(self, metric: str, targets: Sequence[str]) -> float:
-        return _nanmean(self.values(metric, targets))
+        return nanmean(self.values(metric, targets))
 
     def mean_seconds(self, targets: Sequence[str]) -> float:
-        return _nanmean([self.seconds[t] for t in targets])
-
-
-def _nanmean(values: Any) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+        return nanmean([self.seconds[t] for t in targets])
 
 
 def method_result(name: str, kind: str, zoo: Zoo, preds: Sequence[np.ndarray], *, seconds: Any,
@@ -62,13 +57,13 @@ def method_result(name: str, kind: str, zoo: Zoo, preds: Sequence[np.ndarray], *
     targets = zoo.targets
     indexes = np.arange(len(targets))
     tables = [evaluate({name: p}, zoo.truth, indexes, targets) for p in preds]
-    per_target = {m: {t: _nanmean([tab[m][name][t] for tab in tables]) for t in targets} for m in METRICS}
+    per_target = {m: {t: nanmean([tab[m][name][t] for tab in tables]) for t in targets} for m in METRICS}
     spread: dict[str, dict[str, float]] = {}
     if len(tables) > 1:
         for stage in STAGES:
             names = zoo.stage_targets(stage)
             if names:
-                spread[stage] = {m: float(np.std([_nanmean([tab[m][name][t] for t in names]) for tab in tables]))
+                spread[stage] = {m: float(np.std([nanmean([tab[m][name][t] for t in names]) for tab in tables]))
                                  for m in METRICS}
 
     def per(value: Any) -> dict[str, float]:
