@@ -92,7 +92,10 @@ class FiniteLoss(L.Callback):
     weights (and the checkpoints, written at epoch ends) never hold what it would make of them."""
 
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
-        if not bool(torch.isfinite(loss.detach()).all()):
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:  # every rank stops together: one raising alone would hang the others
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             raise SpiderError(f"training loss is {float(loss.detach().float().reshape(-1)[0])} at epoch "
                               f"{trainer.current_epoch}, step {trainer.global_step} (rank {trainer.global_rank}); "
                               "stopped before it reached the weights (check model.lr and the inputs)")
