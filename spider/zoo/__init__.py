@@ -1,11 +1,11 @@
 """The model zoo: architectures timm lacks (registered here), real datasets and their checksums.
 
 Importing this package registers every built-in zoo model (CIFAR ResNets, digit CNNs, the Keras
-face models ported to torch). ``create_zoo_model(name)`` loads one with verified weights from the
+face models and the second-batch Keras models ported to torch). ``create_zoo_model(name)`` loads one with verified weights from the
 shared data folder (``SPIDER_DATA_DIR``); ``load_dataset(name, split)`` reads a real dataset.
 """
 
-from spider.zoo import cifar_resnet, digit_cnn, keras_xception  # noqa: F401  (registration)
+from spider.zoo import cifar_resnet, digit_cnn, keras_models, keras_xception  # noqa: F401  (registration)
 from spider.zoo.datasets import ArrayDataset, list_datasets, load_dataset
 from spider.zoo.manifest import DataFileError, data_file, manifest_checksums
 from spider.zoo.model_registry import (

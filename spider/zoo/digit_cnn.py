@@ -1,4 +1,4 @@
-"""The three small digit CNNs (MNIST, USPS, SVHN) of ``weights/digit_cnn/``.
+"""The three small digit CNNs (MNIST, USPS, SVHN) of ``weights/digit_cnn/`` and the Fashion-MNIST CNN.
 
 Each is ``features`` (an ``nn.Sequential``) -> flatten -> ``classifier`` (an ``nn.Sequential``),
 with module indices matching the checkpoints' state_dict keys exactly (ReLU, pooling and dropout
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spider.zoo.datasets import FASHION_CLASSES
 from spider.zoo.model_registry import ZooNet, load_state_dict_strict, read_torch_state_dict, register_zoo_model
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -32,14 +33,24 @@ class SequentialDigitCNN(ZooNet):
         return hidden, self.classifier[-1](hidden)
 
 
-def mnist_cnn_architecture() -> SequentialDigitCNN:
-    """Input ``[N, 1, 28, 28]``; features ``[N, 128]``."""
-    features = nn.Sequential(
+def _two_conv_features() -> nn.Sequential:
+    return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 0, 1, 2
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 3, 4, 5
     )
+
+
+def mnist_cnn_architecture() -> SequentialDigitCNN:
+    """Input ``[N, 1, 28, 28]``; features ``[N, 128]``."""
     classifier = nn.Sequential(nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-    return SequentialDigitCNN(features, classifier)
+    return SequentialDigitCNN(_two_conv_features(), classifier)
+
+
+def fashion_cnn_architecture() -> SequentialDigitCNN:
+    """mnist_cnn's layers with an ``nn.Flatten`` at classifier index 0 (as its checkpoint's keys
+    say); input ``[N, 1, 28, 28]``, features ``[N, 128]``."""
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    return SequentialDigitCNN(_two_conv_features(), classifier)
 
 
 def usps_cnn_architecture() -> SequentialDigitCNN:
@@ -98,3 +109,10 @@ register_zoo_model(
     mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970), feature_dim=256,
     num_classes=10, source="svhn", class_names=DIGITS, family="digit_cnn",
 )(_factory(svhn_cnn_architecture))
+
+# Second batch: a Fashion-MNIST CNN (Devadeut/FashionMnist-Classifier), Normalize(0.5, 0.5).
+register_zoo_model(
+    "fashion_mnist_cnn", checkpoint="weights/fashion_mnist_cnn_pytorch/fashion_mnist_cnn.pth",
+    input_size=(28, 28), in_chans=1, mean=(0.5,), std=(0.5,), feature_dim=128, num_classes=10,
+    source="fashion_mnist", class_names=FASHION_CLASSES, family="digit_cnn",
+)(_factory(fashion_cnn_architecture))
