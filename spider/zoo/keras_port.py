@@ -498,6 +498,13 @@ class KerasNet(ZooNet):
                     raise KerasPortError(f"layer {name!r}: weight {path!r} listed but absent")
                 weights[key] = np.asarray(layer_group[path], dtype=np.float32)
             block.load_keras(weights, name)
+        # A weighted layer of the file that the architecture lacks means the two do not match
+        # (e.g. an architecture written out in code that skipped a layer).
+        for name in group:
+            item = group[name]
+            if (isinstance(item, h5py.Group) and len(item.attrs.get("weight_names", [])) > 0
+                    and not hasattr(self.blocks[name] if name in self.blocks else None, "load_keras")):
+                raise KerasPortError(f"layer {name!r}: weights in the file but not in the architecture")
 
     # -- inference ---------------------------------------------------------------------------
     def _run(self, x: torch.Tensor, stop_at: set[str]) -> dict[str, torch.Tensor]:

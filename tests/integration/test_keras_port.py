@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers.keras_files import write_keras_file
 
 from spider.zoo import create_zoo_model, get_zoo_model_info, list_zoo_models
 from spider.zoo.keras_xception import KerasPortError, load_keras_model, same_padding
@@ -70,21 +71,6 @@ def _synthetic_weights(rng):
     }
 
 
-def _write_keras_file(path, config, weights):
-    with h5py.File(path, "w") as f:
-        f.attrs["model_config"] = json.dumps(config).encode()
-        group = f.create_group("model_weights")
-        names = [layer["name"] for layer in config["config"]["layers"]]
-        group.attrs["layer_names"] = np.array([n.encode() for n in names])
-        for name in names:
-            layer_group = group.create_group(name)
-            entries = weights.get(name, {})
-            full = [f"{name}/{key}:0" for key in entries]
-            layer_group.attrs["weight_names"] = np.array([w.encode() for w in full])
-            for key, value in entries.items():
-                layer_group.create_dataset(f"{name}/{key}:0", data=np.asarray(value, np.float32))
-
-
 def _np_pad(x, kernel, stride, value=0.0):
     pads = []
     for size in x.shape[1:3]:
@@ -135,7 +121,7 @@ def test_synthetic_keras_file_matches_numpy_reference(tmp_path):
     rng = np.random.default_rng(0)
     config, weights = _synthetic_config(), _synthetic_weights(rng)
     path = tmp_path / "tiny.hdf5"
-    _write_keras_file(path, config, weights)
+    write_keras_file(path, config, weights)
     x = rng.normal(size=(3, 8, 8, 2))
     expected_features, expected_logits = _np_forward(x, weights)
 
@@ -153,7 +139,7 @@ def test_unsupported_layer_is_a_one_line_error(tmp_path):
     config = _synthetic_config()
     config["config"]["layers"][7]["class_name"] = "LSTM"
     path = tmp_path / "bad.hdf5"
-    _write_keras_file(path, config, _synthetic_weights(np.random.default_rng(1)))
+    write_keras_file(path, config, _synthetic_weights(np.random.default_rng(1)))
     with pytest.raises(KerasPortError, match=r"layer 'drop'.*'LSTM'") as err:
         load_keras_model(path)
     assert "\n" not in str(err.value)
@@ -171,7 +157,7 @@ def test_weight_shape_mismatch_names_the_layer(tmp_path):
     weights = _synthetic_weights(np.random.default_rng(2))
     weights["head"]["kernel"] = np.zeros((3, 3, 6, 4))
     path = tmp_path / "mismatch.hdf5"
-    _write_keras_file(path, _synthetic_config(), weights)
+    write_keras_file(path, _synthetic_config(), weights)
     with pytest.raises(KerasPortError, match="layer 'head'"):
         load_keras_model(path)
 
