@@ -24,10 +24,14 @@ TORCH_MODELS = ["cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet44", "cif
                 "mnist_cnn", "usps_cnn", "svhn_cnn"]
 FACE_MODELS = ["fer2013_big_xception", "fer2013_mini_xception", "gender_mini_xception",
                "kdef_mini_xception", "kdef_tiny_xception"]
+# The MANIFEST's second batch (tests/integration/test_keras_ports.py checks them).
+SECOND_BATCH_MODELS = ["keras_mobilenet_v1_025_imagenet", "vww_mobilenet_v1_025", "mlperf_resnet8_cifar10",
+                       "gtsrb_cnn", "emnist62_cnn", "doodlenet_quickdraw345", "sign_mnist_cnn",
+                       "cifar100_cnn", "fashion_mnist_cnn"]
 
 
-def test_registry_lists_the_twelve_real_models():
-    assert list_zoo_models() == sorted(TORCH_MODELS + FACE_MODELS)
+def test_registry_lists_the_twenty_one_real_models():
+    assert list_zoo_models() == sorted(TORCH_MODELS + FACE_MODELS + SECOND_BATCH_MODELS)
     assert list_zoo_models("cifar10_*") == TORCH_MODELS[:4]
     with pytest.raises(RegistryError, match="unknown zoo model 'nope'"):
         get_zoo_model_info("nope")
