@@ -139,8 +139,9 @@ register_zoo_model(
 
 register_zoo_model(
     "mlperf_resnet8_cifar10", checkpoint="weights/mlperf_tiny_resnet8_cifar10/pretrainedResnet.h5",
-    input_size=(32, 32), in_chans=3, mean=(0.0,) * 3, std=(_RAW,) * 3,  # raw 0-255: MLPerf's
-    feature_dim=64, num_classes=10, source="cifar10",  # train.py feeds uint8 CIFAR-10 unscaled class_names=CIFAR10_CLASSES,
+    # raw 0-255: MLPerf's train.py feeds the uint8 CIFAR-10 arrays unscaled
+    input_size=(32, 32), in_chans=3, mean=(0.0,) * 3, std=(_RAW,) * 3,
+    feature_dim=64, num_classes=10, source="cifar10", class_names=CIFAR10_CLASSES,
     family="keras_resnet8",
 )(keras_factory("weights/mlperf_tiny_resnet8_cifar10/pretrainedResnet.h5"))
 

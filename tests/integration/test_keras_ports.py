@@ -99,6 +99,11 @@ def test_second_batch_is_registered_with_source_domains():
     assert len(sources) == 9  # one source domain each (ResNet-8: CIFAR-10, like the mini zoo's ResNets)
     assert get_zoo_model_info("gtsrb_cnn").std == (1 / 255,) * 3  # raw 0-255 pixels
     assert get_zoo_model_info("emnist62_cnn").class_names[36] == "a"
+    for name in SECOND_BATCH:
+        info = get_zoo_model_info(name)
+        assert info.checkpoint.startswith("weights/") and len(info.mean) == len(info.std) == info.in_chans
+        if name != "doodlenet_quickdraw345":  # its 345 names live in the data folder's class_names.txt
+            assert len(info.class_names) == info.num_classes, name
 
 
 # ------------------------------------------------------------------- real files vs real Keras
