@@ -166,7 +166,7 @@ class KerasBatchNorm(nn.BatchNorm2d):
     def __init__(self, cfg: dict, channels: int, layer: str) -> None:
         axis = cfg.get("axis", -1)
         axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-        if axis not in (-1, 3, 1):  # the channel axis of channels_last ([N, C] after Dense: 1)
+        if axis not in (-1, 3):  # the channel axis of channels_last
             raise KerasPortError(f"layer {layer!r}: BatchNormalization axis {axis} not supported")
         super().__init__(channels, eps=float(cfg.get("epsilon", 1e-3)))
         self.center = bool(cfg.get("center", True))
