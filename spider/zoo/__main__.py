@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def recipe_info(name: str) -> dict:
     """``{"recipe", "ptms", "source_domains", "pool", "val_targets", "test_targets"}`` as counts, and
-    ``"names"``: the same keys as lists (PTM ids with their domains, domains, dataset ids)."""
+    ``"names"``: the same keys as lists (PTM ids with their domains, domains, dataset ids), and
+    ``"in_domain"``: per target, the PTMs pre-trained on its domain."""
     from spider.pipeline.recipes import get_recipe
 
     recipe = get_recipe(name)
@@ -49,7 +50,8 @@ def recipe_info(name: str) -> dict:
              "pool": [p.id for p in recipe.pool], "val_targets": [t.id for t in recipe.val_targets],
              "test_targets": [t.id for t in recipe.targets]}
     return {"recipe": name, **{key: len(value) for key, value in names.items()},
-            "description": recipe.description, "names": names}
+            "description": recipe.description, "names": names,
+            "in_domain": {t.id: list(t.in_domain) for t in recipe.all_targets}}
 
 
 def _info(name: str | None, as_json: bool) -> int:
@@ -66,8 +68,11 @@ def _info(name: str | None, as_json: bool) -> int:
         print(f"{info['recipe']}: {info['description']}")
         print(f"  PTMs ({info['ptms']}): {' '.join(names['ptms'])}")
         print(f"  source domains ({info['source_domains']}): {', '.join(names['source_domains'])}")
-        for key in ("pool", "val_targets", "test_targets"):
-            print(f"  {key.replace('_', ' ')} ({info[key]}): {' '.join(names[key])}")
+        print(f"  pool ({info['pool']}): {' '.join(names['pool'])}")
+        for key in ("val_targets", "test_targets"):
+            print(f"  {key.replace('_', ' ')} ({info[key]}), with the PTMs pre-trained on their domain:")
+            for target in names[key]:
+                print(f"    {target}: {', '.join(info['in_domain'][target]) or '-'}")
     return 0
 
 
