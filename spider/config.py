@@ -84,7 +84,7 @@ def compose(overrides: typing.Sequence[str] = (), root: Union[str, Path, None] =
 
     cfg = default_config()
     for group, choice in choices.items():
-        content = _read_yaml(_group_file(root, group, str(choice)))
+        content = _read_group_file(root, group, str(choice))
         content.setdefault("name", Path(str(choice)).stem)
         cfg = _merge(cfg, {group: content})
     cfg = _merge(cfg, primary)
@@ -295,6 +295,21 @@ def _group_file(root: Path, group: str, choice: str) -> Path:
             f"config group {group}={choice!r}: no file {path}; available: {', '.join(available) or 'none'}"
         )
     return path
+
+
+def _read_group_file(root: Path, group: str, choice: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A group file's mapping; ``extends: <file of the same group>`` starts from that file's mapping
+    (recursively), so a variant states only what differs and every other value has one source."""
+    path = _group_file(root, group, choice)
+    content = _read_yaml(path)
+    base = content.pop("extends", None)
+    if base is None:
+        return content
+    if not isinstance(base, str) or base in (*seen, choice):
+        raise ConfigError(f"config file {path}: 'extends' must name another {group} file without a cycle, "
+                          f"got {base!r}")
+    return OmegaConf.to_container(_merge(OmegaConf.create(_read_group_file(root, group, base, (*seen, choice))),
+                                         content))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

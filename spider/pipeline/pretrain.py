@@ -76,6 +76,9 @@ class PretrainSpec:
     seed: int = 0
     timm_kwargs: tuple[tuple[str, Any], ...] = ()  # extra timm.create_model arguments
     description: str = ""
+    # ``((source, (class, ...)), ...)``: train on these classes of a source only (the others whole),
+    # so that a PTM pre-trained on a pool dataset never sees the classes held out for targets.
+    source_classes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.in_chans not in (1, 3):
@@ -86,10 +89,16 @@ class PretrainSpec:
             raise SpiderError(f"pretrain spec {self.id!r}: no source datasets")
         if self.epochs < 0:
             raise SpiderError(f"pretrain spec {self.id!r}: epochs must be >= 0, got {self.epochs}")
+        unknown = sorted({name for name, _ in self.source_classes} - set(self.sources))
+        if unknown:
+            raise SpiderError(f"pretrain spec {self.id!r}: source_classes names {unknown}, not among its "
+                              f"sources {list(self.sources)}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["timm_kwargs"] = dict(self.timm_kwargs)
+        if not self.source_classes:  # absent when unused: earlier specs (and their checkpoints) keep their hash
+            del data["source_classes"]
         return data
 
     @property
@@ -132,15 +141,17 @@ def source_splits(spec: PretrainSpec, data_dir: str | Path | None = None
     train = _LabelledImages([], [])
     held = _LabelledImages([], [])
     offset = 0
+    kept_classes = dict(spec.source_classes)
     for name in spec.sources:
         splits = DATASETS.get(name).splits
         if "train" in splits:
-            data = load_dataset(name, "train", data_dir=data_dir)
+            data = _keep_classes(load_dataset(name, "train", data_dir=data_dir), kept_classes.get(name), spec)
             train_rows = np.arange(len(data))
             test = load_dataset(name, "test", data_dir=data_dir) if "test" in splits else None
+            test = _keep_classes(test, kept_classes.get(name), spec) if test is not None else None
             held_images, held_labels = (test.images, test.labels) if test is not None else (None, None)
         else:
-            data = load_dataset(name, splits[0], data_dir=data_dir)
+            data = _keep_classes(load_dataset(name, splits[0], data_dir=data_dir), kept_classes.get(name), spec)
             train_rows, held_rows = _holdout_rows(data.labels, spec.holdout_fraction, rng)
             held_images, held_labels = data.images[held_rows], data.labels[held_rows]
         if spec.max_per_source is not None and len(train_rows) > spec.max_per_source:
@@ -155,6 +166,23 @@ def source_splits(spec: PretrainSpec, data_dir: str | Path | None = None
             held.labels.append(held_labels[keep] + offset)
         offset += len(data.class_names)
     return train, held, offset
+
+
+def _keep_classes(data, classes: tuple[int, ...] | None, spec: PretrainSpec):
+    """``data`` restricted to ``classes`` (relabelled ``0..k-1`` in that order); all when None."""
+    if classes is None:
+        return data
+    from spider.zoo.datasets import ArrayDataset
+
+    kept = np.asarray(classes, dtype=np.int64)
+    if len(kept) == 0 or len(set(kept.tolist())) != len(kept) or kept.min() < 0 or kept.max() >= len(data.class_names):
+        raise SpiderError(f"pretrain spec {spec.id!r}: source_classes of {data.name!r} must be distinct class "
+                          f"indices in [0, {len(data.class_names)}), got {list(classes)}")
+    rows = np.flatnonzero(np.isin(data.labels, kept))
+    relabel = np.full(len(data.class_names), -1, dtype=np.int64)
+    relabel[kept] = np.arange(len(kept))
+    return ArrayDataset(data.name, data.split, data.images[rows], relabel[data.labels[rows]],
+                        tuple(data.class_names[int(c)] for c in kept))
 
 
 def _holdout_rows(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -285,6 +285,15 @@ class ZooRecipe:
     def ptm_ids(self) -> list[str]:
         return list(self.real_ptms) + [s.id for s in self.pretrained]
 
+    def ptm_domains(self) -> dict[str, tuple[str, ...]]:
+        """``{ptm id: source domains}`` (:mod:`spider.zoo.domains`): a real PTM's training set, a
+        pre-trained one's sources (several for a generalist trained on a union)."""
+        from spider.zoo import get_zoo_model_info
+        from spider.zoo.domains import source_domains
+
+        domains = {name: source_domains([get_zoo_model_info(name).source]) for name in self.real_ptms}
+        return {**domains, **{spec.id: source_domains(spec.sources) for spec in self.pretrained}}
+
     def ptm_refs(self, checkpoints: str | Path) -> list[ModelRef]:
         return [zoo_ref(n) for n in self.real_ptms] + [timm_ref(s, checkpoints) for s in self.pretrained]
 
@@ -295,7 +304,11 @@ class ZooRecipe:
         return list(self.pretrained) + [self.general] + [s for _, s in self.general_alternatives]
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        data = json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        for spec in [*data["pretrained"], data["general"], *(s for _, s in data["general_alternatives"])]:
+            if not spec["source_classes"]:  # as PretrainSpec.to_dict: earlier recipes keep their hash
+                del spec["source_classes"]
+        return data
 
     @property
     def hash(self) -> str:

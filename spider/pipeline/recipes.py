@@ -47,7 +47,7 @@ from spider.pipeline.bank import BankSettings
 from spider.pipeline.finetune import FinetuneConfig
 from spider.pipeline.pretrain import PretrainSpec
 
-__all__ = ["get_recipe", "list_recipes", "minizoo", "tiny"]
+__all__ = ["get_recipe", "list_recipes", "minizoo", "tiny", "zoo40"]
 
 OMNIGLOT_EVAL_CHARACTERS = 659  # characters of the Omniglot evaluation set (MANIFEST.md)
 REAL_PTMS = (
@@ -152,6 +152,131 @@ def minizoo() -> ZooRecipe:
                                        finetune=FinetuneConfig(lrs=(3e-3,), seeds=(0,), epochs=2)),
                      description="20 PTMs (12 real + 8 timm pre-trained here), 3 pool datasets, "
                                  "4 validation and 6 test targets")
+
+
+# ------------------------------------------------------------------------------------- zoo40
+# Classes (indices into the registered datasets' class lists) of the bigger zoo. Every class is in
+# exactly one of pool / validation targets / test targets; a PTM pre-trained on a pool dataset here
+# sees its pool classes only (``PretrainSpec.source_classes``).
+TINY_IMAGENET_ANIMALS = (12, 21, 26, 30, 34, 38, 44, 52, 55, 57)  # koala, king penguin, ..., elephant
+TINY_IMAGENET_POOL = tuple(c for c in range(59, 200) if c not in TINY_IMAGENET_OBJECTS)  # objects only
+GTSRB_TEST_SIGNS = (3, 4, 9, 11, 18, 22, 27, 28, 31, 40)  # 60/70 km/h, no passing, ..., roundabout
+GTSRB_POOL = tuple(c for c in range(43) if c not in GTSRB_VAL_SIGNS + GTSRB_TEST_SIGNS)  # 23 signs
+CHARS74K_TEST_LETTERS = tuple(range(20, 30))  # L M N P Q R S T U V
+CHARS74K_POOL = DIGITS_LOW + (30, 31, 32, 33)  # 0-4, W X Y Z
+BINARY_ALPHADIGITS_POOL = DIGITS_LOW + (18, 24, 32, 33, 34, 35)  # 0-4, I O W X Y Z
+CMATERDB_POOL, CMATERDB_TELUGU = tuple(range(20)), tuple(range(20, 30))  # Bangla + Devanagari | Telugu
+ORL_POOL, ORL_VAL, ORL_TEST = tuple(range(20)), tuple(range(20, 30)), tuple(range(30, 40))  # people
+# The 9 ports of the MANIFEST's second batch (spider.zoo).
+SECOND_BATCH_PTMS = (
+    "keras_mobilenet_v1_025_imagenet", "vww_mobilenet_v1_025", "mlperf_resnet8_cifar10", "gtsrb_cnn",
+    "emnist62_cnn", "doodlenet_quickdraw345", "sign_mnist_cnn", "cifar100_cnn", "fashion_mnist_cnn",
+)
+
+
+def _zoo40_pool() -> tuple[PoolSpec, ...]:
+    return (
+        PoolSpec("mnist", "mnist", classes=DIGITS_LOW, per_class=200, note="MNIST digits 0-4"),
+        PoolSpec("cifar10", "cifar10", classes=CIFAR10_POOL_CLASSES, per_class=200,
+                 note="CIFAR-10 without bird, cat, dog, horse (Animal-MNIST classes)"),
+        PoolSpec("omniglot_background", "omniglot_background", split="all", max_classes=400,
+                 note="400 Omniglot-background characters x 20 drawings"),
+        PoolSpec("tiny_imagenet", "tiny_imagenet", classes=TINY_IMAGENET_POOL, max_classes=60, per_class=30,
+                 note="60 Tiny-ImageNet objects and foods (no animals: those are targets)"),
+        PoolSpec("gtsrb", "gtsrb", classes=GTSRB_POOL, per_class=40, note="23 GTSRB traffic signs"),
+        PoolSpec("cmaterdb", "cmaterdb", classes=CMATERDB_POOL, per_class=100,
+                 note="Bangla and Devanagari handwritten digits (Telugu is a target)"),
+        PoolSpec("chars74k", "chars74k", classes=CHARS74K_POOL, per_class=60,
+                 note="font digits 0-4 and letters W-Z"),
+        PoolSpec("binary_alphadigits", "binary_alphadigits", classes=BINARY_ALPHADIGITS_POOL,
+                 note="20x16 bitmap digits 0-4 and letters I, O, W-Z"),
+        PoolSpec("orl_faces", "orl_faces", classes=ORL_POOL, note="20 ORL people x 10 faces"),
+    )
+
+
+def _on_pool(arch: str, sources: str | tuple[str, ...], *, rgb: bool, **kwargs: Any) -> PretrainSpec:
+    """A timm PTM pre-trained on the pool classes of ``sources`` (never a target's classes)."""
+    sources = (sources,) if isinstance(sources, str) else tuple(sources)
+    kept = {p.source: p.classes for p in _zoo40_pool() if p.classes is not None}
+    return _timm(arch, sources, rgb=rgb, source_classes=tuple((s, kept[s]) for s in sources if s in kept),
+                 **kwargs)
+
+
+@register_recipe("zoo40")
+def zoo40() -> ZooRecipe:
+    mini = minizoo()
+    grey_chars = ("mnist", "cmaterdb", "omniglot_background", "chars74k", "binary_alphadigits")
+    photos = ("cifar10", "tiny_imagenet", "gtsrb")
+    tiny_resnet, tiny_convnext = (_on_pool("test_resnet", "tiny_imagenet", rgb=True, epochs=15, flip=True),
+                                  _on_pool("test_convnext", "tiny_imagenet", rgb=True, epochs=15, lr=3e-3, flip=True))
+    signs = (_on_pool("test_efficientnet", "gtsrb", rgb=True, epochs=15),
+             _on_pool("test_vit", "gtsrb", rgb=True, epochs=15, lr=1e-3))
+    scripts = (_on_pool("test_resnet", "cmaterdb", rgb=False, epochs=6),
+               _on_pool("test_mambaout", "cmaterdb", rgb=False, epochs=6))
+    fonts = _on_pool("test_convnext2", "chars74k", rgb=False, epochs=15, lr=3e-3)
+    faces_timm = _on_pool("test_efficientnet", "orl_faces", rgb=False, epochs=30, lr=3e-3)
+    # generalists on unions of domains, two of them of families absent from the mini zoo
+    photo_all = (_on_pool("test_nfnet", photos, rgb=True, epochs=8, max_per_source=10000),
+                 _on_pool("test_vit2", photos, rgb=True, epochs=8, lr=1e-3, max_per_source=10000))
+    grey_all = (_on_pool("test_resnet", grey_chars, rgb=False, epochs=4, max_per_source=10000),
+                _on_pool("test_convnext3", grey_chars, rgb=False, epochs=4, lr=3e-3, max_per_source=10000))
+    pretrained = mini.pretrained + (tiny_resnet, tiny_convnext, *signs, *scripts, fonts, faces_timm,
+                                    *photo_all, *grey_all)
+    photo_generalists = tuple(p.id for p in photo_all)
+    grey_generalists = tuple(p.id for p in grey_all)
+    sign_specialists = tuple(p.id for p in signs)
+    faces = ("fer2013_mini_xception", "fer2013_big_xception", "gender_mini_xception", "kdef_mini_xception",
+             "kdef_tiny_xception", faces_timm.id)
+    pool = _zoo40_pool()
+    general = _on_pool("test_byobnet", tuple(p.source for p in pool), rgb=True, epochs=4, lr=3e-3,
+                       max_per_source=10000)
+    general = dataclasses.replace(general, id=GENERAL_ID, description=(
+        "general encoder: a family absent from the zoo, trained on the pool classes of the 9 pool datasets"))
+    random_general = dataclasses.replace(general, id="general.random", epochs=0,
+                                         description="same architecture, random initialisation")
+    photo_experts = ("keras_mobilenet_v1_025_imagenet", "cifar100_cnn", tiny_resnet.id, tiny_convnext.id)
+    # The mini zoo's targets, with the new PTMs trained on their domains.
+    targets = tuple(dataclasses.replace(t, in_domain=t.in_domain + extra) for t, extra in zip(mini.targets, (
+        ("fashion_mnist_cnn",),
+        (),
+        ("emnist62_cnn",) + grey_generalists,
+        grey_generalists, grey_generalists, grey_generalists,
+    ))) + (
+        TargetSpec("tiny_imagenet_animals", "tiny_imagenet", 25, 10, 10, test_split="test",
+                   classes=TINY_IMAGENET_ANIMALS,
+                   in_domain=photo_experts + photo_generalists,
+                   note="10 Tiny-ImageNet animals (the pool holds objects only)"),
+        TargetSpec("gtsrb_signs_test", "gtsrb", 40, 20, 20, test_split="test", classes=GTSRB_TEST_SIGNS,
+                   in_domain=("gtsrb_cnn",) + sign_specialists + photo_generalists,
+                   note="10 more German traffic signs (gtsrb_cnn saw all 43)"),
+        TargetSpec("cmaterdb_telugu", "cmaterdb", 30, 10, 30, test_split="test", classes=CMATERDB_TELUGU,
+                   in_domain=tuple(p.id for p in scripts) + grey_generalists,
+                   note="handwritten Telugu digits (the pool holds Bangla and Devanagari)"),
+        TargetSpec("chars74k_letters_lv", "chars74k", 50, 20, 50, classes=CHARS74K_TEST_LETTERS,
+                   in_domain=("emnist62_cnn", fonts.id) + grey_generalists,
+                   note="capital letters L-V (no O) in computer fonts"),
+        TargetSpec("orl_faces_test", "orl_faces", 5, 2, 3, classes=ORL_TEST,
+                   in_domain=faces, note="10 people of the ORL faces, 5 training photos each"),
+    )
+    val_targets = tuple(dataclasses.replace(t, in_domain=t.in_domain + extra) for t, extra in zip(mini.val_targets, (
+        photo_experts + photo_generalists,
+        ("gtsrb_cnn",) + sign_specialists + photo_generalists,
+        ("emnist62_cnn", fonts.id) + grey_generalists,
+        grey_generalists,
+    ))) + (
+        TargetSpec("orl_faces_val", "orl_faces", 5, 2, 3, classes=ORL_VAL,
+                   in_domain=faces, note="10 other ORL people, 5 training photos each"),
+    )
+    return ZooRecipe("zoo40", REAL_PTMS + SECOND_BATCH_PTMS, pretrained, general, pool, targets,
+                     # one seed, two learning rates: 2 runs per (target, PTM) keep the build within 2 h
+                     finetune=FinetuneConfig(seeds=(0,)), labels=LabelSettings(),
+                     general_alternatives=(("random", random_general),), val_targets=val_targets,
+                     bank=BankSettings(num_tasks=48, max_per_class=12,
+                                       finetune=FinetuneConfig(lrs=(3e-3,), seeds=(0,), epochs=2)),
+                     description=f"{len(REAL_PTMS + SECOND_BATCH_PTMS) + len(pretrained)} PTMs "
+                                 f"({len(REAL_PTMS + SECOND_BATCH_PTMS)} real + {len(pretrained)} timm "
+                                 f"pre-trained here), {len(pool)} pool datasets, {len(val_targets)} "
+                                 f"validation and {len(targets)} test targets")
 
 
 @register_recipe("tiny")

@@ -5,7 +5,8 @@ Examples::
     python -m spider.zoo build minizoo                    # -> artifacts/minizoo (resumes; no-op when done)
     python -m spider.zoo build tiny --out /tmp/tiny --workers 1
     python -m spider.zoo build minizoo --stages pretrain extract
-    python -m spider.zoo list                             # recipes and their contents
+    python -m spider.zoo info                             # every recipe: PTMs, domains, pool, targets
+    python -m spider.zoo info zoo40 --json                # one recipe as JSON (counts, then the names)
 """
 
 from __future__ import annotations
@@ -24,34 +25,62 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build only the missing parts of a zoo")
-    build.add_argument("recipe", help="recipe name (see `list`): minizoo or tiny")
+    build.add_argument("recipe", help="recipe name (see `info`): minizoo, zoo40 or tiny")
     build.add_argument("--out", help="output folder (default: artifacts/<recipe>)")
     build.add_argument("--data-dir", help="shared data folder (default: SPIDER_DATA_DIR or ../shared/data)")
     build.add_argument("--workers", type=int, help="processes (default: min(2, CPUs); 1 = this process)")
     build.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
-    sub.add_parser("list", help="list the recipes")
+    info = sub.add_parser("info", help="what a recipe holds (every recipe without RECIPE)")
+    info.add_argument("recipe", nargs="?", help="recipe name (default: all)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sub.add_parser("list", help="same as `info` for every recipe")
     return parser
 
 
-def _list() -> int:
-    from spider.pipeline.recipes import get_recipe, list_recipes
+def recipe_info(name: str) -> dict:
+    """``{"recipe", "ptms", "source_domains", "pool", "val_targets", "test_targets"}`` as counts, and
+    ``"names"``: the same keys as lists (PTM ids with their domains, domains, dataset ids), and
+    ``"in_domain"``: per target, the PTMs pre-trained on its domain."""
+    from spider.pipeline.recipes import get_recipe
 
-    for name in list_recipes():
-        recipe = get_recipe(name)
-        print(f"{name}: {recipe.description}")
-        print(f"  PTMs ({len(recipe.ptm_ids())}): {' '.join(recipe.ptm_ids())}")
-        print(f"  general encoder: {recipe.general.arch} on {'+'.join(recipe.general.sources)}")
-        print(f"  pool: {' '.join(p.id for p in recipe.pool)}")
-        print(f"  targets: {' '.join(t.id for t in recipe.targets)}")
+    recipe = get_recipe(name)
+    domains = recipe.ptm_domains()
+    names = {"ptms": domains, "source_domains": sorted({d for ds in domains.values() for d in ds}),
+             "pool": [p.id for p in recipe.pool], "val_targets": [t.id for t in recipe.val_targets],
+             "test_targets": [t.id for t in recipe.targets]}
+    return {"recipe": name, **{key: len(value) for key, value in names.items()},
+            "description": recipe.description, "names": names,
+            "in_domain": {t.id: list(t.in_domain) for t in recipe.all_targets}}
+
+
+def _info(name: str | None, as_json: bool) -> int:
+    import json
+
+    from spider.pipeline.recipes import list_recipes
+
+    infos = [recipe_info(n) for n in ([name] if name else list_recipes())]
+    if as_json:
+        print(json.dumps(infos[0] if name else infos))
+        return 0
+    for info in infos:
+        names = info["names"]
+        print(f"{info['recipe']}: {info['description']}")
+        print(f"  PTMs ({info['ptms']}): {' '.join(names['ptms'])}")
+        print(f"  source domains ({info['source_domains']}): {', '.join(names['source_domains'])}")
+        print(f"  pool ({info['pool']}): {' '.join(names['pool'])}")
+        for key in ("val_targets", "test_targets"):
+            print(f"  {key.replace('_', ' ')} ({info[key]}), with the PTMs pre-trained on their domain:")
+            for target in names[key]:
+                print(f"    {target}: {', '.join(info['in_domain'][target]) or '-'}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "list":
-            return _list()
+        if args.command in ("info", "list"):
+            return _info(getattr(args, "recipe", None), getattr(args, "json", False))
         from spider.pipeline.build import build_zoo
 
         report = build_zoo(args.recipe, args.out, data_dir=args.data_dir, workers=args.workers,

@@ -177,7 +177,7 @@ def test_unknown_recipe_exits_2(tmp_path, capsys):
 
 
 def test_recipes_meet_the_issue():
-    assert list_recipes() == ["minizoo", "tiny"]
+    assert list_recipes() == ["minizoo", "tiny", "zoo40"]
     recipe = get_recipe("minizoo")
     assert set(REAL_PTMS) <= set(recipe.ptm_ids()) and len(recipe.ptm_ids()) >= 18
     families = {s.arch for s in recipe.pretrained}

@@ -42,6 +42,21 @@ def test_group_file_by_path(tmp_path):
     assert cfg.data.batch_size == 3 and cfg.data.num_label_tasks == 5 and cfg.data.name == "mine"
 
 
+def test_a_group_file_extends_another_and_states_only_what_differs(tmp_path):
+    zoo40, mini = compose(["data=zoo40"]), compose(["data=minizoo"])
+    assert (zoo40.data.zoo, zoo40.data.name) == ("zoo40", "zoo40")
+    differing = {k for k in mini.data if k not in ("zoo", "name") and zoo40.data[k] != mini.data[k]}
+    assert differing == set()
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: tiny\nbatch_size: 3\n")
+    cfg = compose([f"data={path}"])
+    assert cfg.data.batch_size == 3 and cfg.data.num_label_tasks == compose(["data=tiny"]).data.num_label_tasks
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="'extends' must name another data file without a cycle"):
+        compose([f"data={loop}"])
+
+
 def test_a_group_file_that_leaves_a_field_unset_is_an_error(tmp_path):
     path = tmp_path / "partial.yaml"
     path.write_text("batch_size: 3\n")
