@@ -19,7 +19,7 @@ __all__ = ["GRID", "run_transfergraph", "transfergraph_row"]
 NAME = "transfergraph"
 # Searched on the validation targets; the shipped defaults (HParams()) come first, so a zoo
 # without validation targets gets them (pick_winner then takes the first candidate).
-GRID: dict[str, Sequence[Any]] = {"dim": (32, 16), "layers": (2, 1), "topk": (5, 3, 10), "predictor": ("mlp", "linear")}
+GRID: dict[str, Sequence[Any]] = {"dim": (16, 32), "layers": (1, 2), "topk": (3, 5, 10), "predictor": ("linear", "mlp")}
 
 
 def _setting(values: Mapping[str, Any]) -> str:

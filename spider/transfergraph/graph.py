@@ -12,8 +12,10 @@ layer is a handful of matmuls; no graph library is needed. Node types and relati
 * similarity edges ``S`` [N, N]: row n averages the dataset nodes most similar to n (GraphSAGE's
   mean aggregator over the top-k neighbours).
 
-A new dataset has similarity edges only, so its embedding after two layers carries the
-accuracies of the PTMs on the pool tasks that resemble it: ranking it is link prediction.
+A new dataset has similarity edges only. With two layers its embedding carries the accuracies
+of the PTMs on the pool tasks that resemble it; with one, the PTM embeddings do (each aggregates
+the tasks it did well on) and the predictor matches them against the new task's neighbourhood,
+besides the neighbours' accuracies it is given directly. Either way ranking it is link prediction.
 """
 
 from __future__ import annotations
