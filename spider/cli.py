@@ -18,7 +18,7 @@ COMMANDS = {
     "labels": ("spider.labels", "build or check a label cache of training tasks"),
     "baselines": ("spider.baselines.__main__", "score stored features with transferability baselines"),
     "extract": ("spider.extract", "extract PTM features of a dataset into a feature store"),
-    "transfergraph": ("spider.transfergraph.cli", "fit TransferGraph on a zoo's fine-tuning history, rank images with it"),
+    "transfergraph": ("spider.transfergraph.cli", "fit TransferGraph on a zoo's fine-tuning history, rank with it"),
 }
 
 

@@ -74,8 +74,8 @@ def transfergraph_row(zoo: Zoo, extraction: Mapping[str, Mapping[str, float]], g
     rows = {}
     for name, run in runs["settings"].items():
         score = runs["token_seconds"] + run["score_seconds"]
-        rows[name] = method_result(NAME, "history", zoo, [run["pred"]], seconds=extract + score, extract_seconds=extract,
-                                   score_seconds=score, ptm_passes=0, general_passes=1)
+        rows[name] = method_result(NAME, "history", zoo, [run["pred"]], seconds=extract + score,
+                                   extract_seconds=extract, score_seconds=score, ptm_passes=0, general_passes=1)
     chosen = pick_winner(rows, zoo)
     run = runs["settings"][chosen]
     rows[chosen].note = f"TransferGraph {chosen} (chosen on validation), trained in {run['train_seconds']:.1f} s"

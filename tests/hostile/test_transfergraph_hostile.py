@@ -164,7 +164,8 @@ def test_cli_fit_rejects_bad_options_and_zoos(tmp_path, capsys):
 def test_cli_rank_rejects_bad_models_and_folders(saved, tmp_path, capsys):
     images = tmp_path / "images"
     (images / "x").mkdir(parents=True)
-    assert "--model: no file" in _cli_error(capsys, ["rank", "--model", str(tmp_path / "no.pt"), "--images", str(images)])
+    missing = str(tmp_path / "no.pt")
+    assert "--model: no file" in _cli_error(capsys, ["rank", "--model", missing, "--images", str(images)])
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"junk")
     two = _two_classes(tmp_path)

@@ -51,7 +51,8 @@ def test_rank_images_of_a_target_as_from_its_stored_features(tiny_zoo, fitted, d
     view = next(t for t in get_recipe("tiny").targets if t.id == "usps").load(data_dir)["train"]
     images = write_image_folder(tmp_path / "usps", view.images, view.labels, list(view.class_names))
     out = tmp_path / "ranking.json"
-    assert spider_main(["transfergraph", "rank", "--model", str(fitted), "--images", str(images), "--json", str(out)]) == 0
+    argv = ["transfergraph", "rank", "--model", str(fitted), "--images", str(images), "--json", str(out)]
+    assert spider_main(argv) == 0
     printed = capsys.readouterr().out
     assert "extract_general" in printed and "time:" in printed
     ranking = json.loads(out.read_text())
