@@ -9,9 +9,10 @@ reads a zoo built by ``spider zoo build <recipe>`` and writes into ``--out``:
 * ``report.md``     validation and test tables (per target and mean; wtau_paper, wtau_symmetric,
                     top-1 regret) of Model Spider with general tokens and with re-ranking of the top
                     k = 1, 3, 5, every forward baseline and their Copeland aggregate, every static
-                    prior; costs per target and of building the zoo (fine-tuning bank included);
-                    the bank's protocol agreement; the label-source ablation (winner chosen on the
-                    validation targets only); the goal check on the test targets; plots.
+                    prior, TransferGraph (fitted on the fine-tuning bank); costs per target and of
+                    building the zoo (fine-tuning bank included); the bank's protocol agreement; the
+                    label-source ablation (winner chosen on the validation targets only); the goal
+                    check on the test targets; plots.
 * ``results.json``  ``recipe``, ``ptms``, ``val``/``test`` (``{method: {wtau_paper, wtau_symmetric,
                     top1_regret, seconds_per_target}}``), ``groups``, and every other number shown.
 * ``efficiency.png`` (quality vs time on the test targets), ``spider_charts.png``.
@@ -46,6 +47,7 @@ from spider.benchmark.inputs import JsonCache, ReportError, open_zoo
 from spider.benchmark.methods import METRICS, method_result, pick_winner, summary
 from spider.benchmark.timing import time_extraction
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer
+from spider.benchmark.transfergraph import transfergraph_row
 from spider.errors import SpiderError
 from spider.io import write_json_atomic, write_text_atomic
 
@@ -177,6 +179,8 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                                     general_passes=0, note=f"Copeland of {', '.join(members)}")
     priors = prior_rows(zoo, work)
     rows.update({r.name: r for r in priors})
+    log("transfergraph: fitting on the fine-tuning bank, hyperparameters chosen on validation")
+    tgraph, tgraph_info = transfergraph_row(zoo, extraction, log=log)
 
     log(f"label-source ablation: {len(LABEL_SOURCES) * 2} settings x {len(budget.seeds)} seed(s)")
     ablation_rows, ablation, main = label_source_ablation(zoo, budget, work, extraction)
@@ -197,7 +201,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     main_name = pick_winner({general.name: general, ensemble.name: ensemble}, zoo)
     spider_rows = [general, ensemble] + [spider_row(f"{SPIDER} rerank@{k}", zoo, [r[k] for r in rerank_runs], min(k, num),
                                           f"ReRanker, top {k} re-scored with their own features") for k in RERANK_KS]
-    order = [*spider_rows, *(rows[b] for b in baselines), rows[AGGREGATE], *priors]
+    order = [*spider_rows, *(rows[b] for b in baselines), rows[AGGREGATE], *priors, tgraph]
     by_name = {r.name: r for r in order}
     groups = {"model_spider": main_name, "model_spider_rerank3": f"{SPIDER} rerank@3",
               "forward_baselines": [*baselines, AGGREGATE], "static_priors": [r.name for r in priors]}
@@ -226,7 +230,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                              "seconds_per_target": r.seconds, "seed_std": r.spread} for r in order},
         "goal": goals.goal_check(by_name, groups["model_spider"], groups["model_spider_rerank3"],
                                  groups["forward_baselines"], groups["static_priors"], zoo.test_targets),
-        "ablation": ablation,
+        "ablation": ablation, "transfergraph": tgraph_info,
         "build": {"stages": costs.build_stages(zoo), "bank": costs.bank_runs(zoo),
                   "ground_truth": costs.run_files(zoo.root / "ground_truth" / "runs")},
         "bank_agreement": costs.bank_agreement(zoo),
@@ -320,6 +324,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
               + ("" if not errors else "; " + "; ".join(errors[:10])),
               "- Re-ranked PTMs (top 3, seed 0): " + "; ".join(
                   f"{t}: {', '.join(m)}" for t, m in results["reranked_models"]["rerank@3"][0].items()),
+              f"- {by_name['transfergraph'].note}; grid of {len(results['transfergraph']['settings'])} settings.",
               "- Raw numbers: [results.json](results.json)."]
     return "\n".join(parts) + "\n"
 

@@ -5,6 +5,7 @@
 * :mod:`~spider.benchmark.timing` - extraction time of every model on every target.
 * :mod:`~spider.benchmark.forward` - forward baselines run on whole targets (scores, seconds).
 * :mod:`~spider.benchmark.training` - Model Spider fits for the report and ranking of the targets.
+* :mod:`~spider.benchmark.transfergraph` - TransferGraph fitted on the fine-tuning bank, chosen on validation.
 * :mod:`~spider.benchmark.methods` - one result row per method, scored by :func:`spider.evaluate.evaluate`.
 * :mod:`~spider.benchmark.costs` - build costs (fine-tuning bank included) and the bank's protocol agreement.
 * :mod:`~spider.benchmark.goals` - the quality goals, decided from test numbers.

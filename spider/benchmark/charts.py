@@ -15,7 +15,8 @@ from spider.benchmark.methods import MethodResult
 
 __all__ = ["ability_profiles", "group_axes", "plot_efficiency", "plot_spider_charts", "truth_profiles"]
 
-COLOURS = {"baseline": "tab:gray", "aggregate": "black", "prior": "tab:blue", "spider": "tab:red"}
+COLOURS = {"baseline": "tab:gray", "aggregate": "black", "prior": "tab:blue", "spider": "tab:red",
+           "history": "tab:green"}
 
 
 def ability_profiles(ckpt: Path, zoo: Zoo, datasets: Sequence[str], tasks: int, seed: int = 0) -> np.ndarray:

@@ -26,7 +26,7 @@ class MethodResult:
     """One row: ``per_target[metric][target]`` (mean over seeds) and per-target costs in seconds."""
 
     name: str
-    kind: str  # "baseline", "aggregate", "prior", "spider"
+    kind: str  # "baseline", "aggregate", "prior", "spider", "history" (learned from fine-tuning history)
     per_target: dict[str, dict[str, float]]
     seconds: dict[str, float]  # one selection: extraction + scoring
     extract_seconds: dict[str, float]

@@ -8,9 +8,11 @@ from spider.cli import COMMANDS, main
 
 
 def test_subcommands_run_the_module_mains(capsys):
-    assert set(COMMANDS) == {"fit", "rank", "zoo", "labels", "baselines", "extract"}
+    assert set(COMMANDS) == {"fit", "rank", "zoo", "labels", "baselines", "extract", "transfergraph"}
     assert main(["fit", "--print-config", "data=tiny"]) == 0
     assert OmegaConf.create(capsys.readouterr().out).data.name == "tiny"
+    assert main(["transfergraph", "rank", "--model", "no-such.pt", "--images", "."]) == 2
+    assert capsys.readouterr().err.startswith("error: --model: no file no-such.pt")
 
 
 def test_unknown_command_is_one_line_and_exit_2(capsys):

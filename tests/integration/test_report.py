@@ -74,6 +74,10 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
     # Every method has a row in the 3 metric tables of both stages and in the cost table.
     for method in methods:
         assert text.count(f"| {method} |") == 7, method
+    # TransferGraph: its row in every table, hyperparameters chosen on the validation targets.
+    assert text.count("| transfergraph |") == 7 and set(results["test"]["transfergraph"]) == METRIC_KEYS
+    chosen = max(results["transfergraph"]["settings"], key=lambda s: s["val"]["wtau_paper"])
+    assert results["transfergraph"]["chosen"] == chosen["hparams"]
     entry = results["methods"]
     assert entry["copeland"]["ptm_forward_passes"] == results["ptms"]
     assert entry["model_spider general"]["ptm_forward_passes"] == 0

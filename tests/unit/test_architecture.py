@@ -19,13 +19,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "spider.progress", "spider.schedules")),
     ("library", ("spider.store", "spider.store_versions", "spider.store_checks", "spider.metrics",
                  "spider.baselines", "spider.aggregate", "spider.priors", "spider.reference", "spider.zoo",
-                 "spider.modules", "spider.evaluate", "spider.synthetic")),
+                 "spider.modules", "spider.evaluate", "spider.synthetic", "spider.transfergraph")),
     ("data", ("spider.datamodules",)),
     ("pipeline", ("spider.pipeline",)),
     ("training", ("spider.config", "spider.config_schema", "spider.train", "spider.callbacks", "spider.trainer",
-                  "spider.run_inputs", "spider.run_lock")),
+                  "spider.run_inputs", "spider.run_lock", "spider.transfergraph.zoo")),
     ("cli", ("spider.cli", "spider.fit", "spider.rank", "spider.rank_core", "spider.rank_images", "spider.labels",
-             "spider.extract", "spider.baselines.__main__", "spider.zoo.__main__")),
+             "spider.extract", "spider.baselines.__main__", "spider.zoo.__main__", "spider.transfergraph.cli",
+             "spider.transfergraph.__main__")),
     # The benchmark report's library sits on top: it trains and ranks through the public entry points.
     ("benchmark", ("spider.benchmark",)),
 ]
