@@ -97,11 +97,14 @@ def test_cnn_with_batchnorm_and_a_forward_closure_matches_the_definition(max_par
     assert -1.0 <= got <= 1.0
 
 
-def test_parameters_are_taken_nearest_the_features_first_skipping_what_does_not_fit():
+def test_parameters_are_taken_nearest_the_features_first_as_one_block():
     net = mlp()  # 0: Linear(5, 8) 48, 2: Linear(8, 6) 54, 4: Linear(6, 4) 28 parameters
     x = torch.randn(4, 5, dtype=torch.float64)
     assert chosen_names(net, None, x, 28) == ["net.4.bias", "net.4.weight"]
-    # 4.weight (24) does not fit next to 4.bias (4); 2.bias (6) and 0.bias (8) still do
+    assert chosen_names(net, None, x, 30) == ["net.4.bias", "net.4.weight"]  # + 2.bias (6) is over: stop
+    # 2.weight (48) alone is over 37: skipped; + 0.bias (8) is over: stop
+    assert chosen_names(net, None, x, 37) == ["net.4.bias", "net.4.weight", "net.2.bias"]
+    # at 18 both weights alone are over the budget: only the biases
     assert chosen_names(net, None, x, 18) == ["net.4.bias", "net.2.bias", "net.0.bias"]
 
 
