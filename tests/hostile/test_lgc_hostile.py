@@ -1,7 +1,10 @@
 """Hostile inputs for LGC (``spider.baselines.lgc``): each gives a one-line BaselineInputError
-naming the argument, never NaN, inf or a raw torch error; the module is left as it was."""
+naming the argument, never NaN, inf or a raw torch error; the module is left as it was. The
+``spider model-score`` CLI: bad arguments are one `error:` line, exit 2, no JSON left."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -117,3 +120,53 @@ def test_a_refused_call_leaves_the_module_as_it_was():
     with pytest.raises(BaselineInputError):
         lgc(module=model, images=images(), labels=LABELS, forward=lambda x: model(x).sum(1))
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ------------------------------------------------------------------- the model-score CLI
+
+@pytest.mark.parametrize("argv, message", [
+    (["--score", "nope", "--model", "mnist_cnn", "--arrays", "x.npz"], r"unknown model score 'nope'; available: lgc"),
+    (["--zoo-dir", "{tmp}/none", "--target", "usps"], r"--zoo-dir: no such directory"),
+    (["--model", "mnist_cnn", "--target", "usps"], r"--target names a target of --zoo-dir's recipe"),
+    (["--model", "mnist_cnn", "--arrays", "a.npz", "--images", "b"], r"exactly one of --target, --images, --arrays"),
+    (["--arrays", "a.npz"], r"give --zoo-dir \(its PTMs\) or --model"),
+    (["--model", "test_resnet", "--arrays", "a.npz"], r"--checkpoint is required for timm model 'test_resnet'"),
+    (["--model", "mnist_cnn", "--arrays", "{tmp}/missing.npz"], r"array file .*missing.npz does not exist"),
+    (["--model", "mnist_cnn", "--arrays", "a.npz", "--json", "{tmp}/no/out.json"], r"--json: directory .* does not exist"),
+    (["--model", "mnist_cnn", "--arrays", "a.npz", "--max-params", "many"], r"argument --max-params: invalid int"),
+])
+def test_cli_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
+    from spider.model_score import main
+
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error: ") and "\n" not in err and re.search(message, err), err
+    assert captured.out == ""
+
+
+def test_cli_refuses_a_missing_gpu(tmp_path, capsys):
+    from spider.model_score import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert main(["--model", "mnist_cnn", "--arrays", "a.npz", "--device", "cuda"]) == 2
+    assert re.fullmatch(r"error: --device: 'cuda' requested but this machine has no usable CUDA device; use 'cpu'\n",
+                        capsys.readouterr().err)
+
+
+def test_cli_task_with_one_class_leaves_no_json(tmp_path, capsys):
+    import timm
+
+    from spider.model_score import main
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", num_classes=2).state_dict(), tmp_path / "m.pth")
+    np.savez(tmp_path / "t.npz", x=np.zeros((4, 8, 8), np.uint8), y=np.zeros(4, np.int64))
+    out = tmp_path / "out.json"
+    argv = ["--model", "test_resnet", "--checkpoint", str(tmp_path / "m.pth"), "--arrays", str(tmp_path / "t.npz"),
+            "--json", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: labels: need at least 2 distinct classes, got 1\n", err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth", "t.npz"]
