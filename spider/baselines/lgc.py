@@ -48,11 +48,12 @@ from spider.baselines._inputs import classification_labels, resolve_device
 from spider.baselines.model_scores import register_model_score
 from spider.errors import BaselineInputError
 
-__all__ = ["feature_direction", "label_kernel_correlation", "lgc", "per_sample_gradients", "select_parameters"]
+__all__ = ["DEFAULT_MAX_PARAMS", "feature_direction", "gradient_kernel", "label_kernel_correlation", "lgc",
+           "per_sample_gradients", "select_parameters"]
 
 DEFAULT_MAX_PARAMS = 2**17
 _CANCELLATION = 64  # |K - mean K|^2 within this many eps of |K|^2 is rounding noise of zero
-_KERNEL_SLICE = 1 << 14  # gradient columns per float64 block of the kernel product
+_KERNEL_SLICE = 1 << 14  # gradient columns per block of the kernel product (summed in float64)
 
 
 class _Features(nn.Module):

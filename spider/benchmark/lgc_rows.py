@@ -15,13 +15,14 @@ from typing import Callable
 
 import numpy as np
 
+from spider.baselines.lgc import DEFAULT_MAX_PARAMS
 from spider.benchmark.inputs import JsonCache, ReportError, Zoo
 from spider.benchmark.timing import model_refs
 
 __all__ = ["LGC_OPTIONS", "lgc_row", "run_lgc"]
 
 #: The settings of the report's LGC (part of the cache identity: a change recomputes).
-LGC_OPTIONS = {"max_params": 2**17, "batch_size": 32, "seed": 0}
+LGC_OPTIONS = {"max_params": DEFAULT_MAX_PARAMS, "batch_size": 32, "seed": 0}
 
 
 def run_lgc(zoo: Zoo, cache: JsonCache, log: Callable[[str], None] = lambda _: None,
