@@ -1,4 +1,4 @@
-"""The ``spider`` console command: ``spider <fit|rank|zoo|labels|baselines|extract|transfergraph> [args]``.
+"""The ``spider`` console command: ``spider <fit|rank|zoo|labels|baselines|extract|transfergraph|model-score> [args]``.
 
 Each subcommand is the ``main(argv)`` of its module, so ``spider fit ...`` and
 ``python -m spider.fit ...`` are the same program (``spider zoo build ...`` = ``python -m spider.zoo build ...``).
@@ -19,6 +19,7 @@ COMMANDS = {
     "baselines": ("spider.baselines.__main__", "score stored features with transferability baselines"),
     "extract": ("spider.extract", "extract PTM features of a dataset into a feature store"),
     "transfergraph": ("spider.transfergraph.cli", "fit TransferGraph on a zoo's fine-tuning history, rank with it"),
+    "model-score": ("spider.model_score", "rank PTMs with a score that needs the model (LGC: per-sample gradients)"),
 }
 
 

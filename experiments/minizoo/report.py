@@ -42,7 +42,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spider.benchmark import charts, costs, forward, goals, markdown as md
+from spider.benchmark import charts, costs, forward, goals, lgc_rows, markdown as md
 from spider.benchmark.inputs import JsonCache, ReportError, open_zoo
 from spider.benchmark.methods import METRICS, method_result, pick_winner, summary
 from spider.benchmark.timing import time_extraction
@@ -177,6 +177,9 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     rows[AGGREGATE] = method_result(AGGREGATE, "aggregate", zoo, [agg], seconds=all_extract + agg_s,
                                     extract_seconds=all_extract, score_seconds=agg_s, ptm_passes=num,
                                     general_passes=0, note=f"Copeland of {', '.join(members)}")
+    lgc_cache = JsonCache(work / "lgc.json", {**identity, "lgc": lgc_rows.LGC_OPTIONS})
+    lgc_scores, lgc_seconds, lgc_errors = lgc_rows.run_lgc(zoo, lgc_cache, log)  # needs the PTMs themselves
+    rows["lgc"] = lgc_rows.lgc_row(zoo, lgc_scores, lgc_seconds)
     priors = prior_rows(zoo, work)
     rows.update({r.name: r for r in priors})
     log("transfergraph: fitting on the fine-tuning bank, hyperparameters chosen on validation")
@@ -201,7 +204,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     main_name = pick_winner({general.name: general, ensemble.name: ensemble}, zoo)
     spider_rows = [general, ensemble] + [spider_row(f"{SPIDER} rerank@{k}", zoo, [r[k] for r in rerank_runs], min(k, num),
                                           f"ReRanker, top {k} re-scored with their own features") for k in RERANK_KS]
-    order = [*spider_rows, *(rows[b] for b in baselines), rows[AGGREGATE], *priors, tgraph]
+    order = [*spider_rows, *(rows[b] for b in baselines), rows["lgc"], rows[AGGREGATE], *priors, tgraph]
     by_name = {r.name: r for r in order}
     groups = {"model_spider": main_name, "model_spider_rerank3": f"{SPIDER} rerank@3",
               "forward_baselines": [*baselines, AGGREGATE], "static_priors": [r.name for r in priors]}
@@ -236,7 +239,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "bank_agreement": costs.bank_agreement(zoo),
         "extraction_seconds": extraction,
         "extraction_check_max_rel_diff": max(v["max_rel_diff"] for v in timing_cache.values.values()),
-        "baseline_errors": forward.baseline_errors(zoo, baselines, baseline_cache),
+        "baseline_errors": forward.baseline_errors(zoo, baselines, baseline_cache) + lgc_errors,
         "reranked_models": {f"rerank@{k}": [dict(zip(zoo.targets, r[k]["models"])) for r in rerank_runs]
                             for k in RERANK_KS},
         "spider_chart": {"axes": axes, "learned": dict(zip(zoo.models, learned.tolist())),

@@ -12,6 +12,10 @@ published value at any magnitude without overflow, but it depends on the scale. 
 features too small for their constant (mean variance, or for sfda the top within-class
 eigenvalue, at most 1e-4), and ``logme_official`` features beyond about 1e+-150. Degenerate inputs
 give a one-line :class:`~spider.errors.BaselineInputError`; no baseline returns NaN or inf.
+
+Scores that need the network, not only its stored features (``lgc``: per-sample gradients), live in
+a sibling registry (:mod:`spider.baselines.model_scores`, ``list_model_scores()``); the baselines
+above and ``DEFAULT_BASELINES`` are unaffected.
 """
 
 from spider.baselines.baseline_registry import (  # noqa: F401
@@ -26,3 +30,13 @@ from spider.baselines.baseline_registry import (  # noqa: F401
 from spider.baselines import gbc, leep, lfc, nce, nleep, pactran, sfda  # noqa: E402,F401
 from spider.baselines import hscore, logme, transrate  # noqa: E402,F401
 from spider.baselines.batch import score_models, score_tasks  # noqa: E402,F401
+
+# Scores that need the model itself (per-sample gradients), in their own registry: see model_scores.
+from spider.baselines.model_scores import (  # noqa: E402,F401
+    MODEL_SCORES,
+    ModelScore,
+    get_model_score,
+    list_model_scores,
+    register_model_score,
+)
+from spider.baselines import lgc  # noqa: E402,F401

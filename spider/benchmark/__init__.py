@@ -4,6 +4,7 @@
   resumable JSON caches of the work folder.
 * :mod:`~spider.benchmark.timing` - extraction time of every model on every target.
 * :mod:`~spider.benchmark.forward` - forward baselines run on whole targets (scores, seconds).
+* :mod:`~spider.benchmark.lgc_rows` - LGC (needs the PTMs, per-sample gradients) on whole targets, and its row.
 * :mod:`~spider.benchmark.training` - Model Spider fits for the report and ranking of the targets.
 * :mod:`~spider.benchmark.transfergraph` - TransferGraph fitted on the fine-tuning bank, chosen on validation.
 * :mod:`~spider.benchmark.methods` - one result row per method, scored by :func:`spider.evaluate.evaluate`.

@@ -8,7 +8,7 @@ from spider.cli import COMMANDS, main
 
 
 def test_subcommands_run_the_module_mains(capsys):
-    assert set(COMMANDS) == {"fit", "rank", "zoo", "labels", "baselines", "extract", "transfergraph"}
+    assert set(COMMANDS) == {"fit", "rank", "zoo", "labels", "baselines", "extract", "transfergraph", "model-score"}
     assert main(["fit", "--print-config", "data=tiny"]) == 0
     assert OmegaConf.create(capsys.readouterr().out).data.name == "tiny"
     assert main(["transfergraph", "rank", "--model", "no-such.pt", "--images", "."]) == 2

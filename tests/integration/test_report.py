@@ -71,6 +71,8 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
             assert set(results[stage][method]) == METRIC_KEYS
             assert math.isfinite(results[stage][method]["seconds_per_target"])
     assert math.isfinite(results["test"]["copeland"]["wtau_paper"])
+    assert set(results["test"]["lgc"]) == METRIC_KEYS and math.isfinite(results["test"]["lgc"]["wtau_paper"])
+    assert results["methods"]["lgc"]["ptm_forward_passes"] == results["ptms"] and text.count("| lgc |") == 7
     # Every method has a row in the 3 metric tables of both stages and in the cost table.
     for method in methods:
         assert text.count(f"| {method} |") == 7, method

@@ -25,8 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("spider.config", "spider.config_schema", "spider.train", "spider.callbacks", "spider.trainer",
                   "spider.run_inputs", "spider.run_lock", "spider.transfergraph.zoo")),
     ("cli", ("spider.cli", "spider.fit", "spider.rank", "spider.rank_core", "spider.rank_images", "spider.labels",
-             "spider.extract", "spider.baselines.__main__", "spider.zoo.__main__", "spider.transfergraph.cli",
-             "spider.transfergraph.__main__")),
+             "spider.extract", "spider.model_score", "spider.baselines.__main__", "spider.zoo.__main__",
+             "spider.transfergraph.cli", "spider.transfergraph.__main__")),
     # The benchmark report's library sits on top: it trains and ranks through the public entry points.
     ("benchmark", ("spider.benchmark",)),
 ]
