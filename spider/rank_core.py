@@ -22,8 +22,9 @@ class RankResult:
 
     Attributes:
         models: PTM ids, best first.
-        scores: their scores (the specific score for re-scored PTMs, else the general score;
-            the two kinds are not calibrated against each other, so the order is in ``models``).
+        scores: their scores: without re-ranking the general scores; with re-ranking z-scores
+            over the PTMs (re-scored PTMs: general and specific z-scores fused, see
+            :meth:`spider.modules.ReRanker.rerank_batch`), sorted like ``models``.
         tokens: per PTM, ``"general"`` or ``"specific"`` (re-scored with its own features).
         general_scores: ``{model id: general score}`` for every PTM.
         timings_ms: wall time per stage in milliseconds: ``load`` (checkpoint), ``tokens``
