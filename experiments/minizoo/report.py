@@ -152,7 +152,8 @@ def rerank_weight_ablation(zoo, coarse: Sequence, rerankers: Sequence, extractio
     for w in [default, *(w for w in RERANK_WEIGHTS if w != default)]:
         runs = [rank_targets(c, zoo, (3,), extraction, rerankers=r, weight=w)[3] for c, r in zip(coarse, rerankers)]
         rows[w] = spider_row(f"w = {w:g}", zoo, runs, 3, "")
-    winner = rows[pick_winner({r.name: r for r in rows.values()}, zoo)]
+    best = pick_winner({r.name: r for r in rows.values()}, zoo)
+    winner = next(r for r in rows.values() if r.name == best)
     entries = [{"setting": r.name + (" (main ranking unchanged)" if w == 0 else "") + (" (config)" if w == default else ""),
                 "winner": r is winner, "seeds": len(coarse),
                 "val": {m: r.mean(m, zoo.val_targets) for m in METRICS}, "val_std": r.spread.get("val", {}),
