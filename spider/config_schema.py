@@ -157,6 +157,8 @@ class ModelConfig:
     specific_mode: Optional[str] = None
     # Re-ranker only: how many top PTMs the results table re-scores with specific tokens.
     rerank_topk: Optional[int] = None
+    # Re-ranker only: weight w in [0, 1] of the specific score fused with the coarse one.
+    rerank_weight: Optional[float] = None
 
 
 @dataclass

@@ -22,8 +22,9 @@ class RankResult:
 
     Attributes:
         models: PTM ids, best first.
-        scores: their scores (the specific score for re-scored PTMs, else the general score;
-            the two kinds are not calibrated against each other, so the order is in ``models``).
+        scores: their scores: without re-ranking the general scores; with re-ranking z-scores
+            over the PTMs (re-scored PTMs: general and specific z-scores fused, see
+            :meth:`spider.modules.ReRanker.rerank_batch`), sorted like ``models``.
         tokens: per PTM, ``"general"`` or ``"specific"`` (re-scored with its own features).
         general_scores: ``{model id: general score}`` for every PTM.
         timings_ms: wall time per stage in milliseconds: ``load`` (checkpoint), ``tokens``
@@ -71,7 +72,7 @@ def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[U
     several checkpoints rank as one :class:`~spider.modules.ensemble.ScorerEnsemble`."""
     from spider.modules.ensemble import ScorerEnsemble
     from spider.modules.scorer_registry import load_scorer
-    from spider.modules import ReRanker
+    from spider.modules import ReRanker, ReRanking
 
     if rerank_topk < 0:
         raise ConfigError(f"rerank_topk: expected an integer >= 0, got {rerank_topk}")
@@ -87,7 +88,7 @@ def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[U
         names = [f"model{m}" for m in range(model.num_models)]
     if isinstance(model, ScorerEnsemble) and len(model.members) == 1:
         model = model.members[0]
-    if rerank_topk > 0 and not isinstance(model, ReRanker):
+    if rerank_topk > 0 and not isinstance(model, (ReRanker, ReRanking)):
         raise ConfigError(f"rerank_topk={rerank_topk}: the checkpoint holds a {type(model).__name__}, "
                           "re-ranking needs a ReRanker (model=reranker)")
     return model, info, names

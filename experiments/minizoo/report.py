@@ -59,6 +59,7 @@ LABEL_MEMBERS = ("logme", "leep", "nce", "hscore")  # the paper's label baseline
 LABEL_SOURCES = ("copeland", "finetune", "mixed", "selected")
 PRIOR = "finetune_mean"
 RERANK_KS = (1, 3, 5)
+RERANK_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fusion weights of the specific scores (0 = main ranking)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Budget:
     ensembles: int = 3
     ensemble_size: int = 3
     max_epochs: Optional[int] = None
+    # PTMs with specific tokens per training task of the re-ranker (data.specific_models); 3 beat all
+    # 20 on the validation targets.
     specific_models: int = 3
     chart_tasks: int = 16
     baselines: Optional[tuple[str, ...]] = None  # None: every applicable registered baseline
@@ -141,6 +144,26 @@ def label_source_ablation(zoo, budget: Budget, work: Path, extraction) -> tuple[
     return rows, entries, specs[winner]
 
 
+def rerank_weight_ablation(zoo, coarse: Sequence, rerankers: Sequence, extraction) -> tuple[float, list]:
+    """rerank@3 of every fusion weight (the re-rankers' ``rerank_weight`` first); the winner on
+    VALIDATION targets is used for every rerank@k row. Returns (winning weight, table entries)."""
+    from spider.modules.scorer_registry import load_scorer
+
+    default = float(load_scorer(rerankers[0][0]).hparams.rerank_weight)
+    rows = {}
+    for w in [default, *(w for w in RERANK_WEIGHTS if w != default)]:
+        runs = [rank_targets(c, zoo, (3,), extraction, rerankers=r, weight=w)[3] for c, r in zip(coarse, rerankers)]
+        rows[w] = spider_row(f"w = {w:g}", zoo, runs, 3, "")
+    best = pick_winner({r.name: r for r in rows.values()}, zoo)
+    winner = next(r for r in rows.values() if r.name == best)
+    entries = [{"setting": r.name + (" (main ranking unchanged)" if w == 0 else "") + (" (config)" if w == default else ""),
+                "winner": r is winner, "seeds": len(coarse),
+                "val": {m: r.mean(m, zoo.val_targets) for m in METRICS}, "val_std": r.spread.get("val", {}),
+                "test": {m: r.mean(m, zoo.test_targets) for m in METRICS} if r is winner else None}
+               for w, r in rows.items()]
+    return next(w for w, r in rows.items() if r is winner), entries
+
+
 def report(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     commit = md.git_commit(REPO, ("spider", str(Path(__file__).resolve().relative_to(REPO))))  # code only
@@ -189,21 +212,32 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     ablation_rows, ablation, main = label_source_ablation(zoo, budget, work, extraction)
     general = dataclasses.replace(ablation_rows[main.setting], name=f"{SPIDER} general",
                                   note=f"TokenScorer, general tokens; labels {main.setting} (chosen on validation)")
-    log(f"main setting (best on validation): {main.setting}; training {len(budget.seeds)} re-ranker(s)")
-    rerank_runs = [rank_targets(train_scorer(zoo, dataclasses.replace(main, scorer="reranker", seed=s), work, log=log,
-                                             max_epochs=budget.max_epochs, specific_models=budget.specific_models),
-                                zoo, RERANK_KS, extraction) for s in budget.seeds]
     size = budget.ensemble_size
-    log(f"seed ensembles of the main setting: {budget.ensembles} x {size} seeds")
-    ensemble_runs = [rank_targets([train_scorer(zoo, dataclasses.replace(main, seed=s), work, log=log,
-                                                max_epochs=budget.max_epochs) for s in range(i * size, (i + 1) * size)],
-                                  zoo, (0,), extraction)[0] for i in range(budget.ensembles)]
+    log(f"main setting (best on validation): {main.setting}; seed ensembles: {budget.ensembles} x {size} seeds")
+    ensemble_ckpts = [[train_scorer(zoo, dataclasses.replace(main, seed=s), work, log=log, max_epochs=budget.max_epochs)
+                       for s in range(i * size, (i + 1) * size)] for i in range(budget.ensembles)]
+    ensemble_runs = [rank_targets(ckpts, zoo, (0,), extraction)[0] for ckpts in ensemble_ckpts]
     ensemble = spider_row(f"{SPIDER} ensemble", zoo, ensemble_runs, 0,
                           f"{size} seeds of the main setting, per-task standardised scores averaged")
     # Single scorer or seed ensemble: chosen on the validation targets like everything else.
     main_name = pick_winner({general.name: general, ensemble.name: ensemble}, zoo)
+    # Re-ranking refines the main ranking: its top k are re-scored by a ReRanker and fused with it
+    # (spider.modules.ReRanking); re-ranker seed i refines the main ranker's i-th ensemble (or seed).
+    # One re-ranker per ensemble: seed ensembles of re-rankers did not help on the validation targets.
+    reranked = list(range(min(budget.ensembles, len(budget.seeds))))
+    log(f"training {len(reranked)} re-ranker(s); they re-rank the top k of {main_name}")
+    coarse = [ensemble_ckpts[i] if main_name == ensemble.name else train_scorer(
+                  zoo, dataclasses.replace(main, seed=budget.seeds[i]), work, log=log, max_epochs=budget.max_epochs)
+              for i in reranked]
+    rerankers = [[train_scorer(zoo, dataclasses.replace(main, scorer="reranker", seed=budget.seeds[i]), work, log=log,
+                               max_epochs=budget.max_epochs, specific_models=budget.specific_models)] for i in reranked]
+    weight, rerank_ablation = rerank_weight_ablation(zoo, coarse, rerankers, extraction)
+    log(f"re-ranking fusion weight (best on validation): {weight:g}")
+    rerank_runs = [rank_targets(c, zoo, RERANK_KS, extraction, rerankers=r, weight=weight)
+                   for c, r in zip(coarse, rerankers)]
     spider_rows = [general, ensemble] + [spider_row(f"{SPIDER} rerank@{k}", zoo, [r[k] for r in rerank_runs], min(k, num),
-                                          f"ReRanker, top {k} re-scored with their own features") for k in RERANK_KS]
+                                          f"ReRanker: top {k} of {main_name} re-scored with their own "
+                                          f"features, fused with its scores (weight {weight:g})") for k in RERANK_KS]
     order = [*spider_rows, *(rows[b] for b in baselines), rows["lgc"], rows[AGGREGATE], *priors, tgraph]
     by_name = {r.name: r for r in order}
     groups = {"model_spider": main_name, "model_spider_rerank3": f"{SPIDER} rerank@3",
@@ -234,6 +268,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "goal": goals.goal_check(by_name, groups["model_spider"], groups["model_spider_rerank3"],
                                  groups["forward_baselines"], groups["static_priors"], zoo.test_targets),
         "ablation": ablation, "transfergraph": tgraph_info,
+        "rerank_weight": weight, "rerank_ablation": rerank_ablation,
         "build": {"stages": costs.build_stages(zoo), "bank": costs.bank_runs(zoo),
                   "ground_truth": costs.run_files(zoo.root / "ground_truth" / "runs")},
         "bank_agreement": costs.bank_agreement(zoo),
@@ -289,8 +324,10 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
             parts += ["", f"## {stage} targets: none declared by this recipe"]
             continue
         parts += ["", f"## {stage} targets", "`wtau_paper` = `scipy.stats.weightedtau(truth, pred, rank=None)` "
-                  "(the paper's protocol), `wtau_symmetric` = scipy's `rank=True`; re-ranking permutes only the "
-                  "top k, so its scores are ranks. Top-1 regret: accuracy points lost by fine-tuning the PTM ranked "
+                  "(the paper's protocol), `wtau_symmetric` = scipy's `rank=True`. `rerank@k`: the top k of the "
+                  "main Model Spider ranking re-scored by a re-ranker with the k PTMs' own "
+                  "features, fused with the main scores (weight chosen on the validation targets: see the re-ranking ablation), "
+                  "so a re-scored PTM may also move down; its scores are ranks. Top-1 regret: accuracy points lost by fine-tuning the PTM ranked "
                   "first instead of the best (lower is better)."]
         for metric in METRICS:
             key = "test" if stage == "Test" else "val"
@@ -317,6 +354,11 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         "winner's test score is looked at (it is the main Model Spider row above).", "",
         md.ablation_table([e for e in results["ablation"] if "skipped" not in e]),
         *[f"- skipped {e['setting']}: {e['skipped']}" for e in results["ablation"] if "skipped" in e],
+        "", "## Re-ranking ablation: fusion weight",
+        f"`rerank@3` with each weight w of the re-rankers' specific scores (a re-scored PTM's score is (1 - w) x its "
+        f"main-ranking z-score + w x its specific z-score; w = 0 keeps the main ranking). The winner on the validation "
+        f"targets' mean wtau_paper (w = {results['rerank_weight']:g}) is used for every `rerank@k` row; only its test "
+        "score is looked at.", "", md.ablation_table(results["rerank_ablation"]),
         "", "## Spider charts: what the learned tokens say each PTM is good at",
         "Sampled tasks of each dataset scored by the main scorer (seed 0): a PTM's value is its mean percentile rank "
         "(1 = always first); * = pool dataset; black dots: true percentile rank on the targets.",

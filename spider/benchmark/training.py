@@ -104,9 +104,14 @@ def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], No
     return Path(metrics["checkpoint"])
 
 
-def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[str, Mapping[str, float]]
-                 ) -> dict[int, dict[str, Any]]:
+def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[str, Mapping[str, float]],
+                 rerankers: Sequence[Path] = (), weight: Optional[float] = None) -> dict[int, dict[str, Any]]:
     """Rank every target with a trained scorer: general tokens (k = 0) and re-ranking of the top k.
+
+    ``ckpt`` is one checkpoint or a list (a seed ensemble); with ``rerankers`` (ReRanker
+    checkpoints, a seed ensemble) the top k of that ranking are re-scored and fused by them
+    (:class:`spider.modules.ReRanking`; ``weight``: their fusion weight, None = the first
+    re-ranker's ``rerank_weight``), else ``ckpt`` must be a ReRanker to re-rank (k > 0).
 
     Returns ``{k: {"pred": [T, M], "seconds": [T], "extract_seconds": [T], "score_seconds": [T],
     "models": [[PTM ids re-scored] per target]}}`` over ``zoo.targets``; time = the general
@@ -124,6 +129,10 @@ def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[st
         model = ScorerEnsemble([load_scorer(c) for c in ckpt])
     else:
         model = load_scorer(ckpt)
+    if rerankers:
+        from spider.modules import ReRanking
+
+        model = ReRanking(model, [load_scorer(r) for r in rerankers], weight)
     names = list(model.spider_info["model_names"])
     if names != zoo.models:
         raise ReportError(f"{ckpt}: ranks {names}, the zoo lists {zoo.models}")

@@ -16,12 +16,13 @@ from spider.modules.scorer_registry import (
     register_scorer,
 )
 from spider.modules.token_scorer import TokenScorer
-from spider.modules.reranker import RerankResult, ReRanker  # noqa: I001  (after TokenScorer)
+from spider.modules.reranker import RerankResult, ReRanker, ReRanking  # noqa: I001  (after TokenScorer)
 
 __all__ = [
     "CHECKPOINT_KEY",
     "SCORERS",
     "ReRanker",
+    "ReRanking",
     "RerankResult",
     "ScorerInputError",
     "TokenScorer",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spider.modules._checks import ScorerInputError, check_bool, check_float
+from spider.modules.ensemble import standardise_scores
 from spider.modules.scorer_registry import register_scorer
 from spider.modules.token_scorer import TokenScorer, _require
 
@@ -24,12 +25,12 @@ class RerankResult:
     :meth:`ReRanker.rerank_batch` adds a leading batch dim B to each).
 
     Attributes:
-        order: int64 [M] model indices, best first: the re-scored top-k (re-ordered among
-            themselves by their specific scores), then the other models in general order.
-        scores: float [M] by model index: the specific score where ``rescored``, else the
-            general score. Not comparable across the two groups (see ``rerank``).
-        general_scores: float [M] by model index, from general task tokens only.
-        rescored: bool [M] by model index, True for the re-scored top-k.
+        order: int64 [M] model indices, best first, sorted by ``scores``.
+        scores: float [M] by model index, on one scale (z-scores over the M models): the fused
+            score where ``rescored``, else the coarse ranking's z-score (see ``rerank_batch``).
+        general_scores: float [M] by model index, the coarse ranking's scores (from general
+            task tokens only; a ReRanker alone: its own general scores).
+        rescored: bool [M] by model index, True for the re-scored top-k of the coarse ranking.
     """
 
     order: torch.Tensor
@@ -64,6 +65,8 @@ class ReRanker(TokenScorer):
         task_dim: Dg, width of the general task tokens.
         model_dims: feature width of each PTM, length M.
         specific_mode: ``"append"`` (default) or ``"replace"``.
+        rerank_weight: w in [0, 1], the weight of the specific score when re-ranking (see
+            ``rerank_batch``): 0 keeps the coarse ranking, 1 uses the specific score alone.
         **kwargs: every other ``TokenScorer`` argument.
     """
 
@@ -73,6 +76,7 @@ class ReRanker(TokenScorer):
         task_dim: int,
         model_dims: list[int],
         specific_mode: str = "append",
+        rerank_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_models, task_dim, **kwargs)
@@ -81,6 +85,8 @@ class ReRanker(TokenScorer):
         _require(all(d >= 1 for d in dims), "model_dims", "positive widths", dims)
         _require(specific_mode in SPECIFIC_MODES, "specific_mode", f"one of {list(SPECIFIC_MODES)}",
                  specific_mode)
+        _require(isinstance(rerank_weight, (int, float)) and not isinstance(rerank_weight, bool)
+                 and 0.0 <= rerank_weight <= 1.0, "rerank_weight", "a number in [0, 1]", rerank_weight)
         self.save_hyperparameters()
         dim, dmax = self.hparams.dim, max(dims)
         weight = torch.zeros(num_models, dmax, dim)
@@ -265,27 +271,17 @@ class ReRanker(TokenScorer):
         task_mask: torch.Tensor | None,
         topk: int,
         specific_tokens_fn: Callable[[torch.Tensor], torch.Tensor],
+        coarse: torch.Tensor | None = None,
+        weight: float | None = None,
     ) -> RerankResult:
         """Rank one task's models, then re-score the top-k with their specific tokens.
 
         One task of :meth:`rerank_batch`: ``task_tokens`` float [C, Dg], ``task_mask`` bool [C]
         or None, ``specific_tokens_fn``: model indices int64 [k] (best first) -> float
-        [k, C, D <= Dmax]. Returns a :class:`RerankResult` of [M] tensors.
+        [k, C, D <= Dmax], ``coarse``: float [M] or None, ``weight`` as there. Returns a
+        :class:`RerankResult` of [M] tensors.
         """
-        check_float("task_tokens", task_tokens, 2)
-        if task_mask is not None:
-            task_mask = task_mask[None]
-
-        def batch_fn(top: torch.Tensor) -> torch.Tensor:
-            specific = torch.as_tensor(specific_tokens_fn(top[0].clone()))
-            if specific.ndim != 3 or specific.shape[0] != top.shape[1]:
-                raise ScorerInputError(
-                    f"specific_tokens_fn: expected a tensor [{top.shape[1]}, C, D], got {list(specific.shape)}"
-                )
-            return specific[None]
-
-        result = self.rerank_batch(task_tokens[None], task_mask, topk, batch_fn)
-        return RerankResult(*(t[0] for t in (result.order, result.scores, result.general_scores, result.rescored)))
+        return _one_task(self.rerank_batch, task_tokens, task_mask, topk, specific_tokens_fn, coarse, weight)
 
     @torch.no_grad()
     def rerank_batch(
@@ -294,55 +290,193 @@ class ReRanker(TokenScorer):
         task_mask: torch.Tensor | None,
         topk: int,
         specific_tokens_fn: Callable[[torch.Tensor], torch.Tensor],
+        coarse: torch.Tensor | None = None,
+        weight: float | None = None,
     ) -> RerankResult:
-        """Rank B tasks' models, then re-score each task's top-k with their specific tokens.
+        """Rank B tasks' models coarsely, then re-score each task's top-k with specific tokens.
 
-        The only re-ranking implementation (``spider rank`` and the results tables use it).
-        The general tokens rank all M models; each task's k best are passed (int64 [B, k], best
-        first) to ``specific_tokens_fn``, which returns their specific tokens [B, k, C, D <= Dmax]
-        (class centres of the task under each PTM's own features, same class order as
-        ``task_tokens``); they are re-scored and re-ordered among themselves.
-
-        Re-scored models stay ahead of all others: specific and general scores come from
-        different inputs and are not calibrated against each other, and the general ranking has
-        already judged the top-k best, so re-ranking only permutes the top-k (as the paper's
-        Algorithm 2). ``RerankResult.scores`` therefore is not monotone along ``order`` across
-        the k-th position.
+        The coarse ranking is ``coarse`` (scores [B, M] of another ranker, e.g. a seed ensemble
+        of general-token scorers) or, when None, this re-ranker's own general scores. Each
+        task's k best are passed (int64 [B, k], best first) to ``specific_tokens_fn``, which
+        returns their specific tokens [B, k, C, D <= Dmax] (class centres of the task under each
+        PTM's own features, same class order as ``task_tokens``); they are re-scored and their
+        specific scores fused with the coarse ones (:func:`fused_rerank`, the only re-ranking
+        implementation: ``spider rank``, the results tables and the benchmark report use it).
 
         Args:
             task_tokens: float [B, C, Dg] general class centres of the tasks.
             task_mask: bool [B, C] (True = real class) or None (all real).
-            topk: number of models to re-score (clipped to M; 0 = general ranking only).
+            topk: number of models to re-score (clipped to M; 0 = coarse ranking only).
             specific_tokens_fn: model indices int64 [B, k] -> float [B, k, C, D].
+            coarse: float [B, M] scores of the coarse ranking, or None (this re-ranker's own).
+            weight: w in [0, 1] of :func:`fused_rerank`, or None for ``hparams.rerank_weight``.
 
         Returns:
             A :class:`RerankResult` whose tensors have a leading batch dim B.
         """
+        return fused_rerank([self], task_tokens, task_mask, topk, specific_tokens_fn, coarse, weight)
+
+
+def _one_task(rerank_batch: Callable[..., RerankResult], task_tokens: torch.Tensor, task_mask: torch.Tensor | None,
+              topk: int, specific_tokens_fn: Callable[[torch.Tensor], torch.Tensor], coarse: torch.Tensor | None,
+              weight: float | None) -> RerankResult:
+    """``rerank_batch`` on one task ([C, Dg] tokens, [C] mask, [M] coarse); [M] results."""
+    check_float("task_tokens", task_tokens, 2)
+    if task_mask is not None:
+        task_mask = task_mask[None]
+    if coarse is not None:
+        check_float("coarse", coarse, 1)
+        coarse = coarse[None]
+
+    def batch_fn(top: torch.Tensor) -> torch.Tensor:
+        specific = torch.as_tensor(specific_tokens_fn(top[0].clone()))
+        if specific.ndim != 3 or specific.shape[0] != top.shape[1]:
+            raise ScorerInputError(
+                f"specific_tokens_fn: expected a tensor [{top.shape[1]}, C, D], got {list(specific.shape)}"
+            )
+        return specific[None]
+
+    result = rerank_batch(task_tokens[None], task_mask, topk, batch_fn, coarse, weight)
+    return RerankResult(*(t[0] for t in (result.order, result.scores, result.general_scores, result.rescored)))
+
+
+@torch.no_grad()
+def fused_rerank(
+    members: Sequence[ReRanker],
+    task_tokens: torch.Tensor,
+    task_mask: torch.Tensor | None,
+    topk: int,
+    specific_tokens_fn: Callable[[torch.Tensor], torch.Tensor],
+    coarse: torch.Tensor | None = None,
+    weight: float | None = None,
+) -> RerankResult:
+    """Re-rank the top k of a coarse ranking with one or more re-rankers (a seed ensemble).
+
+    Fusion, so that re-ranking refines the coarse ranking instead of replacing it: every score
+    is put on one scale, z-scores over the task's M models. The coarse scores (``coarse``, or
+    when None the first member's general scores) are standardised over the M models. Each
+    member's specific score of a re-scored model is standardised with the mean and std of that
+    member's general scores of the task (specific and general scores are trained in one list,
+    so they share a scale; only k PTMs have specific tokens, so their own spread cannot be
+    measured), and the members' z-scores are averaged. A re-scored model's final score is
+    ``(1 - w) * coarse z + w * specific z`` (``w`` = ``weight``, default the first member's
+    ``hparams.rerank_weight``); the other models keep their coarse z-score. All M are sorted by
+    the final score, so a re-scored model may also fall below models that were not re-scored;
+    with ``w = 0`` the result is the coarse ranking. The specific tokens are computed once and
+    shared by the members.
+
+    Returns:
+        A :class:`RerankResult` ([B, ...] tensors); ``general_scores`` are the coarse scores.
+
+    Raises:
+        ScorerInputError: bad shapes, a non-finite coarse score, ``topk`` < 0, ``weight``
+            outside [0, 1], members of different zoos (one line).
+    """
+    first = members[0]
+    check_float("task_tokens", task_tokens, 3)
+    if task_mask is None:
+        task_mask = torch.ones(task_tokens.shape[:2], dtype=torch.bool, device=task_tokens.device)
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
+        raise ScorerInputError(f"topk: expected an integer >= 0, got {topk!r}")
+    weight = float(first.hparams.rerank_weight if weight is None else weight)
+    if not 0.0 <= weight <= 1.0:
+        raise ScorerInputError(f"weight: expected a number in [0, 1], got {weight!r}")
+    if any(m.num_models != first.num_models for m in members):
+        raise ScorerInputError("re-rankers: members rank different numbers of PTMs")
+    modes = [m.training for m in members]
+    for m in members:
+        m.eval()
+    try:
+        general = [m(task_tokens, task_mask) for m in members]
+        if coarse is None:
+            coarse = general[0]
+        check_float("coarse", coarse, 2)
+        if tuple(coarse.shape) != tuple(general[0].shape):
+            raise ScorerInputError(f"coarse: expected shape {list(general[0].shape)}, got {list(coarse.shape)}")
+        if not bool(torch.isfinite(coarse).all()):
+            raise ScorerInputError("coarse: expected finite scores")
+        coarse = coarse.to(general[0])
+        scores = standardise_scores(coarse)
+        order = torch.argsort(scores, dim=1, descending=True, stable=True)
+        k = min(topk, first.num_models)
+        rescored = torch.zeros_like(coarse, dtype=torch.bool)
+        if k == 0:
+            return RerankResult(order, scores, coarse, rescored)
+        top = order[:, :k]
+        specific = torch.as_tensor(specific_tokens_fn(top.clone()))
+        specific = specific.to(device=coarse.device, dtype=task_tokens.dtype)
+        if specific.ndim != 4 or tuple(specific.shape[:2]) != tuple(top.shape):
+            raise ScorerInputError(
+                f"specific_tokens_fn: expected a tensor [{top.shape[0]}, {k}, C, D], got {list(specific.shape)}"
+            )
+        specific_z = torch.stack([
+            (torch.gather(m(task_tokens, task_mask, top, specific), 1, top) - g.mean(dim=1, keepdim=True))
+            / g.std(dim=1, unbiased=False, keepdim=True).clamp_min(1e-12)
+            for m, g in zip(members, general)
+        ]).mean(dim=0)
+        fused = (1.0 - weight) * torch.gather(scores, 1, top) + weight * specific_z
+        scores = scores.scatter(1, top, fused)
+        rescored.scatter_(1, top, True)
+        order = torch.argsort(scores, dim=1, descending=True, stable=True)
+        return RerankResult(order, scores, coarse, rescored)
+    finally:
+        for m, mode in zip(members, modes):
+            m.train(mode)
+
+
+class ReRanking(nn.Module):
+    """A coarse ranker (any scorer, e.g. a :class:`~spider.modules.ensemble.ScorerEnsemble`) whose
+    top k one or more :class:`ReRanker` (a seed ensemble) re-score: ranks like the coarse ranker
+    (``forward``) and re-ranks with :func:`fused_rerank` on the coarse scores (``weight``: None =
+    the first re-ranker's ``rerank_weight``).
+
+    Raises:
+        ScorerInputError: no re-ranker, or one that ranks another zoo than the coarse ranker
+            (number of PTMs or task-token width).
+    """
+
+    def __init__(self, coarse: nn.Module, rerankers: Sequence[ReRanker], weight: float | None = None) -> None:
+        super().__init__()
+        if not rerankers:
+            raise ScorerInputError("ReRanking: expected at least one re-ranker")
+        for r in rerankers:
+            if coarse.num_models != r.num_models or int(coarse.hparams.task_dim) != int(r.hparams.task_dim):
+                raise ScorerInputError("ReRanking: the coarse ranker and a re-ranker rank different zoos "
+                                       "(number of PTMs or task_dim differ)")
+        self.coarse, self.rerankers, self.weight = coarse, nn.ModuleList(rerankers), weight
+        self.hparams = rerankers[0].hparams
+        self.spider_info: Any = getattr(rerankers[0], "spider_info", None)
+
+    @property
+    def num_models(self) -> int:
+        return self.rerankers[0].num_models
+
+    @property
+    def max_model_dim(self) -> int:
+        return max(r.max_model_dim for r in self.rerankers)
+
+    def forward(self, task_tokens: torch.Tensor, task_mask: torch.Tensor) -> torch.Tensor:
+        return self.coarse(task_tokens, task_mask)
+
+    @torch.no_grad()
+    def rerank_batch(self, task_tokens: torch.Tensor, task_mask: torch.Tensor | None, topk: int,
+                     specific_tokens_fn: Callable[[torch.Tensor], torch.Tensor]) -> RerankResult:
+        """:func:`fused_rerank` of the coarse ranker's scores (arguments as there)."""
         check_float("task_tokens", task_tokens, 3)
-        if task_mask is None:
-            task_mask = torch.ones(task_tokens.shape[:2], dtype=torch.bool, device=task_tokens.device)
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
-            raise ScorerInputError(f"topk: expected an integer >= 0, got {topk!r}")
-        was_training = self.training
-        self.eval()
+        mask = task_mask if task_mask is not None else torch.ones(
+            task_tokens.shape[:2], dtype=torch.bool, device=task_tokens.device)
+        mode = self.coarse.training
+        self.coarse.eval()
         try:
-            general = self(task_tokens, task_mask)
-            order = torch.argsort(general, dim=1, descending=True, stable=True)
-            k = min(topk, self.num_models)
-            rescored = torch.zeros_like(general, dtype=torch.bool)
-            if k == 0:
-                return RerankResult(order, general.clone(), general, rescored)
-            top = order[:, :k]
-            specific = torch.as_tensor(specific_tokens_fn(top.clone()))
-            specific = specific.to(device=general.device, dtype=task_tokens.dtype)
-            if specific.ndim != 4 or tuple(specific.shape[:2]) != tuple(top.shape):
-                raise ScorerInputError(
-                    f"specific_tokens_fn: expected a tensor [{top.shape[0]}, {k}, C, D], got {list(specific.shape)}"
-                )
-            mixed = self(task_tokens, task_mask, top, specific)
-            by_specific = torch.argsort(torch.gather(mixed, 1, top), dim=1, descending=True, stable=True)
-            new_top = torch.gather(top, 1, by_specific)
-            rescored.scatter_(1, top, True)
-            return RerankResult(torch.cat([new_top, order[:, k:]], dim=1), mixed, general, rescored)
+            coarse = self.coarse(task_tokens, mask)
         finally:
-            self.train(was_training)
+            self.coarse.train(mode)
+        return fused_rerank(list(self.rerankers), task_tokens, task_mask, topk, specific_tokens_fn, coarse,
+                            self.weight)
+
+    @torch.no_grad()
+    def rerank(self, task_tokens: torch.Tensor, task_mask: torch.Tensor | None, topk: int,
+               specific_tokens_fn: Callable[[torch.Tensor], torch.Tensor]) -> RerankResult:
+        """One task of :meth:`rerank_batch` ([C, Dg] tokens, [C] mask or None; [M] results)."""
+        return _one_task(lambda t, m, k, fn, _c, _w: self.rerank_batch(t, m, k, fn),
+                         task_tokens, task_mask, topk, specific_tokens_fn, None, None)

@@ -269,9 +269,9 @@ def test_reranker_rejects_bad_specific_inputs():
         scorer(tokens, mask, models)
 
 
-def test_rerank_reorders_only_the_top_k():
+def test_rerank_rescores_the_general_top_k_and_fuses_the_scores():
     torch.manual_seed(3)
-    scorer = ReRanker(M, DG, model_dims=DIMS, **SMALL).train()
+    scorer = ReRanker(M, DG, model_dims=DIMS, rerank_weight=0.5, **SMALL).train()
     tokens, mask = toy_tasks(batch=1)
     calls = []
 
@@ -286,15 +286,21 @@ def test_rerank_reorders_only_the_top_k():
     assert calls == [general_order[:3]]
     order = result.order.tolist()
     assert sorted(order) == list(range(M))
-    assert set(order[:3]) == set(general_order[:3]) and order[3:] == general_order[3:]
-    top_scores = result.scores[result.order[:3]]
-    assert torch.all(top_scores[:-1] >= top_scores[1:])
-    assert result.rescored.sum() == 3 and bool(result.rescored[result.order[:3]].all())
+    assert torch.all(result.scores[result.order[:-1]] >= result.scores[result.order[1:]])  # one scale
+    assert result.rescored.sum() == 3 and set(torch.nonzero(result.rescored).flatten().tolist()) == set(general_order[:3])
+    # Not re-scored: the general z-score; re-scored: half of it plus half of the specific z-score.
+    scorer.eval()
+    general = result.general_scores
+    z = (general - general.mean()) / general.std(unbiased=False)
     unchanged = ~result.rescored
-    assert torch.equal(result.scores[unchanged], result.general_scores[unchanged])
+    assert torch.allclose(result.scores[unchanged], z[unchanged], atol=1e-6)
+    top = torch.tensor(general_order[:3])
+    specific = scorer(tokens[:1], mask[:1], top[None], specific_tokens_fn(top)[None])[0, top]
+    expected = 0.5 * z[top] + 0.5 * (specific - general.mean()) / general.std(unbiased=False)
+    assert torch.allclose(result.scores[top], expected, atol=1e-5)
 
     plain = scorer.rerank(tokens[0], None if mask[0].all() else mask[0], 0, specific_tokens_fn)
-    assert plain.order.tolist() == general_order and len(calls) == 1
+    assert plain.order.tolist() == general_order and len(calls) == 2
     everything = scorer.rerank(tokens[0], mask[0], 99, specific_tokens_fn)
     assert len(calls[-1]) == M and bool(everything.rescored.all())
 

@@ -53,14 +53,15 @@ def test_scores_equal_the_validation_path_for_the_whole_target(trained):
     assert {"load", "tokens", "score", "total"} <= set(result.timings_ms)
 
 
-def test_rerank_permutes_only_the_general_top_k(trained):
+def test_rerank_rescores_the_general_top_k_and_sorts_by_the_fused_scores(trained):
     _, checkpoint, store = trained
     plain = rank_task(checkpoint, store, "target0")
     reranked = rank_task(checkpoint, store, "target0", rerank_topk=2)
-    assert reranked.tokens == ["specific", "specific", "general", "general"]
-    assert set(reranked.models[:2]) == set(plain.models[:2])
-    assert reranked.models[2:] == plain.models[2:]
-    assert reranked.scores[0] >= reranked.scores[1]
+    specific = [m for m, t in zip(reranked.models, reranked.tokens) if t == "specific"]
+    assert set(specific) == set(plain.models[:2])  # the general top 2, wherever the fusion puts them
+    assert reranked.scores == sorted(reranked.scores, reverse=True)  # one scale: z-scores
+    general = [m for m in reranked.models if m not in specific]
+    assert general == [m for m in plain.models if m not in specific]  # the others keep their order
     assert "rerank" in reranked.timings_ms
 
 
@@ -74,7 +75,7 @@ def test_cli_table_and_json(trained, tmp_path, capsys):
     assert "rank" in printed and "specific" in printed and "time:" in printed
     data = json.loads(out.read_text())
     assert [row["rank"] for row in data["ranking"]] == [1, 2, 3, 4]
-    assert data["ranking"][0]["tokens"] == "specific" and data["dataset"] == "target0"
+    assert [row["tokens"] for row in data["ranking"]].count("specific") == 1 and data["dataset"] == "target0"
 
 
 @pytest.mark.parametrize(

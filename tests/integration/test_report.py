@@ -96,6 +96,16 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
     assert winners[0]["val"]["wtau_paper"] == best_val
     assert results["test"]["model_spider general"]["wtau_paper"] == pytest.approx(winners[0]["test"]["wtau_paper"])
 
+    # The re-ranking ablation: every fusion weight, one winner (on validation) used by the rerank@k rows.
+    reranking = results["rerank_ablation"]
+    assert len(reranking) == len(report.RERANK_WEIGHTS)
+    assert [e["winner"] for e in reranking].count(True) == 1
+    chosen = next(e for e in reranking if e["winner"])
+    assert chosen["setting"].startswith(f"w = {results['rerank_weight']:g}")
+    assert all(e["test"] is None for e in reranking if not e["winner"])
+    assert results["val"]["model_spider rerank@3"]["wtau_paper"] == pytest.approx(chosen["val"]["wtau_paper"])
+    assert "## Re-ranking ablation: fusion weight" in text
+
     assert {s["name"] for s in results["build"]["stages"]} >= {"groundtruth", "bank"}
     assert results["build"]["bank"]["runs"] > 0
     assert "## Goal check (test targets)" in text and ("**met**" in text or "**not met**" in text)
