@@ -1,0 +1,282 @@
+"""``ZooIndex``: ranking a hub-sized zoo (10^6 model tokens) for one task in well under a second.
+
+Where the time of ``TokenScorer.forward`` goes (profile at M = 10^5, d = 128, C = 10, one
+thread): the Q/K/V projection and LayerNorm of the model tokens (task-independent), copies made
+by the head split/merge, the batched [M, H, dh] x [dh, C] products (tiny matrices, slow), then
+the projection, the MLP and the head. The last three are irreducible per model: about 100k
+multiply-adds per model token at d = 128 (MLP 64k, head 16k, projection 16k), 2*10^11 flops for
+10^6 models, over a second at the peak of this 2-core AVX2 CPU. So exact scoring alone cannot
+reach < 1 s at 10^6, and the index ranks in two stages:
+
+1. **Cache** (once per checkpoint, in :class:`ZooIndex`): the model tokens' first-layer
+   LayerNorm and Q/K/V, i.e. scaled queries, values and the self-attention logit of each model.
+   Exact scoring of any set of models (:meth:`ZooIndex.scores`) then needs per task only the
+   task tokens' keys/values, two GEMMs against block-diagonal per-task matrices (all heads in one
+   product instead of a batched one), the softmax, and the projection/MLP/head, chunked over
+   models so that memory stays bounded (``chunk`` rows at a time).
+2. **Pre-screen**: the model tokens are grouped by k-means into ``anchors`` clusters (stored
+   contiguously). For a task, the scorer's score and its gradient with respect to the model
+   token are computed at each anchor (autograd on ``anchors`` tokens: milliseconds), and every
+   model gets the first-order Taylor estimate ``s(c) + g(c) . (x - c)`` of its anchor c: one
+   inner product per model token, a memory-bound pass over the tokens. The static prior (when
+   the scorer has one) is added exactly.
+3. **Exact re-scoring** of the ``pool`` best estimates with the cached exact path; the ranking
+   lists those models by their exact scores (ties: lower model index first, as ``argsort(stable)``
+   on the full scores). With ``pool >= M`` the ranking is the exact one.
+
+Recall (how often the estimate's pool holds the exact top 10) is measured, not guaranteed:
+``experiments/bench_rank_latency.py`` reports it on random and trained scorers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from spider.errors import ConfigError
+from spider.modules.token_scorer import TokenScorer
+
+DEFAULT_POOL = 8192  # models re-scored exactly after the pre-screen
+DEFAULT_ANCHORS = 256  # k-means clusters of the model tokens (linearisation points)
+DEFAULT_CHUNK = 32768  # model rows per exact-scoring step (bounds the intermediate memory)
+KMEANS_SAMPLE = 65536  # tokens the k-means centres are fitted on (all tokens are then assigned)
+KMEANS_ITERS = 10
+
+
+@dataclass
+class IndexRanking:
+    """The exactly scored models of one task, best first.
+
+    Attributes:
+        models: int64 [P] model indices (into the scorer's M model tokens), best first.
+        scores: float [P] their exact scores (as ``TokenScorer.forward`` gives them).
+    """
+
+    models: torch.Tensor
+    scores: torch.Tensor
+
+
+def supports(scorer: torch.nn.Module) -> bool:
+    """Whether ``scorer`` scores with ``TokenScorer.forward`` (the maths the index reproduces);
+    subclasses that override ``forward`` (e.g. the re-ranker) or ensembles do not."""
+    return isinstance(scorer, TokenScorer) and type(scorer).forward is TokenScorer.forward
+
+
+class ZooIndex:
+    """Task-independent parts of a :class:`TokenScorer`'s scoring, cached for fast ranking.
+
+    The index copies what it needs from the scorer (in eval mode); build a new one after the
+    scorer's weights change.
+
+    Args:
+        scorer: a ``TokenScorer`` (or a subclass that keeps its ``forward``), in eval mode.
+        anchors: k-means clusters of the model tokens used by the pre-screen.
+        pool: models re-scored exactly after the pre-screen (default of :meth:`rank`).
+        chunk: model rows per exact-scoring step.
+        seed: seed of the k-means sample and initialisation (the index is deterministic).
+
+    Raises:
+        ConfigError: a scorer the index cannot reproduce, or a non-positive setting.
+    """
+
+    def __init__(self, scorer: TokenScorer, *, anchors: int = DEFAULT_ANCHORS, pool: int = DEFAULT_POOL,
+                 chunk: int = DEFAULT_CHUNK, seed: int = 0) -> None:
+        if not supports(scorer):
+            raise ConfigError(f"ZooIndex: expected a TokenScorer scoring with TokenScorer.forward, "
+                              f"got {type(scorer).__name__}")
+        for name, value in (("anchors", anchors), ("pool", pool), ("chunk", chunk)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"ZooIndex: {name}: expected an integer >= 1, got {value!r}")
+        self.scorer, self.pool, self.chunk = scorer, pool, chunk
+        block = scorer.blocks[0]
+        self.heads, self.head_dim = block.heads, block.head_dim
+        with torch.no_grad():
+            tokens = scorer.model_tokens.detach()
+            centres, assign = _kmeans(tokens, min(anchors, tokens.shape[0]), chunk, seed)
+            # Rows are stored cluster by cluster so that the pre-screen reads contiguous slices.
+            self.order = torch.argsort(assign, stable=True)  # row -> model index
+            self.row_of = torch.empty_like(self.order)
+            self.row_of[self.order] = torch.arange(len(self.order), device=self.order.device)
+            counts = torch.bincount(assign, minlength=centres.shape[0])
+            self.bounds = [0, *torch.cumsum(counts, 0).tolist()]
+            self.tokens = tokens[self.order].contiguous()
+            # Anchors are the means of all their members (the k-means fit saw a sample only).
+            sums = torch.zeros_like(centres).index_add_(0, assign, tokens)
+            means = sums / counts.clamp(min=1)[:, None].to(tokens.dtype)
+            self.anchors = torch.where(counts[:, None] > 0, means, centres)
+            self.queries = torch.empty_like(self.tokens)
+            self.values = torch.empty_like(self.tokens)
+            self.self_logits = self.tokens.new_empty(self.tokens.shape[0], self.heads)
+            scale = 1.0 / math.sqrt(self.head_dim)
+            for start in range(0, self.tokens.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                x = self.tokens[rows]
+                h = block.norm1(x) if block.norm_first else x
+                q, k, v = block.qkv(h).view(-1, 3, self.heads, self.head_dim).unbind(1)
+                self.queries[rows] = (q * scale).reshape(-1, block.dim)
+                self.values[rows] = v.reshape(-1, block.dim)
+                self.self_logits[rows] = (q * k).sum(-1) * scale
+            zeros = self.tokens.new_zeros(1, self.tokens.shape[0])
+            prior = scorer.add_prior(zeros, self.order[None])[0]  # the weighted prior, row order
+            self.prior = prior.detach() if hasattr(scorer, "model_prior") else None
+
+    @property
+    def num_models(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index's cached tensors (on the scorer's device)."""
+        held = (self.tokens, self.queries, self.values, self.self_logits, self.anchors, self.order, self.row_of,
+                *(() if self.prior is None else (self.prior,)))
+        return sum(t.numel() * t.element_size() for t in held)
+
+    # -- exact scoring ----------------------------------------------------------------------------
+    def _task_context(self, task_tokens: torch.Tensor, task_mask: torch.Tensor) -> list[tuple]:
+        """Per task: (task tokens [1, C, d], mask [1, C], K block-diagonal [d, H*C], V
+        block-diagonal [H*C, d], additive logit mask [H*C])."""
+        scorer, block = self.scorer, self.scorer.blocks[0]
+        scorer.check_tasks(task_tokens, task_mask)
+        tasks = scorer.embed_tasks(scorer.clean_tasks(task_tokens, task_mask))
+        h = block.norm1(tasks) if block.norm_first else tasks
+        _, keys, values = block._split_heads(h)  # [B, H, C, dh]
+        out = []
+        for b in range(tasks.shape[0]):
+            kbd = torch.block_diag(*keys[b].transpose(-1, -2).unbind(0))  # [H*dh, H*C]
+            vbd = torch.block_diag(*values[b].unbind(0))  # [H*C, H*dh]
+            blocked = torch.zeros(task_mask.shape[1], dtype=tasks.dtype, device=tasks.device)
+            blocked = blocked.masked_fill(~task_mask[b], float("-inf")).repeat(self.heads)
+            out.append((tasks[b:b + 1], task_mask[b:b + 1], kbd, vbd, blocked))
+        return out
+
+    def _exact_rows(self, rows: slice | torch.Tensor, context: tuple) -> torch.Tensor:
+        """Exact scores [n] of the index rows ``rows`` for one task's ``context``."""
+        tasks, mask, kbd, vbd, blocked = context
+        scorer, block = self.scorer, self.scorer.blocks[0]
+        q, v, x = self.queries[rows], self.values[rows], self.tokens[rows]
+        n = x.shape[0]
+        ctx = torch.addmm(blocked, q, kbd).view(n, self.heads, -1)  # [n, H, C]
+        weights = block._attention_weights(torch.cat([self.self_logits[rows][..., None], ctx], dim=-1))
+        attended = (weights[..., 0:1] * v.view(n, self.heads, self.head_dim)).view(n, -1)
+        attended = torch.addmm(attended, weights[..., 1:].reshape(n, -1), vbd)
+        models = block._finish(x, attended)[None]  # [1, n, d]
+        for i, later in enumerate(scorer.blocks[1:]):  # deeper scorers: task tokens evolve per layer
+            tasks = scorer.blocks[i].self_attend(tasks, mask)
+            models = later.attend_context(models, tasks, mask)
+        scores = scorer.head(models[0]).squeeze(-1)
+        return scores if self.prior is None else scores + self.prior[rows]
+
+    def _exact_all(self, context: tuple) -> torch.Tensor:
+        """Exact scores of every row [M] (index row order), ``chunk`` rows at a time."""
+        return torch.cat([self._exact_rows(slice(s, s + self.chunk), context)
+                          for s in range(0, self.num_models, self.chunk)])
+
+    def scores(self, task_tokens: torch.Tensor, task_mask: torch.Tensor) -> torch.Tensor:
+        """Exact scores of all M models, as ``TokenScorer.forward`` (same inputs, same checks).
+
+        Returns:
+            float [B, M] in model-index order.
+        """
+        with torch.no_grad():
+            rows = [self._exact_all(c) for c in self._task_context(task_tokens, task_mask)]
+        return torch.stack(rows)[:, self.row_of]
+
+    # -- two-stage ranking ------------------------------------------------------------------------
+    def _anchor_linearisation(self, context: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores [K] of the anchor tokens and their gradients [K, d] w.r.t. the token (prior
+        excluded: it is added exactly)."""
+        scorer = self.scorer
+        tasks, mask = context[0], context[1]
+        # Runs under inference_mode / no_grad callers too; inputs are cloned out of
+        # inference mode so that autograd may save them.
+        with torch.inference_mode(False), torch.enable_grad():
+            tasks, mask = tasks.clone(), mask.clone()
+            anchors = self.anchors.clone().requires_grad_(True)
+            models = anchors[None]
+            for i, block in enumerate(scorer.blocks):
+                updated = block.attend_context(models, tasks, mask)
+                if i + 1 < len(scorer.blocks):
+                    tasks = block.self_attend(tasks, mask)
+                models = updated
+            values = scorer.head(models[0]).squeeze(-1)
+            (grads,) = torch.autograd.grad(values.sum(), anchors)
+        return values.detach(), grads
+
+    def _approx_rows(self, context: tuple) -> torch.Tensor:
+        """First-order estimates [M] (index row order): ``s(c) + g(c) . (x - c)`` per cluster."""
+        values, grads = self._anchor_linearisation(context)
+        offsets = values - (grads * self.anchors).sum(-1)
+        out = self.tokens.new_empty(self.num_models)
+        for k in range(len(self.bounds) - 1):
+            lo, hi = self.bounds[k], self.bounds[k + 1]
+            if hi > lo:
+                torch.addmv(offsets[k].expand(hi - lo), self.tokens[lo:hi], grads[k], out=out[lo:hi])
+        return out if self.prior is None else out + self.prior
+
+    def approx_scores(self, task_tokens: torch.Tensor, task_mask: torch.Tensor) -> torch.Tensor:
+        """The pre-screen's estimates of all M scores for ONE task ([1, C, Dg], [1, C]): float
+        [M] in model-index order (for measuring the pre-screen)."""
+        _check_one(task_tokens)
+        with torch.no_grad():
+            return self._approx_rows(self._task_context(task_tokens, task_mask)[0])[self.row_of]
+
+    def rank(self, task_tokens: torch.Tensor, task_mask: torch.Tensor, pool: int | None = None) -> IndexRanking:
+        """Rank the zoo for ONE task: pre-screen all M models, score the ``pool`` best exactly.
+
+        Args:
+            task_tokens: float [1, C, Dg]; task_mask: bool [1, C] (True = real class).
+            pool: models scored exactly (default: the index's ``pool``); ``pool >= M`` scores
+                all of them, giving exactly the ranking of ``TokenScorer.forward``.
+
+        Returns:
+            :class:`IndexRanking` of ``min(pool, M)`` models, best first.
+        """
+        _check_one(task_tokens)
+        pool = self.pool if pool is None else pool
+        if not isinstance(pool, int) or pool < 1:
+            raise ConfigError(f"ZooIndex.rank: pool: expected an integer >= 1, got {pool!r}")
+        with torch.no_grad():
+            context = self._task_context(task_tokens, task_mask)[0]
+            if pool >= self.num_models:
+                rows = torch.arange(self.num_models, device=self.tokens.device)
+                scores = self._exact_all(context)
+            else:
+                rows = torch.topk(self._approx_rows(context), pool, sorted=False).indices
+                scores = self._exact_rows(rows, context)
+            # Same tie order as argsort(stable) over the full scores: by model index first.
+            models = self.order[rows]
+            by_index = torch.argsort(models)
+            models, scores = models[by_index], scores[by_index]
+            best = torch.argsort(scores, descending=True, stable=True)
+        return IndexRanking(models=models[best], scores=scores[best])
+
+
+def _check_one(task_tokens: torch.Tensor) -> None:
+    if isinstance(task_tokens, torch.Tensor) and task_tokens.ndim == 3 and task_tokens.shape[0] != 1:
+        raise ConfigError(f"ZooIndex: task_tokens: expected one task [1, C, Dg], got shape {list(task_tokens.shape)}")
+
+
+def _kmeans(tokens: torch.Tensor, clusters: int, chunk: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centres [K, d], assignment [M] int64) of a few Lloyd iterations fitted on a sample of at
+    most ``KMEANS_SAMPLE`` tokens, then every token assigned to its nearest centre."""
+    generator = torch.Generator().manual_seed(seed)
+    num = tokens.shape[0]
+    sample = tokens[torch.randperm(num, generator=generator)[:KMEANS_SAMPLE].to(tokens.device)]
+    centres = sample[torch.randperm(sample.shape[0], generator=generator)[:clusters].to(tokens.device)].clone()
+    for _ in range(KMEANS_ITERS):
+        assign = _nearest(sample, centres, chunk)
+        counts = torch.bincount(assign, minlength=clusters)
+        sums = torch.zeros_like(centres).index_add_(0, assign, sample)
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None].to(sums.dtype), centres)
+    return centres, _nearest(tokens, centres, chunk)
+
+
+def _nearest(points: torch.Tensor, centres: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Index of the nearest centre of every point (squared Euclidean distance), chunked."""
+    norms = (centres * centres).sum(-1)
+    return torch.cat([
+        torch.addmm(norms, points[s:s + chunk], centres.T, alpha=-2.0).argmin(-1)
+        for s in range(0, points.shape[0], chunk)
+    ])
