@@ -109,13 +109,13 @@ def test_small_pool_ranks_its_models_by_exact_scores(one_torch_thread):
 
 
 def test_prescreen_is_exact_at_its_anchors(one_torch_thread):
-    """With one anchor per model token, the first-order estimate is evaluated at the token
+    """With one anchor per model token (64^2 anchors: 64 coarse clusters of one token), the first-order estimate is evaluated at the token
     itself; and the estimate is a true linearisation (error shrinks quadratically)."""
     scorer = _scorer(num_models=64, model_prior=[float(m) for m in range(64)])
     tokens, mask = _tasks(batch=1)
     with torch.no_grad():
         exact = scorer(tokens, mask)[0]
-    torch.testing.assert_close(ZooIndex(scorer, anchors=64).approx_scores(tokens, mask), exact, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ZooIndex(scorer, anchors=64 * 64).approx_scores(tokens, mask), exact, atol=1e-5, rtol=0)
 
     errors = []
     for step in (1e-1, 5e-2):
