@@ -42,6 +42,7 @@ DEFAULT_POOL = 8192  # models re-scored exactly after the pre-screen
 DEFAULT_ANCHORS = 2048  # k-means clusters of the model tokens (linearisation points)
 DEFAULT_CHUNK = 32768  # model rows per exact-scoring step (bounds the intermediate memory)
 KMEANS_SAMPLE = 65536  # tokens the coarse k-means centres are fitted on (all tokens are then assigned)
+KMEANS_FINE_SAMPLE = 64  # tokens per fine centre its k-means is fitted on
 KMEANS_ITERS = 10
 
 
@@ -271,14 +272,16 @@ def _kmeans(tokens: torch.Tensor, clusters: int, chunk: int, seed: int) -> torch
         members = torch.nonzero(top == c).flatten()
         if len(members):
             mine = tokens[members]
-            assign[members] = c * fine + _nearest(mine, _lloyd(mine, min(fine, len(members)), chunk, generator), chunk)
+            assign[members] = c * fine + _nearest(mine, _lloyd(mine, min(fine, len(members)), chunk, generator,
+                                                             KMEANS_FINE_SAMPLE * fine), chunk)
     return torch.unique(assign, return_inverse=True)[1]  # drop the ids of empty clusters
 
 
-def _lloyd(points: torch.Tensor, clusters: int, chunk: int, generator: torch.Generator) -> torch.Tensor:
-    """Centres [K, d] of ``KMEANS_ITERS`` Lloyd iterations on at most ``KMEANS_SAMPLE`` points,
+def _lloyd(points: torch.Tensor, clusters: int, chunk: int, generator: torch.Generator,
+           sample_size: int = KMEANS_SAMPLE) -> torch.Tensor:
+    """Centres [K, d] of ``KMEANS_ITERS`` Lloyd iterations on at most ``sample_size`` points,
     initialised on K distinct random points."""
-    sample = points[torch.randperm(points.shape[0], generator=generator)[:KMEANS_SAMPLE].to(points.device)]
+    sample = points[torch.randperm(points.shape[0], generator=generator)[:sample_size].to(points.device)]
     centres = sample[torch.randperm(sample.shape[0], generator=generator)[:clusters].to(points.device)].clone()
     for _ in range(KMEANS_ITERS):
         assign = _nearest(sample, centres, chunk)
