@@ -102,35 +102,36 @@ class ZooIndex:
             self.row_of[self.order] = torch.arange(len(self.order), device=self.order.device)
             counts = torch.bincount(assign)
             self.bounds = [0, *torch.cumsum(counts, 0).tolist()]
-            self.tokens = tokens[self.order].contiguous()
-            # Anchors are the means of all their members (the k-means fit saw a sample only).
-            sums = tokens.new_zeros(len(counts), tokens.shape[1]).index_add_(0, assign, tokens)
-            self.anchors = sums / counts[:, None].to(tokens.dtype)
-            self.queries = torch.empty_like(self.tokens)
-            self.values = torch.empty_like(self.tokens)
-            self.self_logits = self.tokens.new_empty(self.tokens.shape[0], self.heads)
+            # One row per model: [token x | scaled query q | value v | self logit per head], the
+            # task-independent inputs of the first layer's attention (see _score_features).
+            dim = block.dim
+            self.features = tokens.new_empty(tokens.shape[0], 3 * dim + self.heads)
             scale = 1.0 / math.sqrt(self.head_dim)
-            for start in range(0, self.tokens.shape[0], chunk):
+            for start in range(0, tokens.shape[0], chunk):
                 rows = slice(start, start + chunk)
-                x = self.tokens[rows]
+                x = tokens[self.order[rows]]
                 h = block.norm1(x) if block.norm_first else x
                 q, k, v = block.qkv(h).view(-1, 3, self.heads, self.head_dim).unbind(1)
-                self.queries[rows] = (q * scale).reshape(-1, block.dim)
-                self.values[rows] = v.reshape(-1, block.dim)
-                self.self_logits[rows] = (q * k).sum(-1) * scale
-            zeros = self.tokens.new_zeros(1, self.tokens.shape[0])
+                self.features[rows, :dim] = x
+                self.features[rows, dim:2 * dim] = (q * scale).reshape(-1, dim)
+                self.features[rows, 2 * dim:3 * dim] = v.reshape(-1, dim)
+                self.features[rows, 3 * dim:] = (q * k).sum(-1) * scale
+            # Anchors: the mean feature row of each cluster (the k-means fit saw a sample only).
+            sorted_assign = assign[self.order]
+            sums = self.features.new_zeros(len(counts), self.features.shape[1])
+            self.anchors = sums.index_add_(0, sorted_assign, self.features) / counts[:, None].to(tokens.dtype)
+            zeros = tokens.new_zeros(1, tokens.shape[0])
             prior = scorer.add_prior(zeros, self.order[None])[0]  # the weighted prior, row order
             self.prior = prior.detach() if hasattr(scorer, "model_prior") else None
 
     @property
     def num_models(self) -> int:
-        return self.tokens.shape[0]
+        return self.features.shape[0]
 
     @property
     def nbytes(self) -> int:
         """Memory held by the index's cached tensors (on the scorer's device)."""
-        held = (self.tokens, self.queries, self.values, self.self_logits, self.anchors, self.order, self.row_of,
-                *(() if self.prior is None else (self.prior,)))
+        held = (self.features, self.anchors, self.order, self.row_of, *(() if self.prior is None else (self.prior,)))
         return sum(t.numel() * t.element_size() for t in held)
 
     # -- exact scoring ----------------------------------------------------------------------------
@@ -151,21 +152,25 @@ class ZooIndex:
             out.append((tasks[b:b + 1], task_mask[b:b + 1], kbd, vbd, blocked))
         return out
 
-    def _exact_rows(self, rows: slice | torch.Tensor, context: tuple) -> torch.Tensor:
-        """Exact scores [n] of the index rows ``rows`` for one task's ``context``."""
+    def _score_features(self, features: torch.Tensor, context: tuple) -> torch.Tensor:
+        """Scores [n] (prior excluded) of feature rows [n, 3d+H] for one task's ``context``."""
         tasks, mask, kbd, vbd, blocked = context
         scorer, block = self.scorer, self.scorer.blocks[0]
-        q, v, x = self.queries[rows], self.values[rows], self.tokens[rows]
-        n = x.shape[0]
-        ctx = torch.addmm(blocked, q, kbd).view(n, self.heads, -1)  # [n, H, C]
-        weights = block._attention_weights(torch.cat([self.self_logits[rows][..., None], ctx], dim=-1))
-        attended = (weights[..., 0:1] * v.view(n, self.heads, self.head_dim)).view(n, -1)
+        dim, n = block.dim, features.shape[0]
+        x, q, v = features[:, :dim], features[:, dim:2 * dim], features[:, 2 * dim:3 * dim]
+        ctx = torch.addmm(blocked, q, kbd).view(n, self.heads, -1)  # [n, H, C]: all heads in one GEMM
+        weights = block._attention_weights(torch.cat([features[:, 3 * dim:, None], ctx], dim=-1))
+        attended = (weights[..., 0:1] * v.reshape(n, self.heads, self.head_dim)).view(n, -1)
         attended = torch.addmm(attended, weights[..., 1:].reshape(n, -1), vbd)
         models = block._finish(x, attended)[None]  # [1, n, d]
         for i, later in enumerate(scorer.blocks[1:]):  # deeper scorers: task tokens evolve per layer
             tasks = scorer.blocks[i].self_attend(tasks, mask)
             models = later.attend_context(models, tasks, mask)
-        scores = scorer.head(models[0]).squeeze(-1)
+        return scorer.head(models[0]).squeeze(-1)
+
+    def _exact_rows(self, rows: slice | torch.Tensor, context: tuple) -> torch.Tensor:
+        """Exact scores [n] of the index rows ``rows`` for one task's ``context``."""
+        scores = self._score_features(self.features[rows], context)
         return scores if self.prior is None else scores + self.prior[rows]
 
     def _exact_all(self, context: tuple) -> torch.Tensor:
@@ -185,34 +190,26 @@ class ZooIndex:
 
     # -- two-stage ranking ------------------------------------------------------------------------
     def _anchor_linearisation(self, context: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores [K] of the anchor tokens and their gradients [K, d] w.r.t. the token (prior
-        excluded: it is added exactly)."""
-        scorer = self.scorer
-        tasks, mask = context[0], context[1]
+        """Scores [K] of the anchor feature rows and their gradients [K, 3d+H] (prior excluded:
+        it is added exactly)."""
         # Runs under inference_mode / no_grad callers too; inputs are cloned out of
         # inference mode so that autograd may save them.
         with torch.inference_mode(False), torch.enable_grad():
-            tasks, mask = tasks.clone(), mask.clone()
+            context = tuple(t.clone() for t in context)
             anchors = self.anchors.clone().requires_grad_(True)
-            models = anchors[None]
-            for i, block in enumerate(scorer.blocks):
-                updated = block.attend_context(models, tasks, mask)
-                if i + 1 < len(scorer.blocks):
-                    tasks = block.self_attend(tasks, mask)
-                models = updated
-            values = scorer.head(models[0]).squeeze(-1)
+            values = self._score_features(anchors, context)
             (grads,) = torch.autograd.grad(values.sum(), anchors)
         return values.detach(), grads
 
     def _approx_rows(self, context: tuple) -> torch.Tensor:
-        """First-order estimates [M] (index row order): ``s(c) + g(c) . (x - c)`` per cluster."""
+        """First-order estimates [M] (index row order): ``s(c) + g(c) . (f - c)`` per cluster,
+        f a model's feature row and c its cluster's mean row."""
         values, grads = self._anchor_linearisation(context)
         offsets = values - (grads * self.anchors).sum(-1)
-        out = self.tokens.new_empty(self.num_models)
+        out = self.features.new_empty(self.num_models)
         for k in range(len(self.bounds) - 1):
             lo, hi = self.bounds[k], self.bounds[k + 1]
-            if hi > lo:
-                torch.addmv(offsets[k].expand(hi - lo), self.tokens[lo:hi], grads[k], out=out[lo:hi])
+            torch.addmv(offsets[k].expand(hi - lo), self.features[lo:hi], grads[k], out=out[lo:hi])
         return out if self.prior is None else out + self.prior
 
     def approx_scores(self, task_tokens: torch.Tensor, task_mask: torch.Tensor) -> torch.Tensor:
@@ -240,7 +237,7 @@ class ZooIndex:
         with torch.no_grad():
             context = self._task_context(task_tokens, task_mask)[0]
             if pool >= self.num_models:
-                rows = torch.arange(self.num_models, device=self.tokens.device)
+                rows = torch.arange(self.num_models, device=self.features.device)
                 scores = self._exact_all(context)
             else:
                 rows = torch.topk(self._approx_rows(context), pool, sorted=False).indices
