@@ -38,7 +38,7 @@ import torch
 from spider.errors import ConfigError
 from spider.modules.token_scorer import TokenScorer
 
-DEFAULT_POOL = 8192  # models re-scored exactly after the pre-screen
+DEFAULT_POOL = 32768  # models re-scored exactly after the pre-screen (see the README's measured recall)
 DEFAULT_ANCHORS = 2048  # k-means clusters of the model tokens (linearisation points)
 DEFAULT_CHUNK = 32768  # model rows per exact-scoring step (bounds the intermediate memory)
 KMEANS_SAMPLE = 65536  # tokens the coarse k-means centres are fitted on (all tokens are then assigned)
