@@ -8,21 +8,26 @@ multiply-adds per model token at d = 128 (MLP 64k, head 16k, projection 16k), 2*
 10^6 models, over a second at the peak of this 2-core AVX2 CPU. So exact scoring alone cannot
 reach < 1 s at 10^6, and the index ranks in two stages:
 
-1. **Cache** (once per checkpoint, in :class:`ZooIndex`): the model tokens' first-layer
-   LayerNorm and Q/K/V, i.e. scaled queries, values and the self-attention logit of each model.
-   Exact scoring of any set of models (:meth:`ZooIndex.scores`) then needs per task only the
-   task tokens' keys/values, two GEMMs against block-diagonal per-task matrices (all heads in one
-   product instead of a batched one), the softmax, and the projection/MLP/head, chunked over
-   models so that memory stays bounded (``chunk`` rows at a time).
-2. **Pre-screen**: the model tokens are grouped by k-means into ``anchors`` clusters (stored
-   contiguously). For a task, the scorer's score and its gradient with respect to the model
-   token are computed at each anchor (autograd on ``anchors`` tokens: milliseconds), and every
-   model gets the first-order Taylor estimate ``s(c) + g(c) . (x - c)`` of its anchor c: one
-   inner product per model token, a memory-bound pass over the tokens. The static prior (when
-   the scorer has one) is added exactly.
+1. **Cache** (once per checkpoint, in :class:`ZooIndex`): per model token its first-layer
+   features ``[x | q | v | s]``: the token, its scaled query and value (through LayerNorm and
+   Q/K/V) and its self-attention logit per head, stored cluster by cluster. Exact scoring of any
+   set of models (:meth:`ZooIndex.scores`) then needs per task only the task tokens' keys and
+   values, two GEMMs against block-diagonal per-task matrices (all heads in one product instead
+   of a batched one), the softmax, and the projection/MLP/head, chunked over models so that
+   memory stays bounded (``chunk`` rows at a time).
+2. **Pre-screen**: the model tokens are grouped by a two-level k-means into ``anchors``
+   clusters. For a task, the score and its gradient with respect to the feature row are computed
+   at each cluster's mean feature row (autograd on ``anchors`` rows: milliseconds), and every
+   model gets the first-order Taylor estimate ``s(c) + g(c) . (f - c)`` of its cluster: one
+   inner product per model, a memory-bound pass over the features. Linearising in the features
+   rather than in the token keeps the first LayerNorm (strongly non-linear for small tokens)
+   out of the approximation. The static prior (when the scorer has one) is added exactly.
 3. **Exact re-scoring** of the ``pool`` best estimates with the cached exact path; the ranking
    lists those models by their exact scores (ties: lower model index first, as ``argsort(stable)``
    on the full scores). With ``pool >= M`` the ranking is the exact one.
+
+Memory: the index holds (3d + H) floats per model (about 1.5 GB for 10^6 models at d = 128)
+beside the scorer's own tokens; exact scoring allocates per ``chunk`` rows, ranking per ``pool``.
 
 Recall (how often the estimate's pool holds the exact top 10) is measured, not guaranteed:
 ``experiments/bench_rank_latency.py`` reports it on random and trained scorers.
