@@ -22,9 +22,9 @@ import torch
 from spider.errors import ConfigError, StoreError
 from spider.modules.zoo_index import IndexRanking, ZooIndex, supports
 
-# Above this many PTMs the index's two-stage search ranks (exact forward: ~0.5 s at 10^5 on this
+# Above this many PTMs the index's two-stage search ranks (exact forward: ~0.3 s at 5*10^4 on this
 # repository's 2-core CPU; the search's cost hardly grows with M, the forward's grows linearly).
-FAST_PATH_MIN_MODELS = 100_000
+FAST_PATH_MIN_MODELS = 50_000
 
 
 @dataclass
