@@ -226,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     row: dict = {}
     for models in args.models:
         torch.manual_seed(args.seed)
-        row = measure(make(models), tasks, args)
+        try:
+            row = measure(make(models), tasks, args)
+        except SpiderError as err:  # e.g. --models 0
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         agreement = ("-" if row["top10_agreement"] is None
                      else f"{row['top10_agreement']:.2f} ({row['agreement_tasks']})")
         exact = "-" if row["exact_ms"] is None else f"{row['exact_ms']:.0f}"

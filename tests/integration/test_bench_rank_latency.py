@@ -44,3 +44,8 @@ def test_json_last_line_parses(bench, capsys, monkeypatch, threshold, one_torch_
 def test_checkpoint_without_store_exits_2(bench, tmp_path, capsys):
     assert bench.main(["--checkpoint", str(tmp_path / "missing.ckpt"), "--models", "10"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_empty_zoo_exits_2(bench, capsys):
+    assert bench.main(["--models", "0", "--tasks", "1", "--task-dim", "8", "--dim", "8"]) == 2
+    assert "num_models: expected an integer >= 1" in capsys.readouterr().err
