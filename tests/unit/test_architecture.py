@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("spider.datamodules",)),
     ("pipeline", ("spider.pipeline",)),
     ("training", ("spider.config", "spider.config_schema", "spider.train", "spider.callbacks", "spider.trainer",
-                  "spider.run_inputs", "spider.run_lock")),
+                  "spider.run_inputs", "spider.run_lock", "spider.incremental")),
     ("cli", ("spider.cli", "spider.fit", "spider.rank", "spider.rank_core", "spider.rank_images", "spider.labels",
              "spider.extract", "spider.baselines.__main__", "spider.zoo.__main__")),
     # The benchmark report's library sits on top: it trains and ranks through the public entry points.
