@@ -239,6 +239,9 @@ def _prepare(report: AddModelReport, cfg: DictConfig, zoo_dir: Path, manifest: d
     new = resolve_inputs(train_cfg)
     tic = time.perf_counter()
     datamodule = build_datamodule(train_cfg, new, progress=progress)
+    if datamodule.model_names != [*names, ref.id]:  # (reads the store: resolves the label settings)
+        raise ConfigError(f"config: the datamodule ranks {datamodule.model_names}, expected the checkpoint's models "
+                          f"then {ref.id!r}")
     from spider.pipeline.label_reuse import derive_label_cache
 
     derived = derive_label_cache(datamodule.label_config, new["label_cache"], int(cfg.data.num_label_tasks),
@@ -249,9 +252,6 @@ def _prepare(report: AddModelReport, cfg: DictConfig, zoo_dir: Path, manifest: d
     datamodule.setup("fit")
     check_inputs(datamodule)
     report.seconds["labels"] = time.perf_counter() - tic
-    if datamodule.model_names != [*names, ref.id]:
-        raise ConfigError(f"config: the datamodule ranks {datamodule.model_names}, expected the checkpoint's models "
-                          f"then {ref.id!r}")
     return datamodule, new.get("params") or {}
 
 
@@ -410,7 +410,7 @@ def train_new_model(scorer: Any, datamodule: Any, grown: Sequence[str], epochs: 
                 loss.backward()
                 optimizer.step()
                 steps += 1
-                losses.append(float(loss))
+                losses.append(loss.item())
         with torch.no_grad():
             for n in grown:
                 getattr(scorer, n)[m:] = rows[n]
