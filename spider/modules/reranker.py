@@ -103,6 +103,12 @@ class ReRanker(TokenScorer):
         )
         self.type_embed = nn.Parameter(torch.randn(2, dim) * 0.02)  # 0 = general, 1 = specific
 
+    def _grown_hparams(self, model_dim: int | None) -> dict[str, Any]:
+        if isinstance(model_dim, bool) or not isinstance(model_dim, int) or model_dim < 1:
+            raise ScorerInputError(f"model_dim: expected the new model's feature width (an integer >= 1), "
+                                   f"got {model_dim!r}")
+        return {"model_dims": [*(int(d) for d in self.hparams.model_dims), model_dim]}
+
     @property
     def max_model_dim(self) -> int:
         return self.specific_weight.shape[1]

@@ -180,6 +180,65 @@ class TokenScorer(L.LightningModule):
         prior = self.model_prior if models is None else self.model_prior[models]
         return scores + self.prior_scale * prior
 
+    def with_model(self, name: str, *, prior: float | None = None, model_dim: int | None = None) -> TokenScorer:
+        """A copy of this scorer that ranks one more model, for :mod:`spider.incremental`.
+
+        Every weight is copied; ``name`` becomes model index M with a token equal to the mean of
+        the others (a neutral start that the caller trains) and, in tensors that grow per model
+        (the re-ranker's projections), the fresh initialisation of its own row. Since a model
+        token only attends to the task tokens, the M old models keep exactly their scores.
+
+        Args:
+            name: id of the new model (not among ``hparams.model_names``).
+            prior: its raw static-prior value on the scale of ``hparams.model_prior`` (required
+                when the scorer has a prior); standardised with the old models' mean and std, so
+                their standardised values, and so their scores, stay unchanged.
+            model_dim: its feature width (used by scorers with per-model projections).
+
+        Raises:
+            ScorerInputError: no model names, a name already present, a missing or non-finite prior.
+        """
+        hp = dict(self.hparams)
+        names = list(hp.get("model_names") or [])
+        if len(names) != self.num_models:
+            raise ScorerInputError("model_names: adding a model needs the scorer's model names")
+        if name in names:
+            raise ScorerInputError(f"model {name!r}: already ranked by this scorer")
+        hp.update(num_models=self.num_models + 1, model_names=[*names, name], **self._grown_hparams(model_dim))
+        z = None
+        if hasattr(self, "model_prior"):
+            if prior is None or not math.isfinite(prior):
+                raise ScorerInputError(f"model {name!r}: expected a finite prior value, got {prior!r}")
+            old = torch.tensor([float(v) for v in hp["model_prior"]], dtype=torch.float64)
+            std = float(old.std(unbiased=False))
+            z = (float(prior) - float(old.mean())) / (std if std > 0 else 1.0)
+            hp["model_prior"] = [*(float(v) for v in old), float(prior)]
+        grown = type(self)(**hp)
+        state = grown.state_dict()
+        for key, old_value in self.state_dict().items():
+            new_value = state[key]
+            if new_value.shape != old_value.shape:  # a per-model tensor: old rows in the leading slice
+                if new_value.ndim != old_value.ndim or any(n < o for n, o in zip(new_value.shape, old_value.shape)):
+                    raise ScorerInputError(f"{key}: cannot grow shape {list(old_value.shape)} to "
+                                           f"{list(new_value.shape)}")
+                new_value = new_value.clone()
+                new_value[: old_value.shape[0]] = 0  # padding of old rows stays zero, as it was
+                new_value[tuple(slice(0, n) for n in old_value.shape)] = old_value
+                state[key] = new_value
+            else:
+                state[key] = old_value.clone()
+        state["model_tokens"][-1] = self.model_tokens.detach().mean(0)
+        if z is not None:
+            state["model_prior"][-1] = z
+        grown.load_state_dict(state)
+        grown.train(self.training)
+        return grown
+
+    def _grown_hparams(self, model_dim: int | None) -> dict[str, Any]:
+        """Hyperparameters (besides ``num_models``, ``model_names``, ``model_prior``) that change
+        when a model of width ``model_dim`` is added (hook for subclasses)."""
+        return {}
+
     # -- scoring ----------------------------------------------------------------------------------
     def embed_tasks(self, task_tokens: torch.Tensor) -> torch.Tensor:
         """Project general task tokens [B, C, Dg] to the token width: [B, C, d]."""

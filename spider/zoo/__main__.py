@@ -7,6 +7,8 @@ Examples::
     python -m spider.zoo build minizoo --stages pretrain extract
     python -m spider.zoo info                             # every recipe: PTMs, domains, pool, targets
     python -m spider.zoo info zoo40 --json                # one recipe as JSON (counts, then the names)
+    python -m spider.zoo add-model artifacts/minizoo runs/x/checkpoints/last.ckpt test_vit.cifar10
+                                                          # -> runs/x/checkpoints/last+test_vit.cifar10.ckpt
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("recipe", nargs="?", help="recipe name (default: all)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub.add_parser("list", help="same as `info` for every recipe")
+    add = sub.add_parser("add-model", help="add a PTM to a trained ranker (learns only its token; spider.incremental)")
+    add.add_argument("zoo_dir", help="the zoo build folder the ranker was trained on")
+    add.add_argument("checkpoint", help="the trained ranker (never overwritten)")
+    add.add_argument("model", help="the new PTM: a PTM of the zoo's zoo.json or a registered spider.zoo model")
+    add.add_argument("--out", help="new checkpoint (default: <checkpoint stem>+<model>.ckpt beside it)")
+    add.add_argument("--config", help="the run's config.yaml (default: <run_dir>/config.yaml)")
+    add.add_argument("--data-dir", help="shared data folder (default: SPIDER_DATA_DIR or ../shared/data)")
+    add.add_argument("--epochs", type=int, help="epochs for the new token (default: the run's trainer.max_epochs)")
+    add.add_argument("--workers", type=int, default=1, help="processes for labelling and fine-tuning")
+    add.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -76,11 +89,25 @@ def _info(name: str | None, as_json: bool) -> int:
     return 0
 
 
+def _add_model(args: argparse.Namespace) -> int:
+    from spider.incremental import add_model
+
+    report = add_model(args.zoo_dir, args.checkpoint, args.model, args.out, config=args.config,
+                       data_dir=args.data_dir, epochs=args.epochs, workers=args.workers, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
+    print(f"added {report.model}: {report.num_models} PTMs in {report.checkpoint} ({report.steps} steps, "
+          f"final loss {report.final_loss:.4f}; {times})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in ("info", "list"):
             return _info(getattr(args, "recipe", None), getattr(args, "json", False))
+        if args.command == "add-model":
+            return _add_model(args)
         from spider.pipeline.build import build_zoo
 
         report = build_zoo(args.recipe, args.out, data_dir=args.data_dir, workers=args.workers,
