@@ -6,6 +6,9 @@ Examples::
     python -m spider.zoo build tiny --out /tmp/tiny --workers 1
     python -m spider.zoo build minizoo --stages pretrain extract
     python -m spider.zoo list                             # recipes and their contents
+
+    # the same build shared out over 2 processes (or nodes: see README "Scaling out"); --workers is per rank
+    torchrun --standalone --nproc-per-node 2 -m spider.zoo build tiny --out /tmp/tiny
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("recipe", help="recipe name (see `list`): minizoo or tiny")
     build.add_argument("--out", help="output folder (default: artifacts/<recipe>)")
     build.add_argument("--data-dir", help="shared data folder (default: SPIDER_DATA_DIR or ../shared/data)")
-    build.add_argument("--workers", type=int, help="processes (default: min(2, CPUs); 1 = this process)")
+    build.add_argument("--workers", type=int, help="processes per rank (default: min(2, CPUs); 1 = this process)")
     build.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("list", help="list the recipes")
@@ -59,9 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpiderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if report.rank:  # the other ranks of a distributed build: rank 0 reports for all
+        return 0
     print(report.table())
     state = "built" if report.computed else "up to date, nothing to do"
-    print(f"zoo {report.recipe} in {report.out}: {state}")
+    ranks = f" by {report.ranks} ranks" if report.ranks > 1 else ""
+    print(f"zoo {report.recipe} in {report.out}: {state}{ranks}")
     return 0
 
 
