@@ -70,6 +70,7 @@ class BuildReport:
     paths: dict[str, str] = field(default_factory=dict)
     rank: int = 0  # of this process in a distributed build
     ranks: int = 1
+    built_here: int = 0  # items this process built (its share of ``computed``)
 
     @property
     def computed(self) -> int:
@@ -510,6 +511,7 @@ def _build(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool,
             stage = run(recipe, out, data_dir, workers, progress, dist)
         report.stages.append(stage)
         dist.barrier()
+    report.built_here = report.computed
     for stage in report.stages:  # the whole build's counts (every rank runs the same stages)
         computed, reused, cpu = dist.sum([stage.computed, stage.reused, stage.cpu_seconds])
         stage.computed, stage.reused, stage.cpu_seconds = int(computed), int(reused), cpu

@@ -62,12 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpiderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if report.rank:  # the other ranks of a distributed build: rank 0 reports for all
-        return 0
+    if report.ranks > 1:  # how the work was shared; rank 0 reports for all
+        print(f"zoo {report.recipe}: rank {report.rank} of {report.ranks} built {report.built_here} item(s)")
+        if report.rank:
+            return 0
     print(report.table())
     state = "built" if report.computed else "up to date, nothing to do"
-    ranks = f" by {report.ranks} ranks" if report.ranks > 1 else ""
-    print(f"zoo {report.recipe} in {report.out}: {state}{ranks}")
+    print(f"zoo {report.recipe} in {report.out}: {state}")
     return 0
 
 
