@@ -6,27 +6,10 @@ import os
 from collections import Counter
 
 import pytest
+from helpers.distributed_support import SLURM, TORCHRUN, launcher_env  # noqa: F401 - a fixture
 
 from spider.errors import SpiderError
 from spider.pipeline.distributed import DistContext, detect, distributed, shard
-
-TORCHRUN = {"TORCHELASTIC_RUN_ID": "abc", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
-            "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29511"}
-# srun --nodes 2 --ntasks-per-node 2: the fourth task, second on node gpu08
-SLURM = {"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
-         "SLURM_NODEID": "1", "SLURM_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "804321", "SLURM_JOB_NAME": "zoo"}
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    """No launcher variables; those a test sets (and those Lightning exports) are undone after it."""
-    for key in list(os.environ):
-        if key.startswith("SLURM_") or key in TORCHRUN:
-            monkeypatch.delenv(key)
-    for key in TORCHRUN:
-        monkeypatch.delenv(key, raising=False)  # registered, so a value Lightning exports is removed
-    return monkeypatch
-
 
 # ----------------------------------------------------------------------------------- shard
 
@@ -65,7 +48,7 @@ def test_a_rank_outside_the_world_is_refused(rank, world):
 # ---------------------------------------------------------------------------------- detect
 
 
-def test_no_launcher_is_the_plain_one_process_build(clean_env):
+def test_no_launcher_is_the_plain_one_process_build(launcher_env):
     dist = detect()
     assert dist == DistContext() and not dist.active and dist.is_main
     assert dist.device is None  # each stage keeps its own default device
@@ -79,18 +62,16 @@ def test_no_launcher_is_the_plain_one_process_build(clean_env):
     assert not td.is_initialized()
 
 
-def test_torchrun_variables(clean_env):
-    for key, value in TORCHRUN.items():
-        clean_env.setenv(key, value)
+def test_torchrun_variables(launcher_env):
+    launcher_env(TORCHRUN)
     dist = detect()
     assert dist == DistContext(rank=1, world=2, local_rank=1, launcher="torchrun", main_address="10.0.0.5",
                                main_port=29511)
     assert dist.active and not dist.is_main
 
 
-def test_slurm_variables_through_lightning(clean_env):
-    for key, value in SLURM.items():
-        clean_env.setenv(key, value)
+def test_slurm_variables_through_lightning(launcher_env):
+    launcher_env(SLURM)
     dist = detect()
     # Lightning's SLURMEnvironment: rank SLURM_PROCID, first node of the list, port from the job id
     assert dist == DistContext(rank=3, world=4, local_rank=1, launcher="slurm", main_address="gpu07",
@@ -98,34 +79,14 @@ def test_slurm_variables_through_lightning(clean_env):
     assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("gpu07", "19321")  # for env://
 
 
-def test_torchrun_inside_a_slurm_job_wins(clean_env):
-    for key, value in {**SLURM, **TORCHRUN}.items():
-        clean_env.setenv(key, value)
+def test_torchrun_inside_a_slurm_job_wins(launcher_env):
+    launcher_env({**SLURM, **TORCHRUN})
     assert detect().launcher == "torchrun" and detect().rank == 1
 
 
-def test_one_slurm_task_or_an_interactive_job_is_one_process(clean_env):
-    for key, value in SLURM.items():
-        clean_env.setenv(key, value)
-    clean_env.setenv("SLURM_NTASKS", "1")
-    clean_env.setenv("SLURM_PROCID", "0")
+def test_one_slurm_task_or_an_interactive_job_is_one_process(launcher_env):
+    launcher_env({**SLURM, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"})
     assert not detect().active and detect().launcher == "slurm"
-    clean_env.setenv("SLURM_NTASKS", "4")
-    clean_env.setenv("SLURM_JOB_NAME", "interactive")  # Lightning's convention: not a srun launch
+    launcher_env({"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "interactive"})  # Lightning: not a srun launch
     assert detect() == DistContext()
 
-
-def test_bad_slurm_settings_are_one_line_errors(clean_env):
-    for key, value in SLURM.items():
-        clean_env.setenv(key, value)
-    clean_env.delenv("SLURM_NTASKS_PER_NODE")
-    with pytest.raises(SpiderError, match="^SLURM environment: .*--ntasks-per-node") as err:
-        detect()
-    assert "\n" not in str(err.value)
-    clean_env.setenv("SLURM_NTASKS_PER_NODE", "2")
-    clean_env.setenv("SLURM_PROCID", "x")
-    with pytest.raises(SpiderError, match="slurm environment: missing or non-integer"):
-        detect()
-    clean_env.setenv("SLURM_PROCID", "7")
-    with pytest.raises(SpiderError, match="rank 7 outside world size 4"):
-        detect()
