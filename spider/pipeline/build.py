@@ -312,6 +312,7 @@ def _link_alternatives(recipe: ZooRecipe, out: Path) -> None:
 
 
 def ground_truth_jobs(recipe: ZooRecipe, out: Path):
+    """One job per (target, PTM), without images (:func:`_finetune_runs` loads those that are needed)."""
     from spider.pipeline.finetune import GroundTruthJob
 
     refs = recipe.ptm_refs(out / "checkpoints")
@@ -343,11 +344,11 @@ def _finetune_runs(jobs: Sequence[Any], config, cache_root: Path, views_for: Cal
     """
     from spider.pipeline.finetune import run_ground_truth
 
-    def run(share: Sequence[Any], progress: bool) -> list:
+    def run(share: Sequence[Any], show: bool) -> list:
         need = {j.target for j in _missing_runs(share, config, cache_root)}
         views = views_for(need) if need else {}
         share = [dataclasses.replace(j, views=views[j.target]) if j.target in need else j for j in share]
-        return run_ground_truth(share, config, cache_root, data_dir=data_dir, workers=workers, progress=progress)
+        return run_ground_truth(share, config, cache_root, data_dir=data_dir, workers=workers, progress=show)
 
     if not dist.active:
         results = run(jobs, progress)
