@@ -496,7 +496,8 @@ def _build(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool,
         data_dir = check_data(recipe, data_dir)
         # The first stage can run for minutes before its progress bar moves: say what is going on.
         if dist.is_main:
-            where = f"{workers} worker(s)" + (f" in each of {dist.world} ranks ({dist.launcher})" if dist.active else "")
+            where = f"{workers} worker(s)" + (f" in each of {dist.world} ranks ({dist.launcher})"
+                                              if dist.active else "")
             log(f"zoo {recipe.name}: building the missing parts in {out} (stages {', '.join(stages)}; "
                 f"{where}; interrupt and re-run to resume)")
     out.mkdir(parents=True, exist_ok=True)
