@@ -95,20 +95,17 @@ def split_task(spec: Any, pool_views: Mapping[str, Any], index: int, settings: B
     return views
 
 
-def bank_jobs(specs: Sequence[Any], refs: Sequence[Any], settings: BankSettings,
-              pool_views: Mapping[str, Any] | None = None, need: set[int] | None = None) -> list:
-    """One :class:`~spider.pipeline.finetune.GroundTruthJob` per (task, PTM); views only for the
-    task indices in ``need`` (all when None) when ``pool_views`` is given (hashing needs none)."""
+def bank_jobs(specs: Sequence[Any], refs: Sequence[Any], settings: BankSettings) -> list:
+    """One :class:`~spider.pipeline.finetune.GroundTruthJob` per (task, PTM), without images (the
+    build gives the jobs with missing runs their :func:`split_task` views)."""
     from spider.pipeline.finetune import GroundTruthJob
 
     jobs = []
     for i, spec in enumerate(specs):
-        views = split_task(spec, pool_views, i, settings) if pool_views is not None and (
-            need is None or i in need) else None
         identity = {"spec": spec.to_json(), "test_fraction": settings.test_fraction, "seed": settings.seed,
                     "max_per_class": settings.max_per_class}
         cost = float(spec.num_samples)
-        jobs += [GroundTruthJob(task_id(i), views, ref, identity=identity,
+        jobs += [GroundTruthJob(task_id(i), None, ref, identity=identity,
                                 cost=cost * (4.0 if ref.kind == "zoo" else 1.0)) for ref in refs]
     return jobs
 

@@ -21,6 +21,9 @@ Output folder (default ``artifacts/<recipe>``)::
 Python::
 
     report = build_zoo("minizoo")              # BuildReport; report.paths["store"] etc.
+
+Under ``torchrun`` or ``srun`` every stage is shared out over the ranks, rank 0 writing what is
+global (:mod:`spider.pipeline.distributed`); the files are those of a one-process build.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import multiprocessing
 import os
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from spider.pipeline.recipes import get_recipe
 from spider.pipeline.pretrain import PretrainSpec, is_pretrained, pretrain
 from spider.pipeline.build_manifest import MANIFEST, SPLIT, label_models, write_manifest, zoo_manifest
 from spider.pipeline.labelling import build_label_cache
+from spider.pipeline.distributed import DistContext, distributed
 from spider.progress import progress_bar
 
 STAGES = ("pretrain", "extract", "groundtruth", "labels", "bank")
@@ -55,15 +59,18 @@ class StageReport:
     reused: int = 0  # items found already built
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0  # this process and its finished workers
-    note: str = ""
+    note: str = ""  # about the items this process built (rank 0's in a distributed build)
 
 
 @dataclass
 class BuildReport:
     recipe: str
     out: Path
-    stages: list[StageReport] = field(default_factory=list)
+    stages: list[StageReport] = field(default_factory=list)  # counts and cpu s: summed over ranks
     paths: dict[str, str] = field(default_factory=dict)
+    rank: int = 0  # of this process in a distributed build
+    ranks: int = 1
+    built_here: int = 0  # items this process built (its share of ``computed``)
 
     @property
     def computed(self) -> int:
@@ -153,11 +160,15 @@ def _pretrain_one(args: tuple[PretrainSpec, str, str | None]):
     return pretrain(spec, out, data_dir=data_dir, progress=False, threads=1)
 
 
-def stage_pretrain(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
+_ONE = DistContext()  # a one-process build
+
+
+def stage_pretrain(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool,
+                   dist: DistContext = _ONE) -> StageReport:
     report = StageReport("pretrain")
     with _Timer(report):
         checkpoints = out / "checkpoints"
-        specs = recipe.all_pretrain_specs()
+        specs = dist.shard(recipe.all_pretrain_specs())
         todo = [s for s in specs if not is_pretrained(checkpoints, s)]
         report.reused = len(specs) - len(todo)
         if todo:
@@ -212,18 +223,18 @@ def _extract_init(view_specs: dict[str, Any]) -> None:
     _VIEWS.clear()
 
 
-def _extract_one(args: tuple[_ExtractTask, str | None, int]) -> list[tuple[str, bool]]:
+def _extract_one(args: tuple[_ExtractTask, str | None, int, str | None]) -> list[tuple[str, bool]]:
     from spider.pipeline.extract import extract_to_store
     from spider.store import FeatureStore
 
-    task, data_dir, batch_size = args
+    task, data_dir, batch_size, device = args
     store = FeatureStore(task.store)
     prepared = task.ref.load(data_dir)
     done = []
     for dataset in task.datasets:
         _, skipped = extract_to_store(store, prepared, _view(dataset, data_dir).source(), dataset=dataset,
                                       split=SPLIT, model_id=task.model_id, batch_size=batch_size,
-                                      progress=False)
+                                      device=device, progress=False)
         done.append((dataset, skipped))
     return done
 
@@ -232,8 +243,9 @@ def _alternative_store(out: Path, name: str) -> Path:
     return out / "alternatives" / name / "store"
 
 
-def extract_tasks(recipe: ZooRecipe, out: Path) -> tuple[list[_ExtractTask], int]:
-    """Models with missing store entries (and their missing datasets); count of entries present."""
+def extract_tasks(recipe: ZooRecipe, out: Path, dist: DistContext = _ONE) -> tuple[list[_ExtractTask], int]:
+    """Models (of this rank's share) with missing store entries (and their missing datasets);
+    count of their entries present."""
     from spider.store import FeatureStore
 
     checkpoints = out / "checkpoints"
@@ -243,7 +255,7 @@ def extract_tasks(recipe: ZooRecipe, out: Path) -> tuple[list[_ExtractTask], int
     for name, spec in recipe.general_alternatives:
         wanted.append((timm_ref(spec, checkpoints, GENERAL_ID), _alternative_store(out, name), GENERAL_ID))
     tasks, present = [], 0
-    for ref, root, model_id in wanted:
+    for ref, root, model_id in dist.shard(wanted):
         store = FeatureStore(root)
         missing = tuple(d for d in datasets if not store.has(model_id, d, SPLIT))
         present += len(datasets) - len(missing)
@@ -252,14 +264,16 @@ def extract_tasks(recipe: ZooRecipe, out: Path) -> tuple[list[_ExtractTask], int
     return tasks, present
 
 
-def stage_extract(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
+def stage_extract(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool,
+                  dist: DistContext = _ONE) -> StageReport:
     report = StageReport("extract")
     with _Timer(report):
-        tasks, report.reused = extract_tasks(recipe, out)
+        tasks, report.reused = extract_tasks(recipe, out, dist)
         view_specs = {p.id: p for p in recipe.pool} | {t.id: t for t in recipe.all_targets}
         total = sum(len(t.datasets) for t in tasks)
         if total:
-            jobs = [(t, None if data_dir is None else str(data_dir), recipe.extract_batch_size) for t in tasks]
+            jobs = [(t, None if data_dir is None else str(data_dir), recipe.extract_batch_size, dist.device)
+                    for t in tasks]
             with progress_bar(total, "extract features", progress) as advance:
                 if workers <= 1 or len(tasks) == 1:
                     _extract_init(view_specs)
@@ -277,7 +291,8 @@ def stage_extract(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress
                     if pool is not None:
                         pool.close()
                         pool.join()
-        _link_alternatives(recipe, out)
+        if dist.is_main:
+            _link_alternatives(recipe, out)
     return report
 
 
@@ -296,60 +311,113 @@ def _link_alternatives(recipe: ZooRecipe, out: Path) -> None:
             link.symlink_to(target, target_is_directory=True)
 
 
-def ground_truth_jobs(recipe: ZooRecipe, out: Path, views: dict[str, Any] | None = None):
+def ground_truth_jobs(recipe: ZooRecipe, out: Path):
+    """One job per (target, PTM), without images (:func:`_finetune_runs` loads those that are needed)."""
     from spider.pipeline.finetune import GroundTruthJob
 
     refs = recipe.ptm_refs(out / "checkpoints")
     cost = {r.id: (4.0 if r.kind == "zoo" else 1.0) for r in refs}  # the real PTMs are the heavy ones
     identity = {t.id: {k: v for k, v in dataclasses.asdict(t).items() if k not in ("note", "in_domain")}
                 for t in recipe.all_targets}
-    return [GroundTruthJob(t.id, (views or {}).get(t.id), ref, epochs=t.epochs, identity=identity[t.id],
-                           cost=cost[ref.id])
+    return [GroundTruthJob(t.id, None, ref, epochs=t.epochs, identity=identity[t.id], cost=cost[ref.id])
             for t in recipe.all_targets for ref in refs]
 
 
-def stage_groundtruth(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
-    from spider.pipeline.finetune import RunCache, run_ground_truth, run_hash, summarize, write_tables
+def _missing_runs(jobs: Sequence[Any], config, cache_root: Path) -> list[Any]:
+    """The jobs (ground truth or bank) with a run not in the cache ``cache_root`` yet."""
+    from spider.pipeline.finetune import RunCache, run_hash
+
+    cache, missing = RunCache(cache_root), []
+    for job in jobs:
+        h = run_hash(job, config)
+        if any(cache.get(job.target, job.model.id, lr, s, h) is None for lr in config.lrs for s in config.seeds):
+            missing.append(job)
+    return missing
+
+
+def _finetune_runs(jobs: Sequence[Any], config, cache_root: Path, views_for: Callable[[set[str]], dict[str, Any]],
+                   data_dir, workers: int, progress: bool, dist: DistContext) -> tuple[list, list]:
+    """(every run of ``jobs`` on the main rank - None elsewhere -, the runs of this rank's share).
+
+    Each rank computes the missing runs of its share (``views_for(targets)`` loads the images of
+    the targets that need some); after the barrier rank 0 reads every run back from the cache.
+    """
+    from spider.pipeline.finetune import run_ground_truth
+
+    def run(share: Sequence[Any], show: bool) -> list:
+        need = {j.target for j in _missing_runs(share, config, cache_root)}
+        views = views_for(need) if need else {}
+        share = [dataclasses.replace(j, views=views[j.target]) if j.target in need else j for j in share]
+        return run_ground_truth(share, config, cache_root, data_dir=data_dir, workers=workers, progress=show)
+
+    if not dist.active:
+        results = run(jobs, progress)
+        return results, results
+    own = run(dist.shard(jobs, cost=lambda j: j.cost), progress)
+    dist.barrier()
+    # Everything is cached now (a run a rank missed would be computed here, not left out).
+    return (run(jobs, False) if dist.is_main else None), own
+
+
+def _count(report: StageReport, results: Sequence[Any]) -> None:
+    report.computed = sum(not r.cached for r in results)
+    report.reused = sum(r.cached for r in results)
+    if report.computed:
+        report.note = f"{sum(r.seconds for r in results if not r.cached) / report.computed:.1f} cpu s/run"
+
+
+def stage_groundtruth(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool,
+                      dist: DistContext = _ONE) -> StageReport:
+    from spider.pipeline.finetune import summarize, write_tables
 
     report = StageReport("groundtruth")
     with _Timer(report):
-        cache_root = out / "ground_truth" / "runs"
         config = recipe.finetune
-        jobs = ground_truth_jobs(recipe, out)
-        cache = RunCache(cache_root)
-        runs = [(lr, s) for lr in config.lrs for s in config.seeds]
-        need = {j.target for j in jobs
-                if any(cache.get(j.target, j.model.id, lr, s, run_hash(j, config)) is None for lr, s in runs)}
-        views = {t.id: t.load(data_dir) for t in recipe.all_targets if t.id in need}
-        jobs = ground_truth_jobs(recipe, out, views)
-        results = run_ground_truth(jobs, config, cache_root, data_dir=data_dir, workers=workers, progress=progress)
-        report.computed = sum(not r.cached for r in results)
-        report.reused = sum(r.cached for r in results)
-        summaries = summarize(results, config)
-        in_domain = {t.id: t.in_domain for t in recipe.all_targets}
-        write_tables(summaries, [t.id for t in recipe.all_targets], recipe.ptm_ids(), out / "ground_truth.csv",
-                     out / "ground_truth_details.csv", in_domain)
-        if report.computed:
-            report.note = f"{sum(r.seconds for r in results if not r.cached) / report.computed:.1f} cpu s/run"
+
+        def views_for(targets: set[str]) -> dict[str, Any]:
+            return {t.id: t.load(data_dir) for t in recipe.all_targets if t.id in targets}
+
+        results, own = _finetune_runs(ground_truth_jobs(recipe, out), config, out / "ground_truth" / "runs",
+                                      views_for, data_dir, workers, progress, dist)
+        _count(report, own)
+        if results is not None:
+            in_domain = {t.id: t.in_domain for t in recipe.all_targets}
+            write_tables(summarize(results, config), [t.id for t in recipe.all_targets], recipe.ptm_ids(),
+                         out / "ground_truth.csv", out / "ground_truth_details.csv", in_domain)
     return report
 
 
-def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool) -> StageReport:
+def _label_config(recipe: ZooRecipe, out: Path):
+    settings = recipe.labels
+    return resolve_label_config(
+        out / "store", general_encoder=GENERAL_ID, models=label_models(recipe), pool=[p.id for p in recipe.pool],
+        targets=[t.id for t in recipe.all_targets], split=SPLIT, task=settings.task, seed=settings.seed,
+        baselines=list(settings.baselines), aggregator=settings.aggregator, shard_size=settings.shard_size)
+
+
+def stage_labels(recipe: ZooRecipe, out: Path, workers: int, progress: bool, dist: DistContext = _ONE) -> StageReport:
     report = StageReport("labels")
     with _Timer(report):
-        settings = recipe.labels
-        config = resolve_label_config(
-            out / "store", general_encoder=GENERAL_ID, models=label_models(recipe), pool=[p.id for p in recipe.pool],
-            targets=[t.id for t in recipe.all_targets], split=SPLIT, task=settings.task, seed=settings.seed,
-            baselines=list(settings.baselines), aggregator=settings.aggregator, shard_size=settings.shard_size)
+        settings, config = recipe.labels, _label_config(recipe, out)
         try:  # a complete cache is left untouched (building would rewrite its manifest)
             open_label_cache(out / "labels", settings.num_label_tasks, config=config)
-            report.reused = settings.num_label_tasks
-            return report
+            complete = True
         except LabelCacheError:
-            pass
-        result = build_label_cache(config, out / "labels", settings.num_label_tasks, workers=workers,
-                                   progress=progress)
+            complete = False
+        # Every rank takes the same branch: one that saw the cache incomplete builds its share.
+        if dist.sum([not complete])[0] == 0:
+            report.reused = settings.num_label_tasks if dist.is_main else 0
+            return report
+        if not dist.active:
+            result = build_label_cache(config, out / "labels", settings.num_label_tasks, workers=workers,
+                                       progress=progress)
+        else:
+            shards = range(-(-settings.num_label_tasks // settings.shard_size))
+            result = build_label_cache(config, out / "labels", settings.num_label_tasks, workers=workers,
+                                       progress=progress, shards=dist.shard(shards))
+            dist.barrier()
+            if dist.is_main:  # every shard is there: checks them and writes the manifest
+                build_label_cache(config, out / "labels", settings.num_label_tasks, progress=False)
         report.computed, report.reused = result.computed, result.reused
     return report
 
@@ -364,10 +432,11 @@ def _bank_specs(recipe: ZooRecipe, out: Path) -> list:
     return open_label_cache(out / "labels", recipe.labels.num_label_tasks).specs[:recipe.bank.num_tasks]
 
 
-def stage_bank(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool) -> StageReport:
+def stage_bank(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool,
+               dist: DistContext = _ONE) -> StageReport:
     """Fine-tune every PTM on the bank's pool tasks (:mod:`spider.pipeline.bank`); needs the labels."""
-    from spider.pipeline.bank import bank_jobs, task_id, write_specs
-    from spider.pipeline.finetune import RunCache, run_ground_truth, run_hash, summarize, write_tables
+    from spider.pipeline.bank import bank_jobs, split_task, task_id, write_specs
+    from spider.pipeline.finetune import summarize, write_tables
 
     report = StageReport("bank")
     with _Timer(report):
@@ -376,27 +445,21 @@ def stage_bank(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: b
             report.note = "no bank tasks"
             return report
         settings, root = recipe.bank, out / "bank"
-        config, cache = settings.finetune, RunCache(root / "runs")
-        refs = recipe.ptm_refs(out / "checkpoints")
-        jobs = bank_jobs(specs, refs, settings)
-        need = {int(j.target[4:]) for j in jobs
-                if any(cache.get(j.target, j.model.id, lr, s, run_hash(j, config)) is None
-                       for lr in config.lrs for s in config.seeds)}
-        pool_views = {p.id: p.load(data_dir) for p in recipe.pool} if need else None
-        jobs = bank_jobs(specs, refs, settings, pool_views, need)
-        results = run_ground_truth(jobs, config, root / "runs", data_dir=data_dir, workers=workers,
-                                   progress=progress)
-        report.computed = sum(not r.cached for r in results)
-        report.reused = sum(r.cached for r in results)
-        write_specs(root / "tasks.jsonl", specs)
-        write_tables(summarize(results, config), [task_id(i) for i in range(len(specs))], recipe.ptm_ids(),
-                     root / "accuracy.csv")
-        if report.computed:
-            report.note = f"{sum(r.seconds for r in results if not r.cached) / report.computed:.1f} cpu s/run"
+
+        def views_for(tasks: set[str]) -> dict[str, Any]:
+            pool = {p.id: p.load(data_dir) for p in recipe.pool}
+            return {task_id(i): split_task(spec, pool, i, settings) for i, spec in enumerate(specs)
+                    if task_id(i) in tasks}
+
+        results, own = _finetune_runs(bank_jobs(specs, recipe.ptm_refs(out / "checkpoints"), settings),
+                                      settings.finetune, root / "runs", views_for, data_dir, workers, progress,
+                                      dist)
+        _count(report, own)
+        if results is not None:
+            write_specs(root / "tasks.jsonl", specs)
+            write_tables(summarize(results, settings.finetune), [task_id(i) for i in range(len(specs))],
+                         recipe.ptm_ids(), root / "accuracy.csv")
     return report
-
-
-# ------------------------------------------------------------------------------- manifest
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -406,6 +469,9 @@ def build_zoo(recipe: ZooRecipe | str = "minizoo", out: str | Path | None = None
               data_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
               stages: Sequence[str] = STAGES, log=print) -> BuildReport:
     """Build (or complete) the zoo of ``recipe`` in ``out``; see the module docstring.
+
+    Under ``torchrun``/``srun`` (:func:`spider.pipeline.distributed.detect`) this process builds its
+    rank's share with ``workers`` local processes; the returned report counts every rank's work.
 
     Raises:
         DataFileError: a data file the missing parts need is absent (one line naming all of them).
@@ -419,24 +485,40 @@ def build_zoo(recipe: ZooRecipe | str = "minizoo", out: str | Path | None = None
     workers = default_workers() if workers is None else int(workers)
     if recipe.max_workers is not None:
         workers = min(workers, recipe.max_workers)
-    report = BuildReport(recipe.name, out)
+    with distributed() as dist:
+        return _build(recipe, out, data_dir, workers, progress and dist.is_main, stages, log, dist)
+
+
+def _build(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool, stages: Sequence[str], log,
+           dist: DistContext) -> BuildReport:
+    report = BuildReport(recipe.name, out, rank=dist.rank, ranks=dist.world)
     if _needs_data(recipe, out, stages):
         data_dir = check_data(recipe, data_dir)
         # The first stage can run for minutes before its progress bar moves: say what is going on.
-        log(f"zoo {recipe.name}: building the missing parts in {out} (stages {', '.join(stages)}; "
-            f"{workers} worker(s); interrupt and re-run to resume)")
+        if dist.is_main:
+            where = f"{workers} worker(s)" + (f" in each of {dist.world} ranks ({dist.launcher})"
+                                              if dist.active else "")
+            log(f"zoo {recipe.name}: building the missing parts in {out} (stages {', '.join(stages)}; "
+                f"{where}; interrupt and re-run to resume)")
     out.mkdir(parents=True, exist_ok=True)
-    if "pretrain" in stages:
-        report.stages.append(stage_pretrain(recipe, out, data_dir, workers, progress))
-    if "extract" in stages:
-        report.stages.append(stage_extract(recipe, out, data_dir, workers, progress))
-    if "groundtruth" in stages:
-        report.stages.append(stage_groundtruth(recipe, out, data_dir, workers, progress))
-    if "labels" in stages:
-        report.stages.append(stage_labels(recipe, out, workers, progress))
-    if "bank" in stages:
-        report.stages.append(stage_bank(recipe, out, data_dir, workers, progress))
-    write_manifest(out, zoo_manifest(recipe, out), report)
+    # Stage N+1 reads what every rank built in stage N: a barrier after each.
+    for name in STAGES:
+        if name not in stages:
+            continue
+        if name == "labels":
+            stage = stage_labels(recipe, out, workers, progress, dist)
+        else:
+            run = {"pretrain": stage_pretrain, "extract": stage_extract, "groundtruth": stage_groundtruth,
+                   "bank": stage_bank}[name]
+            stage = run(recipe, out, data_dir, workers, progress, dist)
+        report.stages.append(stage)
+        dist.barrier()
+    report.built_here = report.computed
+    for stage in report.stages:  # the whole build's counts (every rank runs the same stages)
+        computed, reused, cpu = dist.sum([stage.computed, stage.reused, stage.cpu_seconds])
+        stage.computed, stage.reused, stage.cpu_seconds = int(computed), int(reused), cpu
+    if dist.is_main:
+        write_manifest(out, zoo_manifest(recipe, out), report)
     report.paths = {"out": str(out), "store": str(out / "store"), "ground_truth": str(out / "ground_truth.csv"),
                     "label_cache": str(out / "labels"), "manifest": str(out / MANIFEST)}
     return report
@@ -449,25 +531,16 @@ def _needs_data(recipe: ZooRecipe, out: Path, stages: Sequence[str]) -> bool:
     if "extract" in stages and extract_tasks(recipe, out)[0]:
         return True
     if "groundtruth" in stages:
-        from spider.pipeline.finetune import RunCache, run_hash
-
-        cache = RunCache(out / "ground_truth" / "runs")
-        config = recipe.finetune
-        for job in ground_truth_jobs(recipe, out):
-            h = run_hash(job, config)
-            if any(cache.get(job.target, job.model.id, lr, s, h) is None for lr in config.lrs for s in config.seeds):
-                return True
+        if _missing_runs(ground_truth_jobs(recipe, out), recipe.finetune, out / "ground_truth" / "runs"):
+            return True
     if "bank" in stages and recipe.bank.num_tasks:
         from spider.pipeline.bank import bank_jobs
-        from spider.pipeline.finetune import RunCache, run_hash
 
         try:
             specs = _bank_specs(recipe, out)
         except LabelCacheError:
             return True  # labels come first; the bank then reads pool images
-        cache, config = RunCache(out / "bank" / "runs"), recipe.bank.finetune
-        for job in bank_jobs(specs, recipe.ptm_refs(out / "checkpoints"), recipe.bank):
-            h = run_hash(job, config)
-            if any(cache.get(job.target, job.model.id, lr, s, h) is None for lr in config.lrs for s in config.seeds):
-                return True
+        jobs = bank_jobs(specs, recipe.ptm_refs(out / "checkpoints"), recipe.bank)
+        if _missing_runs(jobs, recipe.bank.finetune, out / "bank" / "runs"):
+            return True
     return False

@@ -248,8 +248,13 @@ def _sampler(config: LabelConfig, num_tasks: int) -> TaskSampler:
 
 
 def build_label_cache(config: LabelConfig, out: str | os.PathLike, num_tasks: int, *, workers: int = 1,
-                      progress: bool = True, device: str | None = None) -> BuildReport:
+                      progress: bool = True, device: str | None = None,
+                      shards: Sequence[int] | None = None) -> BuildReport:
     """Label tasks ``0..num_tasks-1`` into ``out``, reusing every valid shard already there.
+
+    ``shards`` (shard indices) builds only those - one rank's share of a distributed build - and
+    leaves the manifest alone (it is checked, not written): a later call without ``shards`` finds
+    every shard built and writes it.
 
     ``workers`` > 1 runs spawned processes (a script calling this needs an ``if __name__ ==
     "__main__":`` guard). ``device`` is where the baselines compute (e.g. ``"cuda"``); it is not
@@ -275,18 +280,22 @@ def build_label_cache(config: LabelConfig, out: str | os.PathLike, num_tasks: in
     if manifest is not None:
         check_manifest(root, manifest, identity, config_hash)
     clean_temp_files(root)
+    owned = None if shards is None else set(shards)
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "config_hash": config_hash, "identity": identity,
                 "models": list(config.models), "baselines": list(config.baselines),
                 "aggregator": config.aggregator, "shard_size": config.shard_size,
                 "num_tasks": max(num_tasks, (manifest or {}).get("num_tasks", 0)),
                 "complete_tasks": (manifest or {}).get("complete_tasks", 0)}
-    write_json_atomic(root / MANIFEST, manifest, indent=1, sort_keys=True)
+    if owned is None:
+        write_json_atomic(root / MANIFEST, manifest, indent=1, sort_keys=True)
 
     sampler = _sampler(config, num_tasks)
     size = config.shard_size
     missing: list[int] = []
     reused = 0
     for k in range(math.ceil(num_tasks / size)):
+        if owned is not None and k not in owned:
+            continue
         start, stop = k * size, min((k + 1) * size, num_tasks)
         arrays = load_shard(shard_path(root, k), config_hash, stop - start)
         if arrays is None:
@@ -303,7 +312,7 @@ def build_label_cache(config: LabelConfig, out: str | os.PathLike, num_tasks: in
     for k in missing:
         for i in range(k * size, min((k + 1) * size, num_tasks)):
             items.append((i, sampler.task(0, i).to_json(), None, config.split, config.models, config.baselines))
-    with progress_bar(num_tasks, "labelling tasks", progress, completed=reused) as advance:
+    with progress_bar(reused + len(items), "labelling tasks", progress, completed=reused) as advance:
         pending: dict[int, np.ndarray] = {}
         for index, raw, caught in _run(items, config.store, workers, device):
             pending[index] = raw
@@ -318,8 +327,9 @@ def build_label_cache(config: LabelConfig, out: str | os.PathLike, num_tasks: in
                 specs = sampler.tasks(0, range(start, stop))
                 raw_k = np.stack([pending.pop(i) for i in range(start, stop)])
                 _save_shard(shard_path(root, k), config_hash, start, specs, raw_k, config.aggregator)
-    manifest["complete_tasks"] = max(num_tasks, manifest["complete_tasks"])
-    write_json_atomic(root / MANIFEST, manifest, indent=1, sort_keys=True)
+    if owned is None:
+        manifest["complete_tasks"] = max(num_tasks, manifest["complete_tasks"])
+        write_json_atomic(root / MANIFEST, manifest, indent=1, sort_keys=True)
     return BuildReport(num_tasks, computed, reused, time.perf_counter() - started, failed, first_warning)
 
 

@@ -9,6 +9,9 @@ Examples::
     python -m spider.zoo info zoo40 --json                # one recipe as JSON (counts, then the names)
     python -m spider.zoo add-model artifacts/minizoo runs/x/checkpoints/last.ckpt test_vit.cifar10
                                                           # -> runs/x/checkpoints/last+test_vit.cifar10.ckpt
+
+    # the same build shared out over 2 processes (or nodes: see README "Scaling out"); --workers is per rank
+    torchrun --standalone --nproc-per-node 2 -m spider.zoo build tiny --out /tmp/tiny
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("recipe", help="recipe name (see `info`): minizoo, zoo40 or tiny")
     build.add_argument("--out", help="output folder (default: artifacts/<recipe>)")
     build.add_argument("--data-dir", help="shared data folder (default: SPIDER_DATA_DIR or ../shared/data)")
-    build.add_argument("--workers", type=int, help="processes (default: min(2, CPUs); 1 = this process)")
+    build.add_argument("--workers", type=int, help="processes per rank (default: min(2, CPUs); 1 = this process)")
     build.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     info = sub.add_parser("info", help="what a recipe holds (every recipe without RECIPE)")
@@ -115,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpiderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if report.ranks > 1:  # how the work was shared; rank 0 reports for all
+        print(f"zoo {report.recipe}: rank {report.rank} of {report.ranks} built {report.built_here} item(s)")
+        if report.rank:
+            return 0
     print(report.table())
     state = "built" if report.computed else "up to date, nothing to do"
     print(f"zoo {report.recipe} in {report.out}: {state}")
