@@ -43,7 +43,8 @@ def test_images_of_a_stored_target_rank_as_the_store_does(fake_run):
         _assert_same_ranking(from_images, rank_task(checkpoint, zoo_dir / "store", "usps", rerank_topk=k))
     assert from_images.num_classes == 5 and from_images.num_samples == 30
     assert from_images.class_names == ["5", "6", "7", "8", "9"]
-    assert from_images.tokens == ["specific", "general"]
+    # The top 1 is re-scored; fused with its general score it may end below the other PTM.
+    assert sorted(from_images.tokens) == ["general", "specific"]
     assert {"load", "extract_general", "score", "extract_topk", "rescore", "total"} <= set(from_images.timings_ms)
 
 
