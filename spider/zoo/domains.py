@@ -19,7 +19,7 @@ SOURCE_DOMAINS: dict[str, str] = {
     # natural photos of objects and animals
     "cifar10": "photos", "cifar100": "photos", "tiny_imagenet": "photos", "imagenet": "photos",
     # photos of people (person / no person)
-    "coco_vww": "people",
+    "visual_wake_words": "people",
     # faces
     "fer2013": "faces", "kdef": "faces", "imdb_gender": "faces", "orl_faces": "faces",
     # handwritten digits (Latin and other scripts)
@@ -32,7 +32,7 @@ SOURCE_DOMAINS: dict[str, str] = {
     "emnist_byclass": "handwritten characters",
     # printed (font / bitmap) characters
     "chars74k": "printed characters", "binary_alphadigits": "printed characters",
-    "sketches_quickdraw": "sketches",
+    "quickdraw": "sketches",
     "gtsrb": "traffic signs",
     "sign_mnist": "hand signs",
     "fashion_mnist": "clothing",
