@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +296,7 @@ def _extend_bank(recipe: Any, zoo_dir: Path, bank: Path, names: list[str], ref: 
     from spider.datamodules.finetune_bank import open_bank, task_id
     from spider.datamodules.ground_truth_csv import GroundTruth, write_ground_truth
     from spider.datamodules.label_cache import identity_hash
-    from spider.pipeline.bank import bank_jobs, write_specs
+    from spider.pipeline.bank import bank_jobs, split_task, write_specs
     from spider.pipeline.build import check_data
     from spider.pipeline.finetune import RunCache, run_ground_truth, run_hash, summarize
 
@@ -306,11 +306,11 @@ def _extend_bank(recipe: Any, zoo_dir: Path, bank: Path, names: list[str], ref: 
     jobs = bank_jobs(old.specs, [ref], settings)
     need = {i for i, job in enumerate(jobs) if any(cache.get(job.target, ref.id, lr, s, run_hash(job, config)) is None
                                                    for lr in config.lrs for s in config.seeds)}
-    pool_views = None
     if need:
         data_dir = check_data(recipe, data_dir)
-        pool_views = {p.id: p.load(data_dir) for p in recipe.pool}
-        jobs = bank_jobs(old.specs, [ref], settings, pool_views, need)
+        pool = {p.id: p.load(data_dir) for p in recipe.pool}
+        jobs = [replace(job, views=split_task(old.specs[i], pool, i, settings)) if i in need else job
+                for i, job in enumerate(jobs)]
     results = run_ground_truth(jobs, config, runs, data_dir=data_dir, workers=workers, progress=progress)
     summaries = summarize(results, config)
     tasks = [task_id(i) for i in range(old.num_tasks)]
