@@ -249,9 +249,11 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     pool = list(zoo.manifest["data"]["pool_datasets"])
     datasets = pool + zoo.targets
     main_ckpt = work / "runs" / main.name / "checkpoints" / "last.ckpt"
-    axes, learned = charts.group_axes(datasets, charts.ability_profiles(main_ckpt, zoo, datasets, budget.chart_tasks))
-    _, truth_axes = charts.group_axes(datasets, charts.truth_profiles(zoo, datasets))
-    charts.plot_spider_charts(out / "spider_charts.png", zoo.models, axes, learned, truth_axes, pool)
+    domains = charts.domain_axes(zoo, datasets)
+    learned_per_dataset = charts.ability_profiles(main_ckpt, zoo, datasets, budget.chart_tasks)
+    axes, learned = charts.group_axes(datasets, learned_per_dataset, domains)
+    _, truth_axes = charts.group_axes(datasets, charts.truth_profiles(zoo, datasets), domains)
+    charts.plot_spider_charts(out / "spider_charts.png", zoo.models, axes, learned, truth_axes)
 
     results = {
         "recipe": zoo.name, "ptms": num,
@@ -277,7 +279,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_errors": forward.baseline_errors(zoo, baselines, baseline_cache) + lgc_errors,
         "reranked_models": {f"rerank@{k}": [dict(zip(zoo.targets, r[k]["models"])) for r in rerank_runs]
                             for k in RERANK_KS},
-        "spider_chart": {"axes": axes, "learned": dict(zip(zoo.models, learned.tolist())),
+        "spider_chart": {"axes": axes, "datasets": domains, "learned": dict(zip(zoo.models, learned.tolist())),
                          "truth": dict(zip(zoo.models, truth_axes.tolist()))},
     }
     results["report_seconds"] = time.perf_counter() - started
@@ -361,7 +363,8 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         "score is looked at.", "", md.ablation_table(results["rerank_ablation"]),
         "", "## Spider charts: what the learned tokens say each PTM is good at",
         "Sampled tasks of each dataset scored by the main scorer (seed 0): a PTM's value is its mean percentile rank "
-        "(1 = always first); * = pool dataset; black dots: true percentile rank on the targets.",
+        "(1 = always first), datasets grouped by source domain (`spider.zoo.domains`; * = the pool datasets of that "
+        "domain, the others are targets); black dots: true percentile rank on the targets of that domain.",
         "", "![spider charts](spider_charts.png)",
     ]
     errors = results["baseline_errors"]

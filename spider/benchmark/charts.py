@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 from spider.benchmark.inputs import Zoo
 from spider.benchmark.methods import MethodResult
 
-__all__ = ["ability_profiles", "group_axes", "plot_efficiency", "plot_spider_charts", "truth_profiles"]
+__all__ = ["ability_profiles", "domain_axes", "group_axes", "plot_efficiency", "plot_spider_charts", "truth_profiles"]
 
 COLOURS = {"baseline": "tab:gray", "aggregate": "black", "prior": "tab:blue", "spider": "tab:red",
            "history": "tab:green"}
@@ -60,11 +60,25 @@ def truth_profiles(zoo: Zoo, datasets: Sequence[str]) -> np.ndarray:
     return out
 
 
-def group_axes(datasets: Sequence[str], values: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """Merge datasets of one family (``omniglot_eval0``, ``omniglot_eval1``, ...) into one axis."""
+def domain_axes(zoo: Zoo, datasets: Sequence[str]) -> dict[str, str]:
+    """``{dataset: axis}``: the source domain of each pool dataset and target (:mod:`spider.zoo.domains`),
+    pool datasets on their own axes marked ``*`` (the scorer trained on them; targets it never saw)."""
+    from spider.zoo.domains import source_domain
+
+    pool = {p.id: p.source for p in zoo.recipe.pool}
+    targets = {t.id: t.source for t in zoo.recipe.all_targets}
+    return {d: f"{source_domain(pool[d])}*" if d in pool else source_domain(targets[d]) for d in datasets}
+
+
+def group_axes(datasets: Sequence[str], values: np.ndarray,
+               axis_of: Mapping[str, str] | None = None) -> tuple[list[str], np.ndarray]:
+    """Merge the columns of ``values`` [M, len(datasets)] that share an axis: ``axis_of[dataset]``
+    (e.g. :func:`domain_axes`), by default one axis per dataset family (``omniglot_eval0``,
+    ``omniglot_eval1``, ... -> ``omniglot_eval``). Returns (axis names, [M, axes] means)."""
     groups: dict[str, list[int]] = {}
     for i, d in enumerate(datasets):
-        groups.setdefault(d.rstrip("0123456789") if d[-1:].isdigit() else d, []).append(i)
+        axis = axis_of[d] if axis_of is not None else d.rstrip("0123456789") if d[-1:].isdigit() else d
+        groups.setdefault(axis, []).append(i)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
         merged = np.stack([np.nanmean(values[:, idx], axis=1) for idx in groups.values()], axis=1)
@@ -81,15 +95,15 @@ def _pyplot():
 
 
 def plot_spider_charts(path: Path, models: Sequence[str], axes_names: Sequence[str], learned: np.ndarray,
-                       truth: np.ndarray, pool: Sequence[str]) -> None:
-    """One radar per PTM: the learned profile (filled) and the true rank on targets (dots)."""
+                       truth: np.ndarray) -> None:
+    """One radar per PTM: the learned profile (filled) and the true rank on targets (dots); axis
+    names as given (pool axes end in ``*``)."""
     plt = _pyplot()
     num = len(models)
     cols = min(5, num)
     rows = math.ceil(num / cols)
     angles = np.linspace(0, 2 * np.pi, len(axes_names), endpoint=False)
     closed = np.concatenate([angles, angles[:1]])
-    labels = [f"{a}*" if a in pool else a for a in axes_names]
     fig = plt.figure(figsize=(3.2 * cols, 3.3 * rows + 0.6))
     for m, name in enumerate(models):
         ax = fig.add_subplot(rows, cols, m + 1, projection="polar")
@@ -102,10 +116,10 @@ def plot_spider_charts(path: Path, models: Sequence[str], axes_names: Sequence[s
         ax.set_yticks([0.5, 1.0])
         ax.set_yticklabels([])
         ax.set_xticks(angles)
-        ax.set_xticklabels(labels, fontsize=6)
+        ax.set_xticklabels(axes_names, fontsize=6)
         ax.set_title(name, fontsize=8, pad=10)
     fig.suptitle("Model Spider's view of each PTM: mean percentile rank over sampled tasks of each dataset "
-                 "(red; * = pool dataset)\nblack dots: true rank by fine-tuned accuracy on the targets", fontsize=9)
+                 "(red; * = pool datasets)\nblack dots: true rank by fine-tuned accuracy on the targets", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=85)
     plt.close(fig)

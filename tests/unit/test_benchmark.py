@@ -132,6 +132,23 @@ def test_group_axes_merges_dataset_families():
     assert merged[0, 1] == pytest.approx(0.75) and math.isnan(merged[0, 2])
 
 
+def test_group_axes_by_source_domain_keeps_pool_axes_apart():
+    from types import SimpleNamespace
+
+    from spider.pipeline.recipes import get_recipe
+
+    zoo = SimpleNamespace(recipe=get_recipe("zoo40"))
+    datasets = ["mnist", "cmaterdb", "usps", "cmaterdb_telugu", "gtsrb", "gtsrb_signs"]
+    domains = charts.domain_axes(zoo, datasets)
+    assert domains == {"mnist": "handwritten digits*", "cmaterdb": "handwritten digits*",
+                       "usps": "handwritten digits", "cmaterdb_telugu": "handwritten digits",
+                       "gtsrb": "traffic signs*", "gtsrb_signs": "traffic signs"}
+    values = np.array([[0.0, 0.5, 1.0, 0.0, 0.25, np.nan]])
+    axes, merged = charts.group_axes(datasets, values, domains)
+    assert axes == ["handwritten digits*", "handwritten digits", "traffic signs*", "traffic signs"]
+    assert merged[0].tolist()[:3] == [0.25, 0.5, 0.25] and math.isnan(merged[0, 3])
+
+
 def test_fit_specs_use_the_recipes_shipped_data_config():
     assert data_config_name("tiny") == "minizoo_tiny" and data_config_name("minizoo") == "minizoo"
     with pytest.raises(ReportError, match="no configs/data"):
