@@ -200,7 +200,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     rows[AGGREGATE] = method_result(AGGREGATE, "aggregate", zoo, [agg], seconds=all_extract + agg_s,
                                     extract_seconds=all_extract, score_seconds=agg_s, ptm_passes=num,
                                     general_passes=0, note=f"Copeland of {', '.join(members)}")
-    lgc_cache = JsonCache(work / "lgc.json", {**identity, "lgc": lgc_rows.LGC_OPTIONS})
+    lgc_cache = JsonCache(work / "lgc.json", {"threads": args.threads, "host": platform.node(), "lgc": lgc_rows.LGC_OPTIONS})
     lgc_scores, lgc_seconds, lgc_errors = lgc_rows.run_lgc(zoo, lgc_cache, log)  # needs the PTMs themselves
     rows["lgc"] = lgc_rows.lgc_row(zoo, lgc_scores, lgc_seconds)
     priors = prior_rows(zoo, work)

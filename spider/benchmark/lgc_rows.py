@@ -32,9 +32,12 @@ def run_lgc(zoo: Zoo, cache: JsonCache, log: Callable[[str], None] = lambda _: N
     from spider.model_score import score_prepared
 
     options = dict(LGC_OPTIONS)
-    todo = [(m, t) for m in zoo.models for t in zoo.targets if cache.get(f"{m}|{t}") is None]
+    refs = model_refs(zoo)
+    # A cell is one PTM's weights on one target's images: valid in any zoo that holds both, so a
+    # cell is recomputed only when that PTM's weights changed (``cache`` identity: host, threads, options).
+    todo = [(m, t) for m in zoo.models for t in zoo.targets
+            if (cache.get(f"{m}|{t}") or {}).get("weights") != refs[m].weights]
     if todo:
-        refs = model_refs(zoo)
         recipe_targets = {t.id: t for t in zoo.recipe.all_targets}
         views = {t: recipe_targets[t].load(zoo.data_dir)["train"] for t in dict.fromkeys(t for _, t in todo)}
         for target, view in views.items():
@@ -56,7 +59,7 @@ def run_lgc(zoo: Zoo, cache: JsonCache, log: Callable[[str], None] = lambda _: N
                     value, error = math.nan, f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
                 seconds = time.perf_counter() - start
                 cache.put(f"{model}|{target}", {"score": value if math.isfinite(value) else None,
-                                                "seconds": seconds, "error": error})
+                                                "seconds": seconds, "error": error, "weights": refs[model].weights})
                 done += 1
                 log(f"lgc {done}/{len(todo)}: {model} on {target} {seconds:.1f} s")
     cells = [[cache.get(f"{m}|{t}") for m in zoo.models] for t in zoo.targets]

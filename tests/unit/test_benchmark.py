@@ -155,3 +155,37 @@ def test_fit_specs_use_the_recipes_shipped_data_config():
         data_config_name("no-such-recipe")
     spec = FitSpec("token", "mixed", "finetune_mean", seed=2)
     assert spec.setting == "mixed + prior finetune_mean" and spec.name.endswith("seed2")
+
+
+def test_lgc_cells_are_reused_across_zoos_until_the_weights_change(tmp_path, monkeypatch):
+    """An LGC cell depends on one PTM's weights and one target's images: another zoo (other
+    model list) reuses it, new weights recompute it."""
+    from types import SimpleNamespace
+
+    import spider.model_score
+    from spider.benchmark import lgc_rows
+    from spider.benchmark.inputs import JsonCache
+
+    labels = np.array([0, 1, 0, 1])
+    view = SimpleNamespace(images=np.zeros((4, 8, 8, 1), np.uint8), labels=labels)
+    target = SimpleNamespace(id="t", load=lambda _: {"train": view})
+    store = SimpleNamespace(entry=lambda m, t: SimpleNamespace(labels=lambda: labels))
+    weights = {"a": "w1", "b": "w2"}
+    monkeypatch.setattr(lgc_rows, "model_refs", lambda zoo: {m: SimpleNamespace(weights=weights[m], load=lambda _, m=m: m)
+                                                             for m in zoo.models})
+    calls = []
+    monkeypatch.setattr(spider.model_score, "score_prepared",
+                        lambda name, prepared, images, y, **kw: calls.append(prepared) or float(len(calls)))
+
+    def zoo(models):
+        return SimpleNamespace(models=models, targets=["t"], recipe=SimpleNamespace(all_targets=[target]),
+                               data_dir=None, store=store, general="g")
+
+    identity = {"threads": 1, "lgc": lgc_rows.LGC_OPTIONS}
+    lgc_rows.run_lgc(zoo(["a"]), JsonCache(tmp_path / "lgc.json", identity))
+    assert calls == ["a", "a"]  # warm-up + the cell
+    scores, _, errors = lgc_rows.run_lgc(zoo(["a", "b"]), JsonCache(tmp_path / "lgc.json", identity))
+    assert calls[2:] == ["b", "b"] and scores[0, 0] == 2.0 and not errors  # a's cell reused
+    weights["a"] = "w3"
+    scores, _, _ = lgc_rows.run_lgc(zoo(["a", "b"]), JsonCache(tmp_path / "lgc.json", identity))
+    assert calls[4:] == ["a", "a"] and scores[0, 0] == 6.0 and scores[0, 1] == 4.0
