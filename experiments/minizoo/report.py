@@ -3,6 +3,7 @@
 One command::
 
     python experiments/minizoo/report.py [--zoo-dir artifacts/minizoo] [--out experiments/minizoo] [--quick] [--fresh]
+                                         [--seeds N]
 
 reads a zoo built by ``spider zoo build <recipe>`` and writes into ``--out``:
 
@@ -170,7 +171,8 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    budget = QUICK if args.quick else Budget()
+    # --seeds n: n seeds per ablation setting and n seed ensembles (a bigger zoo's report on 2 cores)
+    budget = QUICK if args.quick else Budget(seeds=tuple(range(args.seeds)), ensembles=args.seeds)
     zoo = open_zoo(args.zoo_dir, args.data_dir)
     out = Path(args.out)
     work = Path(args.work_dir) if args.work_dir else REPO / "artifacts" / f"{zoo.root.resolve().name}-report"
@@ -384,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work-dir", default=None, help="intermediate results (default artifacts/<zoo>-report)")
     parser.add_argument("--data-dir", default=None, help="shared data folder (default SPIDER_DATA_DIR)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny training budget")
+    parser.add_argument("--seeds", type=int, default=len(Budget().seeds), choices=range(1, 10), metavar="N",
+                        help="seeds per ablation setting and number of 3-seed ensembles (default %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="delete the work folder first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for every timed stage")
     args = parser.parse_args(argv)
