@@ -183,10 +183,13 @@ def _accuracy(prepared, head: nn.Module, x: torch.Tensor, y: torch.Tensor, batch
 
 def run_hash(job: GroundTruthJob, config: FinetuneConfig) -> str:
     """Hash of everything a run of ``job`` depends on except (lr, seed)."""
-    # Left out: where the checkpoint lies (moving a build folder must keep its cache valid) and
-    # descriptive text (``ModelRef.weights`` identifies the weights themselves).
+    # Left out: where the checkpoint lies (moving a build folder must keep its cache valid),
+    # descriptive text (``ModelRef.weights`` identifies the weights themselves) and the protocol's
+    # other learning rates and seeds (a run at (lr, seed) is the same run in a protocol with more
+    # or fewer of them: zoos that share targets and PTMs share their runs).
     model = {k: v for k, v in job.model.to_dict().items() if k not in ("checkpoint", "provenance")}
-    payload = {"config": dataclasses.asdict(config), "epochs": _epochs(job, config),
+    protocol = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("lrs", "seeds")}
+    payload = {"config": protocol, "epochs": _epochs(job, config),
                "model": model, "target": job.target, "data": job.identity}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

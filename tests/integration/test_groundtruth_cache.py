@@ -165,6 +165,13 @@ def test_moving_a_checkpoint_keeps_the_cache_valid():
     assert run_hash(here, CONFIG) != run_hash(dataclasses.replace(here, identity={"v": 2}), CONFIG)
 
 
+def test_a_run_is_shared_by_protocols_with_other_lrs_or_seeds():
+    job = _jobs()[0]
+    wider = dataclasses.replace(CONFIG, lrs=CONFIG.lrs + (0.5,), seeds=CONFIG.seeds + (7,))
+    assert run_hash(job, wider) == run_hash(job, CONFIG)
+    assert run_hash(job, dataclasses.replace(CONFIG, batch_size=CONFIG.batch_size + 1)) != run_hash(job, CONFIG)
+
+
 def test_fine_tuning_learns_and_changes_only_a_copy(tmp_path):
     results = run_ground_truth(_jobs()[:1], dataclasses.replace(CONFIG, epochs=6), tmp_path, progress=False)
     assert max(r.test_accuracy for r in results) > 50.0  # chance is 33%
