@@ -36,13 +36,13 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from spider.errors import ConfigError, SpiderError, StoreError
+from spider.errors import ConfigError, StoreError, cli_main
 from spider.io import write_text_atomic
 from spider.rank_core import RankResult, _check_task_dim, _load_ranker, _result, _score, default_checkpoint
 from spider.rank_images import image_source, rank_images, zoo_model_refs
 
-__all__ = ["RankResult", "default_checkpoint", "image_source", "main", "rank_images", "rank_task", "task_tokens",
-           "zoo_model_refs"]
+__all__ = ["RankResult", "default_checkpoint", "image_source", "main", "print_ranking", "rank_images", "rank_task",
+           "task_tokens", "zoo_model_refs"]
 
 
 def _contiguous_labels(labels: np.ndarray, where: str) -> tuple[np.ndarray, int]:
@@ -165,6 +165,7 @@ def format_ranking(result: RankResult, top: Optional[int] = None) -> str:
     return buffer.getvalue() + f"time: {stages}\n"
 
 
+@cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spider.rank", description=__doc__.split("\n\n")[0])
     task = parser.add_mutually_exclusive_group(required=True)
@@ -196,45 +197,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        _check_options(args)
-        _check_reranking(args)
-        checkpoints = [Path(c) for c in args.checkpoint] if args.checkpoint else [default_checkpoint()]
-        for path in checkpoints:
-            if not path.is_file():
-                raise ConfigError(f"--checkpoint: no file {path}" + (
-                    "" if args.checkpoint else " (the default run's; train it with `python -m spider.fit`)"))
-        for path in args.reranker:
-            if not Path(path).is_file():
-                raise ConfigError(f"--reranker: no file {path}")
-        checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints
-        reranking = {"rerank_topk": args.rerank_topk, "rerankers": args.reranker, "rerank_weight": args.rerank_weight}
-        if args.images:
-            progress = not args.no_progress and args.json != "-" and sys.stdout.isatty()
-            result = rank_images(args.images, checkpoint, zoo_dir=args.zoo_dir, batch_size=args.batch_size,
-                                 device=args.device, progress=progress, **reranking)
-        else:
-            if not Path(args.store).is_dir():
-                raise ConfigError(f"--store: no folder {args.store}")
-            if not args.dataset:
-                raise ConfigError("--dataset: required with --store (the task's dataset id in the store)")
-            result = rank_task(checkpoint, args.store, args.dataset, split=args.split, general=args.general,
-                               device=args.device, **reranking)
-    except SpiderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    text = json.dumps(result.to_dict(), indent=2)
-    if args.json == "-":
-        print(text)
-        return 0
-    print(format_ranking(result, args.top), end="")
-    if args.json:
-        try:
-            write_text_atomic(args.json, text + "\n")
-        except OSError as err:  # e.g. a read-only folder; the temp file is removed
-            print(f"error: --json: cannot write {args.json} ({err.strerror or err})", file=sys.stderr)
-            return 2
+    _check_options(args)
+    _check_reranking(args)
+    checkpoints = [Path(c) for c in args.checkpoint] if args.checkpoint else [default_checkpoint()]
+    for path in checkpoints:
+        if not path.is_file():
+            raise ConfigError(f"--checkpoint: no file {path}" + (
+                "" if args.checkpoint else " (the default run's; train it with `python -m spider.fit`)"))
+    for path in args.reranker:
+        if not Path(path).is_file():
+            raise ConfigError(f"--reranker: no file {path}")
+    checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints
+    reranking = {"rerank_topk": args.rerank_topk, "rerankers": args.reranker, "rerank_weight": args.rerank_weight}
+    if args.images:
+        progress = not args.no_progress and args.json != "-" and sys.stdout.isatty()
+        result = rank_images(args.images, checkpoint, zoo_dir=args.zoo_dir, batch_size=args.batch_size,
+                             device=args.device, progress=progress, **reranking)
+    else:
+        if not Path(args.store).is_dir():
+            raise ConfigError(f"--store: no folder {args.store}")
+        if not args.dataset:
+            raise ConfigError("--dataset: required with --store (the task's dataset id in the store)")
+        result = rank_task(checkpoint, args.store, args.dataset, split=args.split, general=args.general,
+                           device=args.device, **reranking)
+    print_ranking(result, args.json, args.top)
     return 0
+
+
+def print_ranking(result: RankResult, json_out: Optional[str], top: Optional[int] = None) -> None:
+    """What a ranking CLI prints: the JSON (``json_out == "-"``), or the table (``top`` rows) and,
+    with a ``json_out`` file, the JSON written there atomically."""
+    text = json.dumps(result.to_dict(), indent=2)
+    if json_out == "-":
+        print(text)
+        return
+    print(format_ranking(result, top), end="")
+    if json_out:
+        try:
+            write_text_atomic(json_out, text + "\n")
+        except OSError as err:  # e.g. a read-only folder; the temp file is removed
+            raise ConfigError(f"--json: cannot write {json_out} ({err.strerror or err})") from None
 
 
 def _check_options(args: argparse.Namespace) -> None:
