@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from spider.errors import SpiderError
+from spider.errors import cli_main
 from spider.pipeline.extract import (ArraySource, ExtractError, ImageFolderSource, ImageSource, model_kind,
                                      extract_to_store, load_model)
 from spider.store import FeatureStore
@@ -45,35 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.input_size is not None and len(args.input_size) not in (1, 2):
-            raise ExtractError("--input-size: expected H or H W")
-        size = None if args.input_size is None else (args.input_size[0], args.input_size[-1])
-        if args.checkpoint is None and model_kind(args.model) == "timm":
-            raise ExtractError(f"--checkpoint is required for timm model {args.model!r} "
-                               f"(weights are never downloaded)")
-        if args.images:
-            source: ImageSource = ImageFolderSource(args.images)
-        elif args.arrays:
-            source = ArraySource.from_npz(args.arrays)
-        else:
-            source = ArraySource.from_zoo_dataset(args.zoo_dataset, args.split)
-        store = FeatureStore(args.store)
-        model_id = args.model_id or args.model
-        if store.has(model_id, args.dataset, args.split) and not args.overwrite:
-            print(f"skip {model_id}/{args.dataset}/{args.split}: already in {args.store}")
-            return 0
-        model = load_model(args.model, checkpoint=args.checkpoint, num_classes=args.num_classes,
-                           in_chans=args.in_chans, input_size=size, mean=args.mean, std=args.std)
-        entry, _ = extract_to_store(store, model, source, dataset=args.dataset, split=args.split,
-                                    model_id=model_id, batch_size=args.batch_size,
-                                    device=args.device, amp=args.amp,
-                                    progress=not args.no_progress, overwrite=args.overwrite)
-    except SpiderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.input_size is not None and len(args.input_size) not in (1, 2):
+        raise ExtractError("--input-size: expected H or H W")
+    size = None if args.input_size is None else (args.input_size[0], args.input_size[-1])
+    if args.checkpoint is None and model_kind(args.model) == "timm":
+        raise ExtractError(f"--checkpoint is required for timm model {args.model!r} "
+                           f"(weights are never downloaded)")
+    if args.images:
+        source: ImageSource = ImageFolderSource(args.images)
+    elif args.arrays:
+        source = ArraySource.from_npz(args.arrays)
+    else:
+        source = ArraySource.from_zoo_dataset(args.zoo_dataset, args.split)
+    store = FeatureStore(args.store)
+    model_id = args.model_id or args.model
+    if store.has(model_id, args.dataset, args.split) and not args.overwrite:
+        print(f"skip {model_id}/{args.dataset}/{args.split}: already in {args.store}")
+        return 0
+    model = load_model(args.model, checkpoint=args.checkpoint, num_classes=args.num_classes,
+                       in_chans=args.in_chans, input_size=size, mean=args.mean, std=args.std)
+    entry, _ = extract_to_store(store, model, source, dataset=args.dataset, split=args.split,
+                                model_id=model_id, batch_size=args.batch_size,
+                                device=args.device, amp=args.amp,
+                                progress=not args.no_progress, overwrite=args.overwrite)
     logits = entry.manifest["arrays"].get("logits")
     print(f"wrote {entry.path}: {entry.num_samples} samples, {entry.dim}-d features"
           + (f", {logits['shape'][1]} logits" if logits else ""))

@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from spider.config import FitConfig, as_config, compose, to_yaml
-from spider.errors import SpiderError
+from spider.errors import SpiderError, cli_main
 
 __all__ = ["fit", "main"]
 
@@ -67,6 +67,7 @@ run_dir=runs/x resume=true validate_checkpoint=PATH logger=csv.
 """
 
 
+@cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -75,17 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_config = "--print-config" in argv
     overrides = [a for a in argv if a != "--print-config"]
     unknown = [a for a in overrides if a.startswith("-")]
-    try:
-        if unknown:
-            raise SpiderError(f"unknown option {unknown[0]!r}; options are --print-config and key=value overrides")
-        cfg = compose(overrides)
-        if print_config or cfg.print_config:
-            print(to_yaml(cfg), end="")
-            return 0
-        fit(cfg)
-    except SpiderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if unknown:
+        raise SpiderError(f"unknown option {unknown[0]!r}; options are --print-config and key=value overrides")
+    cfg = compose(overrides)
+    if print_config or cfg.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    fit(cfg)
     return 0
 
 

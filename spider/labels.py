@@ -19,7 +19,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from spider.errors import SpiderError
+from spider.errors import SpiderError, cli_main
 
 __all__ = ["main"]
 
@@ -137,13 +137,10 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+@cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return _build(args) if args.command == "build" else _info(args)
-    except SpiderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return _build(args) if args.command == "build" else _info(args)
 
 
 if __name__ == "__main__":

@@ -28,24 +28,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
-from spider.errors import SpiderError
+from spider.errors import ArgumentParser, SpiderError, UsageError, cli_main
 
 __all__ = ["main", "score_prepared"]
 
 PROG = "python -m spider.model_score"
-
-
-class UsageError(SpiderError):
-    """Bad command-line arguments."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 def score_prepared(name: str, prepared: Any, images: Any, labels: Any, *, device: Any = None, **options: Any) -> float:
@@ -61,7 +52,7 @@ def score_prepared(name: str, prepared: Any, images: Any, labels: Any, *, device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Rank PTMs on a task with a score that needs the model (LGC).")
+    p = ArgumentParser(prog=PROG, description="Rank PTMs on a task with a score that needs the model (LGC).")
     p.add_argument("--score", default="lgc", help="model score (default: lgc; --list shows them)")
     p.add_argument("--zoo-dir", type=Path, help="built zoo: score every PTM of it (or those given by --ptm)")
     p.add_argument("--ptm", action="append", default=None, metavar="ID", help="with --zoo-dir: this PTM only (repeatable)")
@@ -177,30 +168,27 @@ def _print_table(result: dict[str, Any]) -> None:
     Console(width=max(100, Console().width)).print(table)
 
 
+@cli_main(OSError)
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad input)."""
-    try:
-        args = build_parser().parse_args(argv)
-        if args.list:
-            from spider.baselines import get_model_score, list_model_scores
+    args = build_parser().parse_args(argv)
+    if args.list:
+        from spider.baselines import get_model_score, list_model_scores
 
-            for name in list_model_scores():
-                print(f"{name}: {get_model_score(name).doc}")
-            return 0
-        if args.json is not None and args.json != "-" and not Path(args.json).parent.is_dir():
-            raise UsageError(f"--json: directory {Path(args.json).parent} does not exist")
-        result = run(args)
-        if args.json == "-":
-            sys.stdout.write(json.dumps(result, indent=2, default=lambda v: None) + "\n")
-            return 0
-        if args.json is not None:
-            from spider.io import write_json_atomic
+        for name in list_model_scores():
+            print(f"{name}: {get_model_score(name).doc}")
+        return 0
+    if args.json is not None and args.json != "-" and not Path(args.json).parent.is_dir():
+        raise UsageError(f"--json: directory {Path(args.json).parent} does not exist")
+    result = run(args)
+    if args.json == "-":
+        sys.stdout.write(json.dumps(result, indent=2, default=lambda v: None) + "\n")
+        return 0
+    if args.json is not None:
+        from spider.io import write_json_atomic
 
-            write_json_atomic(args.json, result)
-        _print_table(result)
-    except (SpiderError, OSError) as err:
-        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
-        return 2
+        write_json_atomic(args.json, result)
+    _print_table(result)
     return 0
 
 

@@ -5,13 +5,15 @@ feature store. Its task tokens are the class centres of the general encoder's fe
 (:func:`spider.datamodules.tokens.class_centres`, the same function training used): for images,
 the general encoder of the zoo the checkpoint was trained on (``data.zoo``, recorded in the
 checkpoint) is run on them first. With ``rerank_topk = k > 0`` and a
-:class:`~spider.modules.ReRanker` checkpoint, the k best PTMs are re-scored from their own
+:class:`~spider.modules.ReRanker` checkpoint (or ``rerankers``: ReRanker checkpoints that re-score
+the top k of any ranker, e.g. a seed ensemble), the k best PTMs are re-scored from their own
 features of the task (for images: those k PTMs are run on the images).
 
 Command line::
 
     python -m spider.rank --images DIR [--checkpoint CKPT] [--rerank-topk 3] [--json out.json]
     python -m spider.rank --store STORE --dataset D [--split train] [--checkpoint CKPT] ...
+    python -m spider.rank ... --checkpoint S0 S1 S2 --reranker R0 --reranker R1 --rerank-topk 3 [--rerank-weight W]
 
 ``--checkpoint`` defaults to ``last.ckpt`` of the default ``python -m spider.fit`` run. Prints a
 table (rank, model, score, tokens used), the time of each stage, and writes the same as JSON
@@ -34,13 +36,13 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from spider.errors import ConfigError, SpiderError, StoreError
+from spider.errors import ConfigError, StoreError, cli_main
 from spider.io import write_text_atomic
 from spider.rank_core import RankResult, _check_task_dim, _load_ranker, _result, _score, default_checkpoint
 from spider.rank_images import image_source, rank_images, zoo_model_refs
 
-__all__ = ["RankResult", "default_checkpoint", "image_source", "main", "rank_images", "rank_task", "task_tokens",
-           "zoo_model_refs"]
+__all__ = ["RankResult", "default_checkpoint", "image_source", "main", "print_ranking", "rank_images", "rank_task",
+           "task_tokens", "zoo_model_refs"]
 
 
 def _contiguous_labels(labels: np.ndarray, where: str) -> tuple[np.ndarray, int]:
@@ -89,17 +91,23 @@ def rank_task(
     split: str = "train",
     general: Optional[str] = None,
     rerank_topk: int = 0,
+    rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (),
+    rerank_weight: Optional[float] = None,
     device: str = "cpu",
 ) -> RankResult:
     """Rank every PTM of a trained scorer's zoo for the task ``dataset/split`` of ``store``.
 
     Args:
-        checkpoint: a checkpoint written by ``spider.fit`` (loaded with ``weights_only=True``)
-            or an already loaded scorer (from :func:`spider.modules.load_scorer`).
+        checkpoint: a checkpoint written by ``spider.fit`` (loaded with ``weights_only=True``),
+            several (one ensemble of standardised scores) or an already loaded scorer (from
+            :func:`spider.modules.load_scorer`).
         store: feature-store root or :class:`~spider.store.FeatureStore` holding the task's
             features under the general encoder (and under the PTMs, for re-ranking).
         general: id of the general encoder in the store (default: the one used in training).
-        rerank_topk: re-score the k best PTMs with their specific tokens (needs a ReRanker).
+        rerank_topk: re-score the k best PTMs with their specific tokens (needs a ReRanker
+            checkpoint or ``rerankers``).
+        rerankers, rerank_weight: ReRanker checkpoints that re-score the top k and their fusion
+            weight (:func:`spider.rank_core.load_ranker`).
 
     Returns:
         A :class:`RankResult`.
@@ -108,7 +116,7 @@ def rank_task(
 
     timings: dict[str, float] = {}
     start = t0 = time.perf_counter()
-    model, info, names = _load_ranker(checkpoint, device, rerank_topk)
+    model, info, names = _load_ranker(checkpoint, device, rerank_topk, rerankers, rerank_weight)
     general = general or info.get("general") or "general"
     timings["load"] = time.perf_counter() - t0
 
@@ -157,6 +165,7 @@ def format_ranking(result: RankResult, top: Optional[int] = None) -> str:
     return buffer.getvalue() + f"time: {stages}\n"
 
 
+@cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spider.rank", description=__doc__.split("\n\n")[0])
     task = parser.add_mutually_exclusive_group(required=True)
@@ -171,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--zoo-dir", default=None, help="zoo build folder (default: the checkpoint's; --images)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (--images)")
     parser.add_argument("--rerank-topk", type=int, default=0, help="re-score the k best PTMs (ReRanker)")
+    parser.add_argument("--reranker", action="append", default=[],
+                        help="ReRanker checkpoint that re-scores the top k of --checkpoint's ranking (e.g. of a seed "
+                             "ensemble); repeat for a seed ensemble of re-rankers; needs --rerank-topk")
+    parser.add_argument("--rerank-weight", type=float, default=None,
+                        help="fusion weight of --reranker's specific scores in [0, 1] (default: the first "
+                             "re-ranker's model.rerank_weight)")
     parser.add_argument("--top", type=int, default=None, help="show only the first N rows of the table")
     parser.add_argument("--json", default=None, help="write the result as JSON to this file ('-': stdout)")
     parser.add_argument("--device", default="cpu")
@@ -182,40 +197,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        _check_options(args)
-        checkpoints = [Path(c) for c in args.checkpoint] if args.checkpoint else [default_checkpoint()]
-        for path in checkpoints:
-            if not path.is_file():
-                raise ConfigError(f"--checkpoint: no file {path}" + (
-                    "" if args.checkpoint else " (the default run's; train it with `python -m spider.fit`)"))
-        checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints
-        if args.images:
-            progress = not args.no_progress and args.json != "-" and sys.stdout.isatty()
-            result = rank_images(args.images, checkpoint, rerank_topk=args.rerank_topk, zoo_dir=args.zoo_dir,
-                                 batch_size=args.batch_size, device=args.device, progress=progress)
-        else:
-            if not Path(args.store).is_dir():
-                raise ConfigError(f"--store: no folder {args.store}")
-            if not args.dataset:
-                raise ConfigError("--dataset: required with --store (the task's dataset id in the store)")
-            result = rank_task(checkpoint, args.store, args.dataset, split=args.split, general=args.general,
-                               rerank_topk=args.rerank_topk, device=args.device)
-    except SpiderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    text = json.dumps(result.to_dict(), indent=2)
-    if args.json == "-":
-        print(text)
-        return 0
-    print(format_ranking(result, args.top), end="")
-    if args.json:
-        try:
-            write_text_atomic(args.json, text + "\n")
-        except OSError as err:  # e.g. a read-only folder; the temp file is removed
-            print(f"error: --json: cannot write {args.json} ({err.strerror or err})", file=sys.stderr)
-            return 2
+    _check_options(args)
+    _check_reranking(args)
+    checkpoints = [Path(c) for c in args.checkpoint] if args.checkpoint else [default_checkpoint()]
+    for path in checkpoints:
+        if not path.is_file():
+            raise ConfigError(f"--checkpoint: no file {path}" + (
+                "" if args.checkpoint else " (the default run's; train it with `python -m spider.fit`)"))
+    for path in args.reranker:
+        if not Path(path).is_file():
+            raise ConfigError(f"--reranker: no file {path}")
+    checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints
+    reranking = {"rerank_topk": args.rerank_topk, "rerankers": args.reranker, "rerank_weight": args.rerank_weight}
+    if args.images:
+        progress = not args.no_progress and args.json != "-" and sys.stdout.isatty()
+        result = rank_images(args.images, checkpoint, zoo_dir=args.zoo_dir, batch_size=args.batch_size,
+                             device=args.device, progress=progress, **reranking)
+    else:
+        if not Path(args.store).is_dir():
+            raise ConfigError(f"--store: no folder {args.store}")
+        if not args.dataset:
+            raise ConfigError("--dataset: required with --store (the task's dataset id in the store)")
+        result = rank_task(checkpoint, args.store, args.dataset, split=args.split, general=args.general,
+                           device=args.device, **reranking)
+    print_ranking(result, args.json, args.top)
     return 0
+
+
+def print_ranking(result: RankResult, json_out: Optional[str], top: Optional[int] = None) -> None:
+    """What a ranking CLI prints: the JSON (``json_out == "-"``), or the table (``top`` rows) and,
+    with a ``json_out`` file, the JSON written there atomically."""
+    text = json.dumps(result.to_dict(), indent=2)
+    if json_out == "-":
+        print(text)
+        return
+    print(format_ranking(result, top), end="")
+    if json_out:
+        try:
+            write_text_atomic(json_out, text + "\n")
+        except OSError as err:  # e.g. a read-only folder; the temp file is removed
+            raise ConfigError(f"--json: cannot write {json_out} ({err.strerror or err})") from None
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -233,6 +254,18 @@ def _check_options(args: argparse.Namespace) -> None:
         if path.parent.exists() and not path.parent.is_dir():
             raise ConfigError(f"--json: {path.parent} is not a folder")
     checked_device(args.device, "--device")
+
+
+def _check_reranking(args: argparse.Namespace) -> None:
+    """The re-ranking options of ``spider rank`` (``_check_options`` serves other ranking CLIs too)."""
+    if args.reranker and args.rerank_topk < 1:
+        raise ConfigError("--reranker: re-scores the top k of the ranking; pass --rerank-topk k (k >= 1)")
+    if args.rerank_weight is not None:
+        if not args.reranker:
+            raise ConfigError("--rerank-weight: the fusion weight of --reranker; pass --reranker (a ReRanker "
+                              "--checkpoint fuses with its own model.rerank_weight)")
+        if not 0.0 <= args.rerank_weight <= 1.0:
+            raise ConfigError(f"--rerank-weight: expected a number in [0, 1], got {args.rerank_weight}")
 
 
 if __name__ == "__main__":

@@ -82,28 +82,52 @@ class RankResult:
         }
 
 
-def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Union[str, os.PathLike]]],
-                 device: str, rerank_topk: int) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
-    """(scorer in eval mode on ``device``, its checkpoint info, PTM ids in model-index order);
-    several checkpoints rank as one :class:`~spider.modules.ensemble.ScorerEnsemble`."""
+def load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Union[str, os.PathLike]]],
+                rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (), weight: float | None = None, *,
+                device: str = "cpu") -> torch.nn.Module:
+    """The ranker of ``checkpoint`` (a path or a loaded scorer; several paths: one
+    :class:`~spider.modules.ensemble.ScorerEnsemble`), in eval mode on ``device``. With
+    ``rerankers`` (ReRanker checkpoints, e.g. a seed ensemble) it is the coarse ranker of a
+    :class:`~spider.modules.ReRanking` whose top k they re-score (``weight``: their fusion weight,
+    None = the first re-ranker's ``rerank_weight``)."""
+    from spider.modules import ReRanker, ReRanking
     from spider.modules.ensemble import ScorerEnsemble
     from spider.modules.scorer_registry import load_scorer
+
+    def load(c: Any) -> torch.nn.Module:
+        return c if isinstance(c, torch.nn.Module) else load_scorer(c, map_location=device)
+
+    if isinstance(checkpoint, (list, tuple)):
+        members = [load(c) for c in checkpoint]
+        model = members[0] if len(members) == 1 else ScorerEnsemble(members)
+    else:
+        model = load(checkpoint)
+    if rerankers:
+        loaded = [load(r) for r in rerankers]
+        for source, reranker in zip(rerankers, loaded):
+            if not isinstance(reranker, ReRanker):
+                raise ConfigError(f"reranker {source}: holds a {type(reranker).__name__}, expected a ReRanker "
+                                  "(trained with model=reranker)")
+        model = ReRanking(model, loaded, weight)
+    return model.to(device).eval()
+
+
+def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Union[str, os.PathLike]]],
+                 device: str, rerank_topk: int, rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (),
+                 weight: float | None = None) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
+    """(:func:`load_ranker`'s ranker, its checkpoint info, PTM ids in model-index order)."""
     from spider.modules import ReRanker, ReRanking
 
     if rerank_topk < 0:
         raise ConfigError(f"rerank_topk: expected an integer >= 0, got {rerank_topk}")
-    if isinstance(checkpoint, (list, tuple)):
-        if rerank_topk > 0 and len(checkpoint) > 1:
-            raise ConfigError("--rerank-topk: re-ranking takes one checkpoint, not an ensemble")
-        checkpoint = ScorerEnsemble([load_scorer(c, map_location=device) for c in checkpoint])
-    model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_scorer(checkpoint, map_location=device)
-    model = model.to(device).eval()
+    if isinstance(checkpoint, (list, tuple)) and len(checkpoint) > 1 and rerank_topk > 0 and not rerankers:
+        raise ConfigError("--rerank-topk: re-ranking takes one checkpoint, not an ensemble (or re-rankers to "
+                          "re-score the ensemble's top k: --reranker)")
+    model = load_ranker(checkpoint, rerankers, weight, device=device)
     info = getattr(model, "spider_info", None) or {}
     names = list(info.get("model_names") or model.hparams.get("model_names") or [])
     if len(names) != model.num_models:
         names = [f"model{m}" for m in range(model.num_models)]
-    if isinstance(model, ScorerEnsemble) and len(model.members) == 1:
-        model = model.members[0]
     if rerank_topk > 0 and not isinstance(model, (ReRanker, ReRanking)):
         raise ConfigError(f"rerank_topk={rerank_topk}: the checkpoint holds a {type(model).__name__}, "
                           "re-ranking needs a ReRanker (model=reranker)")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -55,9 +56,11 @@ def zoo_model_refs(zoo_dir: Union[str, os.PathLike]) -> tuple[Any, dict[str, Any
 
 def rank_images(
     images: Union[str, os.PathLike],
-    checkpoint: Union[str, os.PathLike, torch.nn.Module, None] = None,
+    checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Union[str, os.PathLike]], None] = None,
     *,
     rerank_topk: int = 0,
+    rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (),
+    rerank_weight: Optional[float] = None,
     zoo_dir: Union[str, os.PathLike, None] = None,
     data_dir: Union[str, os.PathLike, None] = None,
     batch_size: int = 128,
@@ -69,11 +72,12 @@ def rank_images(
     The general encoder of the zoo the checkpoint was trained on runs on every image; the class
     centres of its features are the task tokens. With ``rerank_topk = k``, the k best PTMs run on
     the images too and are re-scored from the class centres of their own features.
+    ``rerankers`` and ``rerank_weight`` are those of :func:`spider.rank.rank_task`.
 
     Args:
         images: folder with one sub-folder of images per class (at least 2 classes).
         checkpoint: written by ``spider.fit`` with ``data.zoo`` set (default
-            :func:`default_checkpoint`), or a loaded scorer.
+            :func:`default_checkpoint`), several (an ensemble), or a loaded scorer.
         zoo_dir: the zoo's build folder (default: the one recorded in the checkpoint).
         data_dir: shared data folder with the real PTMs' weights (default ``SPIDER_DATA_DIR``).
 
@@ -99,10 +103,11 @@ def rank_images(
     timings["check_images"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     checkpoint = default_checkpoint() if checkpoint is None else checkpoint
-    if not isinstance(checkpoint, torch.nn.Module) and not Path(checkpoint).is_file():
-        raise ConfigError(f"checkpoint {checkpoint}: no such file (train one with `python -m spider.fit`, "
-                          "or pass --checkpoint)")
-    model, info, names = _load_ranker(checkpoint, device, rerank_topk)
+    for path in checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint]:
+        if not isinstance(path, torch.nn.Module) and not Path(path).is_file():
+            raise ConfigError(f"checkpoint {path}: no such file (train one with `python -m spider.fit`, "
+                              "or pass --checkpoint)")
+    model, info, names = _load_ranker(checkpoint, device, rerank_topk, rerankers, rerank_weight)
     zoo = info.get("zoo") or {}
     zoo_dir = zoo_dir or zoo.get("dir")
     if not zoo_dir:

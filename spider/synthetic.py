@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spider.errors import SpiderError, StoreError
+from spider.errors import SpiderError, StoreError, cli_main
 from spider.store import FeatureStore
 
 GENERAL_ID = "general"
@@ -191,6 +191,7 @@ def _check_args(**values: int) -> None:
             raise SpiderError(f"{name}: expected an int >= {minimum.get(name, 1)}, got {value!r}")
 
 
+@cli_main(OSError)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spider.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path, help="folder to write store/, ground_truth.csv and zoo.json into")
@@ -208,11 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing synthetic zoo")
     args = parser.parse_args(argv)
     kwargs = {k: v for k, v in vars(args).items() if k != "out_dir"}
-    try:
-        zoo = make_synthetic_zoo(args.out_dir, **kwargs)
-    except (SpiderError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    zoo = make_synthetic_zoo(args.out_dir, **kwargs)
     print(f"synthetic zoo (demo data, not a benchmark) written to {args.out_dir}")
     print(f"  store:        {zoo.store_root}")
     print(f"  ground truth: {zoo.ground_truth_csv}")

@@ -18,37 +18,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 from spider.baselines import get_baseline, list_baselines, score_models
 from spider.baselines._inputs import checked_device
 from spider.baselines.batch import DEFAULT_BASELINES, BaselineFailedWarning
-from spider.errors import SpiderError
+from spider.errors import ArgumentParser, UsageError, cli_main
+from spider.io import write_json_atomic
 
 PROG = "python -m spider.baselines"
 
 
-class UsageError(SpiderError):
-    """Bad command-line arguments."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as one line (via UsageError) instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Score the PTMs of a feature store on a dataset with transferability baselines.")
+    p = ArgumentParser(prog=PROG, description="Score the PTMs of a feature store on a dataset with transferability baselines.")
     p.add_argument("--store", type=Path, help="feature-store root directory")
     p.add_argument("--dataset", help="dataset id in the store")
     p.add_argument("--model", action="append", default=None, metavar="M",
@@ -189,39 +177,27 @@ def _print_list() -> None:
 
 
 def _write_json(result: dict[str, Any], out: str) -> None:
-    text = json.dumps(result, indent=2) + "\n"
     if out == "-":
-        sys.stdout.write(text)
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
     path = Path(out)
     if not path.parent.is_dir():
         raise UsageError(f"--json: directory {path.parent} does not exist")
-    # Temp file + rename: an interrupted run never leaves a truncated JSON file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, result)  # an interrupted run never leaves a truncated JSON file
 
 
+@cli_main(OSError)
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad input)."""
-    try:
-        args = build_parser().parse_args(argv)
-        if args.list:
-            _print_list()
-            return 0
-        result = score_dataset(args)
-        if args.json is not None:
-            _write_json(result, args.json)
-        if args.json != "-":
-            _print_table(result)
-    except (SpiderError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    if args.list:
+        _print_list()
+        return 0
+    result = score_dataset(args)
+    if args.json is not None:
+        _write_json(result, args.json)
+    if args.json != "-":
+        _print_table(result)
     return 0
 
 

@@ -64,13 +64,18 @@ def register_baseline(
     if not tasks_set <= _VALID_TASKS:
         raise ValueError(f"baseline {name!r}: tasks must be within {sorted(_VALID_TASKS)}")
 
+    return register_checked(BASELINES, name, lambda checked, doc: Baseline(
+        name, checked, needs_set, tasks_set, higher_is_better, deterministic, scale_invariant, doc))
+
+
+def register_checked(registry: Registry[Any], name: str, entry: Callable[[Callable[..., float], str], Any]
+                     ) -> Callable[[Callable[..., float]], Callable[..., float]]:
+    """Decorator adding ``entry(checked fn, first line of its docstring)`` to ``registry`` under
+    ``name`` (a score's registry record); returns ``fn`` wrapped by the finite-result check."""
+
     def decorator(fn: Callable[..., float]) -> Callable[..., float]:
         checked = _finite_result(name, fn)
-        BASELINES.add(
-            name,
-            Baseline(name, checked, needs_set, tasks_set, higher_is_better, deterministic, scale_invariant,
-                     (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""),
-        )
+        registry.add(name, entry(checked, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""))
         return checked
 
     return decorator

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from spider.baselines.baseline_registry import _finite_result
+from spider.baselines.baseline_registry import register_checked
 from spider.registry import Registry
 
 __all__ = ["MODEL_SCORES", "ModelScore", "get_model_score", "list_model_scores", "register_model_score"]
@@ -45,14 +45,7 @@ MODEL_SCORES: Registry[ModelScore] = Registry("model score")
 
 def register_model_score(name: str, *, higher_is_better: bool = True) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register ``fn`` as model score ``name``; returns ``fn`` wrapped by the finite-result check."""
-
-    def decorator(fn: Callable[..., float]) -> Callable[..., float]:
-        checked = _finite_result(name, fn)
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        MODEL_SCORES.add(name, ModelScore(name, checked, higher_is_better, doc))
-        return checked
-
-    return decorator
+    return register_checked(MODEL_SCORES, name, lambda checked, doc: ModelScore(name, checked, higher_is_better, doc))
 
 
 def get_model_score(name: str) -> ModelScore:

@@ -438,17 +438,19 @@ class ReRanking(nn.Module):
 
     Raises:
         ScorerInputError: no re-ranker, or one that ranks another zoo than the coarse ranker
-            (number of PTMs or task-token width).
+            (PTMs or task-token width).
     """
 
     def __init__(self, coarse: nn.Module, rerankers: Sequence[ReRanker], weight: float | None = None) -> None:
         super().__init__()
         if not rerankers:
             raise ScorerInputError("ReRanking: expected at least one re-ranker")
+        names = list(coarse.hparams.get("model_names") or [])
         for r in rerankers:
-            if coarse.num_models != r.num_models or int(coarse.hparams.task_dim) != int(r.hparams.task_dim):
+            if (coarse.num_models != r.num_models or int(coarse.hparams.task_dim) != int(r.hparams.task_dim)
+                    or list(r.hparams.get("model_names") or []) != names):
                 raise ScorerInputError("ReRanking: the coarse ranker and a re-ranker rank different zoos "
-                                       "(number of PTMs or task_dim differ)")
+                                       "(PTMs or task_dim differ)")
         self.coarse, self.rerankers, self.weight = coarse, nn.ModuleList(rerankers), weight
         self.hparams = rerankers[0].hparams
         self.spider_info: Any = getattr(rerankers[0], "spider_info", None)

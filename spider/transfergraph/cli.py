@@ -15,7 +15,6 @@ code 2 and a one-line message; nothing is written then.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,9 +26,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from spider.errors import ConfigError, SpiderError
-from spider.io import write_text_atomic
-from spider.rank import _check_options, format_ranking
+from spider.errors import ConfigError, cli_main
+from spider.rank import _check_options, print_ranking
 from spider.rank_core import RankResult
 from spider.rank_images import image_source, zoo_model_refs
 from spider.transfergraph.model import HParams, TransferGraph, load
@@ -112,16 +110,7 @@ def _rank(args: argparse.Namespace) -> int:
     progress = not args.no_progress and args.json != "-" and sys.stdout.isatty()
     result = rank_images(args.images, args.model, zoo_dir=args.zoo_dir, batch_size=args.batch_size,
                          device=args.device, progress=progress)
-    text = json.dumps(result.to_dict(), indent=2)
-    if args.json == "-":
-        print(text)
-        return 0
-    print(format_ranking(result, args.top), end="")
-    if args.json:
-        try:
-            write_text_atomic(args.json, text + "\n")
-        except OSError as err:
-            raise ConfigError(f"--json: cannot write {args.json} ({err.strerror or err})") from None
+    print_ranking(result, args.json, args.top)
     return 0
 
 
@@ -150,15 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    try:
-        return _fit(args) if args.command == "fit" else _rank(args)
-    except SpiderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return _fit(args) if args.command == "fit" else _rank(args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from spider.errors import SpiderError
+from spider.errors import cli_main
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,20 +104,17 @@ def _add_model(args: argparse.Namespace) -> int:
     return 0
 
 
+@cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command in ("info", "list"):
-            return _info(getattr(args, "recipe", None), getattr(args, "json", False))
-        if args.command == "add-model":
-            return _add_model(args)
-        from spider.pipeline.build import build_zoo
+    if args.command in ("info", "list"):
+        return _info(getattr(args, "recipe", None), getattr(args, "json", False))
+    if args.command == "add-model":
+        return _add_model(args)
+    from spider.pipeline.build import build_zoo
 
-        report = build_zoo(args.recipe, args.out, data_dir=args.data_dir, workers=args.workers,
-                           progress=not args.no_progress, stages=args.stages)
-    except SpiderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report = build_zoo(args.recipe, args.out, data_dir=args.data_dir, workers=args.workers,
+                       progress=not args.no_progress, stages=args.stages)
     if report.ranks > 1:  # how the work was shared; rank 0 reports for all
         print(f"zoo {report.recipe}: rank {report.rank} of {report.ranks} built {report.built_here} item(s)")
         if report.rank:

@@ -99,6 +99,21 @@ def test_non_positive_counts_are_one_line(trained, capsys, option, value):
     assert code == 2 and out == "" and "expected a positive integer" in _one_error_line(err) and option in err
 
 
+@pytest.mark.parametrize("extra, fragment", [
+    (["--reranker", "{ckpt}"], "--reranker: re-scores the top k of the ranking; pass --rerank-topk"),
+    (["--rerank-weight", "0.5"], "--rerank-weight: the fusion weight of --reranker"),
+    (["--reranker", "{ckpt}", "--rerank-topk", "1", "--rerank-weight", "1.5"], "--rerank-weight: expected a number in"),
+    (["--reranker", "{ckpt}", "--rerank-topk", "1", "--rerank-weight", "nan"], "--rerank-weight: expected a number in"),
+    (["--reranker", "{missing}", "--rerank-topk", "1"], "--reranker: no file"),
+    (["--reranker", "{ckpt}", "--rerank-topk", "1"], "expected a ReRanker"),  # a token scorer re-ranks nothing
+])
+def test_bad_reranker_combinations_are_one_line(trained, tmp_path, capsys, extra, fragment):
+    checkpoint, store = trained
+    extra = [a.format(ckpt=checkpoint, missing=tmp_path / "none.ckpt") for a in extra]
+    code, out, err = _rank(capsys, checkpoint, store, *extra)
+    assert code == 2 and out == "" and fragment in _one_error_line(err)
+
+
 def test_top_limits_the_rows(trained, capsys):
     checkpoint, store = trained
     code, out, _ = _rank(capsys, checkpoint, store, "--top", "2")

@@ -49,6 +49,8 @@ def test_reranking_needs_rerankers_of_the_same_zoo():
         ReRanking(TokenScorer(M, DG, **SMALL), [])
     with pytest.raises(ScorerInputError, match="different zoos"):
         ReRanking(TokenScorer(M + 1, DG, **SMALL), [scorer()])
+    with pytest.raises(ScorerInputError, match="different zoos"):  # as many PTMs, other ones
+        ReRanking(TokenScorer(M, DG, model_names=list("abcd"), **SMALL), [scorer(model_names=list("abce"))])
 
 
 @pytest.mark.parametrize("value", ["2", "-1", "nan"])

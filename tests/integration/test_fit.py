@@ -176,3 +176,20 @@ def test_without_validation_targets_val_metrics_are_skipped_with_a_warning(cache
 def test_unimportable_plugin_module_is_a_config_error(cache_dir, tmp_path, tiny):
     with pytest.raises(ConfigError, match="imports: cannot import module 'no_such_module_xyz'"):
         fit(tiny(tmp_path / "noplugin", "imports=[no_such_module_xyz]"))
+
+
+def test_a_prior_on_an_unbuilt_label_cache_is_computed_from_the_built_cache(cache_dir, tmp_path, tiny):
+    # The prior reads the label cache; a fresh cache must be built before the scorer is made.
+    from spider.datamodules.label_cache import open_label_cache
+    from spider.modules.token_scorer import standardise
+    from spider.priors import PriorInputs, label_mean
+
+    labels = tmp_path / "labels"
+    cfg = tiny(tmp_path / "prior", f"data.label_cache={labels}", "model.prior=label_mean",
+               "trainer.max_epochs=1", "results_table=false")
+    result = fit(cfg)
+    model = load_scorer(result["checkpoint"])
+    cache = open_label_cache(labels, cfg.data.num_label_tasks)
+    assert list(cache.models) == list(model.hparams.model_names)
+    expected = standardise(label_mean(PriorInputs(cache.models, cache.scores)).tolist(), len(cache.models))
+    assert torch.allclose(model.model_prior, expected)

@@ -93,10 +93,18 @@ def test_cli_bad_input_exits_2(trained, capsys, extra, fragment):
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and fragment in err
 
 
-def test_rerank_needs_a_reranker_checkpoint(trained, tmp_path, capsys):
-    cfg, _, store = trained
-    fit(_config(tmp_path, "token", f"data.cache_dir={cfg.data.cache_dir}"))
-    checkpoint = tmp_path / "token" / "checkpoints" / "last.ckpt"
+@pytest.fixture(scope="module")
+def token(trained, tmp_path_factory):
+    """A token scorer (no re-ranking of its own) trained one epoch on the same zoo: its checkpoint."""
+    cfg, _, _ = trained
+    tmp = tmp_path_factory.mktemp("token")
+    fit(_config(tmp, "token", f"data.cache_dir={cfg.data.cache_dir}"))
+    return tmp / "token" / "checkpoints" / "last.ckpt"
+
+
+def test_rerank_needs_a_reranker_checkpoint(trained, token, capsys):
+    _, _, store = trained
+    checkpoint = token
     assert main(["--checkpoint", str(checkpoint), "--store", store, "--dataset", "target0",
                  "--rerank-topk", "2"]) == 2
     assert "ReRanker" in capsys.readouterr().err
@@ -117,3 +125,31 @@ def test_several_checkpoints_rank_as_one_ensemble(trained, tmp_path, capsys):
     assert main(["--checkpoint", str(checkpoint), str(checkpoint), "--store", store, "--dataset", "target0",
                  "--rerank-topk", "1"]) == 2
     assert "re-ranking takes one checkpoint" in capsys.readouterr().err
+
+
+def test_cli_reranks_an_ensemble_with_rerankers_like_the_python_api(trained, token, capsys):
+    from spider.modules import ReRanking
+    from spider.modules.ensemble import ScorerEnsemble
+
+    _, reranker, store = trained
+
+    def cli(*extra):
+        assert main(["--checkpoint", str(token), str(reranker), "--reranker", str(reranker), "--reranker",
+                     str(reranker), "--store", store, "--dataset", "target0", "--rerank-topk", "2",
+                     "--json", "-", *extra]) == 0
+        return json.loads(capsys.readouterr().out)["ranking"]
+
+    def api(weight):
+        model = ReRanking(ScorerEnsemble([load_scorer(token), load_scorer(reranker)]),
+                          [load_scorer(reranker), load_scorer(reranker)], weight)
+        result = rank_task(model, store, "target0", rerank_topk=2)
+        return [{"model": m, "score": pytest.approx(s, abs=1e-6), "tokens": t}
+                for m, s, t in zip(result.models, result.scores, result.tokens)]
+
+    for extra, weight in (((), None), (("--rerank-weight", "0.25"), 0.25)):
+        ranking = cli(*extra)
+        assert [{k: row[k] for k in ("model", "score", "tokens")} for row in ranking] == api(weight)
+        assert [row["tokens"] for row in ranking].count("specific") == 2
+    # The weight reaches the fusion: 0 keeps the ensemble's z-scores, 1 takes the re-rankers'.
+    scores = {w: [row["score"] for row in cli("--rerank-weight", w)] for w in ("0", "1")}
+    assert scores["0"] != scores["1"]

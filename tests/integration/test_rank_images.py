@@ -48,6 +48,14 @@ def test_images_of_a_stored_target_rank_as_the_store_does(fake_run):
     assert {"load", "extract_general", "score", "extract_topk", "rescore", "total"} <= set(from_images.timings_ms)
 
 
+def test_an_ensemble_with_rerankers_ranks_images_as_the_store_does(fake_run):
+    zoo_dir, checkpoint, images = fake_run
+    options = dict(rerank_topk=1, rerankers=[checkpoint], rerank_weight=0.5)
+    from_images = rank_images(images, [checkpoint, checkpoint], **options)
+    _assert_same_ranking(from_images, rank_task([checkpoint, checkpoint], zoo_dir / "store", "usps", **options))
+    assert sorted(from_images.tokens) == ["general", "specific"]
+
+
 def test_cli_table_and_json(fake_run, tmp_path, capsys):
     _, checkpoint, images = fake_run
     out = tmp_path / "ranking.json"
