@@ -49,7 +49,7 @@ from spider.benchmark.methods import METRICS, method_result, pick_winner, summar
 from spider.benchmark.timing import time_extraction
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer
 from spider.benchmark.transfergraph import transfergraph_row
-from spider.errors import SpiderError
+from spider.errors import SpiderError, cli_main
 from spider.io import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -379,6 +379,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+@cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python experiments/minizoo/report.py", description=__doc__.split("\n")[0])
     parser.add_argument("--zoo-dir", default=str(REPO / "artifacts" / "minizoo"), help="built zoo folder")
@@ -393,11 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command_line = " ".join(["python experiments/minizoo/report.py", *(sys.argv[1:] if argv is None else argv)])
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    try:
-        report(args)
-    except SpiderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report(args)
     return 0
 
 

@@ -118,21 +118,12 @@ def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[st
     encoder's extraction (+ the k re-scored PTMs') + the scorer's token, scoring and re-rank stages.
     """
     from spider.evaluate import rank_values
-    from spider.modules.scorer_registry import load_scorer
     from spider.rank import rank_task
+    from spider.rank_core import load_ranker
 
     import torch
 
-    if isinstance(ckpt, (list, tuple)):  # several seeds: one ensemble of standardised scores
-        from spider.modules.ensemble import ScorerEnsemble
-
-        model = ScorerEnsemble([load_scorer(c) for c in ckpt])
-    else:
-        model = load_scorer(ckpt)
-    if rerankers:
-        from spider.modules import ReRanking
-
-        model = ReRanking(model, [load_scorer(r) for r in rerankers], weight)
+    model = load_ranker(list(ckpt) if isinstance(ckpt, (list, tuple)) else ckpt, rerankers, weight)
     names = list(model.spider_info["model_names"])
     if names != zoo.models:
         raise ReportError(f"{ckpt}: ranks {names}, the zoo lists {zoo.models}")
