@@ -42,7 +42,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spider.benchmark import charts, costs, forward, goals, lgc_rows, markdown as md
+from spider.benchmark import charts, costs, forward, goals, leave_one_out, lgc_rows, markdown as md
 from spider.benchmark.inputs import JsonCache, ReportError, open_zoo
 from spider.benchmark.methods import METRICS, method_result, pick_winner, summary
 from spider.benchmark.timing import time_extraction
@@ -173,6 +173,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     budget = QUICK if args.quick else Budget()
     zoo = open_zoo(args.zoo_dir, args.data_dir)
     out = Path(args.out)
+    incremental = leave_one_out.results_entry(out / "incremental.json", zoo)  # checked before any work
     work = Path(args.work_dir) if args.work_dir else REPO / "artifacts" / f"{zoo.root.resolve().name}-report"
     if args.fresh and work.exists():
         shutil.rmtree(work)
@@ -278,7 +279,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "reranked_models": {f"rerank@{k}": [dict(zip(zoo.targets, r[k]["models"])) for r in rerank_runs]
                             for k in RERANK_KS},
         "spider_chart": {"axes": axes, "learned": dict(zip(zoo.models, learned.tolist())),
-                         "truth": dict(zip(zoo.models, truth_axes.tolist()))},
+                         "truth": dict(zip(zoo.models, truth_axes.tolist()))}, **incremental,
     }
     results["report_seconds"] = time.perf_counter() - started
     write_json_atomic(out / "results.json", results, indent=1)
@@ -362,7 +363,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         "", "## Spider charts: what the learned tokens say each PTM is good at",
         "Sampled tasks of each dataset scored by the main scorer (seed 0): a PTM's value is its mean percentile rank "
         "(1 = always first); * = pool dataset; black dots: true percentile rank on the targets.",
-        "", "![spider charts](spider_charts.png)",
+        "", "![spider charts](spider_charts.png)", *leave_one_out.section(results.get("incremental")),
     ]
     errors = results["baseline_errors"]
     parts += ["", "## Notes", f"- Baseline failures (NaN, left out of that target's ranking): {len(errors)}"
