@@ -132,7 +132,8 @@ def section(summary: Mapping[str, Any] | None) -> list[str]:
              "and seed). wtau = weighted tau (paper protocol) of the whole ranking, mean over the targets of the "
              "stage; rank error = |predicted - true rank| of h, mean over every target. Means over the held-out "
              f"PTMs ({', '.join(f'`{m}`' for m in summary['models'])}); per-PTM rows in "
-             "[incremental.md](incremental.md).", "",
+             "[incremental.md](incremental.md). The full retrain is one run, the incremental rankers are "
+             f"{n} different runs (one per h): differences in wtau include run-to-run variation.", "",
              "| ranker | wtau val | wtau test | rank error of h | training s |", "|---|---|---|---|---|",
              f"| h added incrementally | {inc['wtau_val']:.3f} | {inc['wtau_test']:.3f} | {inc['rank_error']:.2f} | "
              f"{s['train']:.1f} |",

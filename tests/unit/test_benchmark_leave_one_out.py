@@ -24,10 +24,12 @@ def incremental_json() -> dict:
             "full": {"train_seconds": 40.0, "wtau": full_wtau, "rank_error": {}},
             "held_out": {
                 "a": {"from_scratch": True, "add": {"seconds": seconds(100.0, 200.0, 20.0, 10.0)},
-                      "incremental": {"wtau": {"v": 0.7, "t1": 0.6, "t2": 0.2}, "rank_error": {"v": 1, "t1": 2, "t2": 3}},
+                      "incremental": {"wtau": {"v": 0.7, "t1": 0.6, "t2": 0.2},
+                                      "rank_error": {"v": 1, "t1": 2, "t2": 3}},
                       "full": {"wtau": full_wtau, "rank_error": {"v": 0, "t1": 0, "t2": 3}}},
                 "b": {"from_scratch": False, "add": {"seconds": seconds(0.0, 0.0, 30.0, 20.0)},
-                      "incremental": {"wtau": {"v": 0.3, "t1": 0.4, "t2": 0.4}, "rank_error": {"v": 5, "t1": 4, "t2": 6}},
+                      "incremental": {"wtau": {"v": 0.3, "t1": 0.4, "t2": 0.4},
+                                      "rank_error": {"v": 5, "t1": 4, "t2": 6}},
                       "full": {"wtau": full_wtau, "rank_error": {"v": 3, "t1": 3, "t2": 3}}}}}
 
 
