@@ -15,9 +15,9 @@ from spider.benchmark.inputs import ReportError, Zoo
 
 def valid() -> dict:
     wtau = {"v": 0.5, "t": 0.2}
+    seconds = {"extract": 1.0, "bank": 2.0, "labels": 3.0, "train": 4.0, "total": 10.0}
     return {"val_targets": ["v"], "test_targets": ["t"], "full": {"train_seconds": 40.0},
-            "held_out": {"a": {"add": {"seconds": {"extract": 1.0, "bank": 2.0, "labels": 3.0, "train": 4.0,
-                                                   "total": 10.0}},
+            "held_out": {"a": {"train19_seconds": 5.0, "add": {"seconds": seconds},
                                "incremental": {"wtau": wtau, "rank_error": {"v": 1, "t": 2}},
                                "full": {"wtau": wtau, "rank_error": {"v": 0, "t": 1}}}}}
 
@@ -62,6 +62,7 @@ def test_non_numbers_are_rejected(tmp_path, value):
     (["held_out", "a", "full", "rank_error", "t"], "(held_out.a): field full.rank_error.t missing"),
     (["held_out", "a", "add", "seconds", "train"], "field add.seconds.train missing"),
     (["full", "train_seconds"], "field full.train_seconds missing"),
+    (["held_out", "a", "train19_seconds"], "(held_out.a): field train19_seconds missing"),
     (["test_targets"], "field test_targets missing"),
 ])
 def test_missing_fields_are_named(tmp_path, path, field):

@@ -23,11 +23,13 @@ def incremental_json() -> dict:
     return {"config": "fake", "val_targets": ["v"], "test_targets": ["t1", "t2"],
             "full": {"train_seconds": 40.0, "wtau": full_wtau, "rank_error": {}},
             "held_out": {
-                "a": {"from_scratch": True, "add": {"seconds": seconds(100.0, 200.0, 20.0, 10.0)},
+                "a": {"from_scratch": True, "train19_seconds": 30.0,
+                      "add": {"seconds": seconds(100.0, 200.0, 20.0, 10.0)},
                       "incremental": {"wtau": {"v": 0.7, "t1": 0.6, "t2": 0.2},
                                       "rank_error": {"v": 1, "t1": 2, "t2": 3}},
                       "full": {"wtau": full_wtau, "rank_error": {"v": 0, "t1": 0, "t2": 3}}},
-                "b": {"from_scratch": False, "add": {"seconds": seconds(0.0, 0.0, 30.0, 20.0)},
+                "b": {"from_scratch": False, "train19_seconds": 50.0,
+                      "add": {"seconds": seconds(0.0, 0.0, 30.0, 20.0)},
                       "incremental": {"wtau": {"v": 0.3, "t1": 0.4, "t2": 0.4},
                                       "rank_error": {"v": 5, "t1": 4, "t2": 6}},
                       "full": {"wtau": full_wtau, "rank_error": {"v": 3, "t1": 3, "t2": 3}}}}}
@@ -37,7 +39,7 @@ def test_ptm_means_average_over_the_stage_targets():
     a = loo.ptm_means(incremental_json(), "a")
     assert a["incremental"] == pytest.approx({"wtau_val": 0.7, "wtau_test": 0.4, "rank_error": 2.0})
     assert a["full"] == pytest.approx({"wtau_val": 0.5, "wtau_test": 0.3, "rank_error": 1.0})
-    assert a["seconds"]["total"] == 330.0 and a["from_scratch"] is True
+    assert a["seconds"]["total"] == 330.0 and a["retrain_seconds"] == 30.0 and a["from_scratch"] is True
     assert loo.ptm_means(incremental_json(), "b")["from_scratch"] is False
 
 
@@ -55,7 +57,7 @@ def test_summary_means_over_the_held_out_ptms():
     assert s["seconds"] == pytest.approx(seconds(50.0, 100.0, 25.0, 15.0))
     # Only the PTM added from scratch paid for its features and bank runs.
     assert s["seconds_from_scratch"] == pytest.approx(seconds(100.0, 200.0, 20.0, 10.0))
-    assert s["full_train_seconds"] == 40.0
+    assert s["full_train_seconds"] == 40.0 and s["retrain_seconds"] == 40.0
     results = incremental_json()
     results["held_out"]["a"]["from_scratch"] = False
     assert loo.summarise(results)["seconds_from_scratch"] is None
@@ -96,6 +98,7 @@ def test_section_renders_the_means():
     assert "| h added incrementally | 0.500 | 0.400 | 3.50 | 15.0 |" in lines
     assert "| full retrain | 0.500 | 0.300 | 2.00 | 40.0 |" in lines
     assert "from scratch (1 PTM(s)): 330 s (extract 100 / bank 200 / labels 20 / train 10.0)" in text
+    assert "took 40.0 s (mean) vs 15.0 s for h's token" in text
     assert "2 held-out PTMs" in text and "`a`, `b`" in text
     results = incremental_json()
     results["held_out"]["a"]["from_scratch"] = False
