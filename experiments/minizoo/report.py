@@ -43,9 +43,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spider.benchmark import charts, costs, forward, goals, lgc_rows, markdown as md
+from spider.benchmark import charts, costs, forward, goals, leave_one_out, lgc_rows, markdown as md
 from spider.benchmark.inputs import JsonCache, ReportError, open_zoo
-from spider.benchmark.methods import METRICS, method_result, pick_winner, summary
+from spider.benchmark.methods import METRICS, method_result, pick_winner, prior_rows, summary
 from spider.benchmark.timing import time_extraction
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer
 from spider.benchmark.transfergraph import transfergraph_row
@@ -93,27 +93,6 @@ def spider_row(name: str, zoo, runs: Sequence[dict], ptm_passes: int, note: str)
     return method_result(name, "spider", zoo, [r["pred"] for r in runs], seconds=mean("seconds"),
                          extract_seconds=mean("extract_seconds"), score_seconds=mean("score_seconds"),
                          ptm_passes=ptm_passes, general_passes=1, note=note)
-
-
-def prior_rows(zoo, work: Path) -> list:
-    """Every available static prior, from what the main fit's datamodule knows before any target
-    (labels, fine-tuning bank, parameter counts); its cost per target is computing its scores."""
-    from spider.benchmark.training import fit_config
-    from spider.priors import available_priors, prior_scores
-    from spider.run_inputs import build_datamodule, resolve_inputs
-
-    cfg = fit_config(zoo, FitSpec(), work)
-    inputs = resolve_inputs(cfg)
-    known = build_datamodule(cfg, inputs, progress=False).prior_inputs(inputs.get("params"))
-    rows = []
-    for name in available_priors(known):
-        start = time.perf_counter()
-        scores = prior_scores(name, known)
-        seconds = time.perf_counter() - start
-        rows.append(method_result(name, "prior", zoo, [scores], seconds=seconds, extract_seconds=0.0,
-                                  score_seconds=seconds, ptm_passes=0, general_passes=0,
-                                  note="static prior: one ranking for every target"))
-    return rows
 
 
 def label_source_ablation(zoo, budget: Budget, work: Path, extraction) -> tuple[dict, list, FitSpec]:
@@ -175,6 +154,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     budget = QUICK if args.quick else Budget(seeds=tuple(range(args.seeds)), ensembles=args.seeds)
     zoo = open_zoo(args.zoo_dir, args.data_dir)
     out = Path(args.out)
+    incremental = leave_one_out.results_entry(out / "incremental.json", zoo)  # checked before any work
     work = Path(args.work_dir) if args.work_dir else REPO / "artifacts" / f"{zoo.root.resolve().name}-report"
     if args.fresh and work.exists():
         shutil.rmtree(work)
@@ -282,7 +262,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "reranked_models": {f"rerank@{k}": [dict(zip(zoo.targets, r[k]["models"])) for r in rerank_runs]
                             for k in RERANK_KS},
         "spider_chart": {"axes": axes, "datasets": domains, "learned": dict(zip(zoo.models, learned.tolist())),
-                         "truth": dict(zip(zoo.models, truth_axes.tolist()))},
+                         "truth": dict(zip(zoo.models, truth_axes.tolist()))}, **incremental,
     }
     results["report_seconds"] = time.perf_counter() - started
     write_json_atomic(out / "results.json", results, indent=1)
@@ -367,7 +347,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         "Sampled tasks of each dataset scored by the main scorer (seed 0): a PTM's value is its mean percentile rank "
         "(1 = always first), datasets grouped by source domain (`spider.zoo.domains`; * = the pool datasets of that "
         "domain, the others are targets); black dots: true percentile rank on the targets of that domain.",
-        "", "![spider charts](spider_charts.png)",
+        "", "![spider charts](spider_charts.png)", *leave_one_out.section(results.get("incremental")),
     ]
     errors = results["baseline_errors"]
     parts += ["", "## Notes", f"- Baseline failures (NaN, left out of that target's ranking): {len(errors)}"

@@ -10,5 +10,6 @@
 * :mod:`~spider.benchmark.methods` - one result row per method, scored by :func:`spider.evaluate.evaluate`.
 * :mod:`~spider.benchmark.costs` - build costs (fine-tuning bank included) and the bank's protocol agreement.
 * :mod:`~spider.benchmark.goals` - the quality goals, decided from test numbers.
+* :mod:`~spider.benchmark.leave_one_out` - adding a PTM without retraining: means of ``incremental.json``.
 * :mod:`~spider.benchmark.charts` and :mod:`~spider.benchmark.markdown` - figures and tables.
 """

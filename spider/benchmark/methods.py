@@ -7,8 +7,10 @@ the seed spread of each stage's mean, and the cost of one selection per target.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ import numpy as np
 from spider.benchmark.inputs import Zoo
 from spider.evaluate import METRICS, evaluate, nanmean
 
-__all__ = ["METRICS", "MethodResult", "method_result", "pick_winner", "summary"]
+__all__ = ["METRICS", "MethodResult", "method_result", "pick_winner", "prior_rows", "summary"]
 
 STAGES = ("val", "test")
 
@@ -91,3 +93,24 @@ def summary(rows: Sequence[MethodResult], targets: Sequence[str]) -> dict[str, d
     over ``targets`` and seeds): the ``"val"``/``"test"`` sections of ``results.json``."""
     return {r.name: {**{m: r.mean(m, targets) for m in METRICS}, "seconds_per_target": r.mean_seconds(targets)}
             for r in rows}
+
+
+def prior_rows(zoo: Zoo, work: Path) -> list[MethodResult]:
+    """Every available static prior, from what the main fit's datamodule knows before any target
+    (labels, fine-tuning bank, parameter counts); its cost per target is computing its scores."""
+    from spider.benchmark.training import FitSpec, fit_config
+    from spider.priors import available_priors, prior_scores
+    from spider.run_inputs import build_datamodule, resolve_inputs
+
+    cfg = fit_config(zoo, FitSpec(), work)
+    inputs = resolve_inputs(cfg)
+    known = build_datamodule(cfg, inputs, progress=False).prior_inputs(inputs.get("params"))
+    rows = []
+    for name in available_priors(known):
+        start = time.perf_counter()
+        scores = prior_scores(name, known)
+        seconds = time.perf_counter() - start
+        rows.append(method_result(name, "prior", zoo, [scores], seconds=seconds, extract_seconds=0.0,
+                                  score_seconds=seconds, ptm_passes=0, general_passes=0,
+                                  note="static prior: one ranking for every target"))
+    return rows

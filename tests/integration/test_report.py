@@ -51,6 +51,16 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
     out, work = tmp_path / "out", tmp_path / "work"
     args = ["--zoo-dir", str(zoo), "--out", str(out), "--work-dir", str(work), "--data-dir", str(data_dir),
             "--quick"]
+    # A leave-one-PTM-out measurement next to the report (what experiments/minizoo/incremental.py writes).
+    data = json.loads((zoo / "zoo.json").read_text())["data"]
+    targets = data["val_datasets"] + data["test_datasets"]
+    placement = {"wtau": dict.fromkeys(targets, 0.5), "rank_error": dict.fromkeys(targets, 1)}
+    seconds = dict.fromkeys(("extract", "bank", "labels", "train", "total"), 1.0)
+    out.mkdir()
+    (out / "incremental.json").write_text(json.dumps({
+        "val_targets": data["val_datasets"], "test_targets": data["test_datasets"], "full": {"train_seconds": 9.0},
+        "held_out": {data["models"][0]: {"add": {"seconds": seconds}, "train19_seconds": 8.0, "incremental": placement,
+                                         "full": placement}}}))
     assert report.main(args) == 0
     for name in ("report.md", "results.json", "efficiency.png", "spider_charts.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -106,6 +116,8 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
     assert results["val"]["model_spider rerank@3"]["wtau_paper"] == pytest.approx(chosen["val"]["wtau_paper"])
     assert "## Re-ranking ablation: fusion weight" in text
 
+    assert results["incremental"]["held_out"] == 1 and results["incremental"]["full_train_seconds"] == 9.0
+    assert "## Adding a PTM without retraining (leave-one-PTM-out)" in text and "| full retrain | 0.500 |" in text
     assert {s["name"] for s in results["build"]["stages"]} >= {"groundtruth", "bank"}
     assert results["build"]["bank"]["runs"] > 0
     assert "## Goal check (test targets)" in text and ("**met**" in text or "**not met**" in text)
