@@ -37,6 +37,8 @@ DEFAULT_MODELS = ["cifar10_resnet20", "mnist_cnn", "fer2013_mini_xception", "tes
 def work_zoo(source: Path, dest: Path, held_out: str | None) -> Path:
     """A writable zoo folder reading ``source``: store entries linked per model (none for
     ``held_out``: pass None to keep them), bank runs and labels copied (without ``held_out``'s runs)."""
+    from spider.pipeline.build_manifest import read_manifest
+
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -48,7 +50,7 @@ def work_zoo(source: Path, dest: Path, held_out: str | None) -> Path:
     shutil.copytree(source / "bank", dest / "bank", ignore=ignore)
     shutil.copytree(source / "labels", dest / "labels")
     (dest / "ground_truth.csv").symlink_to((source / "ground_truth.csv").resolve())
-    manifest = json.loads((source / "zoo.json").read_text())
+    manifest = read_manifest(source)  # paths resolved: checkpoints stay the source zoo's
     manifest["data"].update(store=str(dest / "store"), label_cache=str(dest / "labels"),
                             finetune_bank=str(dest / "bank"), ground_truth=str(dest / "ground_truth.csv"))
     (dest / "zoo.json").write_text(json.dumps(manifest, indent=1))

@@ -1,5 +1,10 @@
 """``<zoo>/zoo.json``: what a zoo build holds, with the ``data`` keys a fit reads (written by
-:func:`spider.pipeline.build.build_zoo`, read by the training entry and ``spider rank``)."""
+:func:`spider.pipeline.build.build_zoo`, read by the training entry and ``spider rank``).
+
+Paths inside the zoo folder are written relative to it and resolved against the folder the
+manifest is read from, so a zoo can be moved or copied (to a cluster's scratch disk, say) and
+still refers to its own store, checkpoints and caches. Manifests of older builds hold absolute
+paths; they are read as written."""
 
 from __future__ import annotations
 
@@ -53,6 +58,26 @@ def param_counts(recipe: ZooRecipe, out: Path, data_dir=None) -> dict[str, int]:
     return counts
 
 
+def _path_slots(manifest: dict[str, Any]) -> list[tuple[dict, str]]:
+    """(container, key) of every path the manifest holds (data paths, PTM and encoder checkpoints)."""
+    data = manifest.get("data")
+    refs = [*(manifest.get("models") or []), manifest.get("general")]
+    for alt in (manifest.get("alternatives") or {}).values():
+        refs.append(alt.get("encoder") if isinstance(alt, dict) else None)
+    slots = [(data, k) for k in ("store", "ground_truth", "label_cache", "finetune_bank")]
+    slots += [(r, "checkpoint") for r in refs]
+    slots += [(a, "store") for a in (manifest.get("alternatives") or {}).values()]
+    return [(c, k) for c, k in slots if isinstance(c, dict) and isinstance(c.get(k), str)]
+
+
+def _relative_to(manifest: dict[str, Any], root: Path) -> dict[str, Any]:
+    for container, key in _path_slots(manifest):
+        path = Path(container[key])
+        if path.is_absolute() and path.is_relative_to(root):
+            container[key] = path.relative_to(root).as_posix()
+    return manifest
+
+
 def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
     """What ``out`` holds, with a ``data`` section of :class:`spider.config.DataConfig` keys."""
     checkpoints = out / "checkpoints"
@@ -68,7 +93,7 @@ def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
         "split": SPLIT, "target_split": SPLIT,
     }
     data |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
-    return {
+    return _relative_to({
         "recipe": recipe.name, "recipe_hash": recipe.hash, "description": recipe.description,
         "models": [dict(r.to_dict(), params=params.get(r.id)) for r in recipe.ptm_refs(checkpoints)],
         "general": dict(recipe.general_ref(checkpoints).to_dict(), description=recipe.general.description),
@@ -82,17 +107,25 @@ def zoo_manifest(recipe: ZooRecipe, out: Path) -> dict[str, Any]:
         "bank": dataclasses.asdict(recipe.bank),
         "finetune": dataclasses.asdict(recipe.finetune),
         "data": data,
-    }
+    }, root)
 
 
 def read_manifest(out: str | Path) -> dict[str, Any]:
+    """``<out>/zoo.json`` with its relative paths resolved against ``out``."""
     path = Path(out) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise SpiderError(f"{path} not found: build the zoo first (python -m spider.zoo build)") from None
     except ValueError as err:
         raise SpiderError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise SpiderError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    root = Path(out).resolve()
+    for container, key in _path_slots(manifest):
+        if not Path(container[key]).is_absolute():
+            container[key] = str(root / container[key])
+    return manifest
 
 
 def write_manifest(out: Path, manifest: dict[str, Any], report: Any) -> None:

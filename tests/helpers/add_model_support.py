@@ -3,7 +3,8 @@ fine-tuning bank, and a re-ranker (mixed labels + fine-tuning prior) trained on 
 
 The third PTM's store entries and bank runs are deleted after the build, so adding it runs every
 stage (extraction, bank runs, labelling) for real. Built once per pytest session under the
-session's base temp dir; a second caller finds it.
+session's base temp dir; every caller gets its own copy of the zoo directory, because adding the
+third PTM (even when it then fails) writes its features and bank runs into the zoo it is given.
 """
 
 from __future__ import annotations
@@ -51,13 +52,20 @@ def use_recipe(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
 
 
 def trained_two_of_three(tmp_path_factory) -> TrainedZoo:
-    """The zoo (the third PTM's features and bank runs removed) and the ranker of the first two."""
+    """A private copy of the zoo (the third PTM's features and bank runs removed) and the ranker
+    of the first two."""
     root = tmp_path_factory.getbasetemp() / "add-model-zoo"
     zoo_dir, run_dir = root / "zoo", root / "run"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     data_dir = fake_data_dir(tmp_path_factory.getbasetemp() / "fake-data-add-model")
-    if checkpoint.is_file():
-        return TrainedZoo(zoo_dir, checkpoint, data_dir)
+    if not checkpoint.is_file():
+        _build(zoo_dir, run_dir, data_dir)
+    private = tmp_path_factory.mktemp("add-model-copy") / "zoo"
+    shutil.copytree(zoo_dir, private)
+    return TrainedZoo(private, checkpoint, data_dir)
+
+
+def _build(zoo_dir: Path, run_dir: Path, data_dir: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         use_recipe(mp, data_dir)
         cfg = compose(fit_overrides(RECIPE, zoo_dir, run_dir, f"data.models=[{','.join(OLD)}]",
@@ -69,7 +77,6 @@ def trained_two_of_three(tmp_path_factory) -> TrainedZoo:
     shutil.rmtree(zoo_dir / "store" / NEW)
     for runs in (zoo_dir / "bank" / "runs").glob(f"*/{NEW}"):
         shutil.rmtree(runs)
-    return TrainedZoo(zoo_dir, checkpoint, data_dir)
 
 
 def sha256(path: Path) -> str:

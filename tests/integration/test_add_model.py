@@ -79,10 +79,11 @@ def test_derived_labels_equal_a_fresh_build(added, tmp_path):
 
 
 def _store_of(report):
-    import json
     from pathlib import Path
 
-    return json.loads((Path(report.label_cache).parent.parent / "zoo.json").read_text())["data"]["store"]
+    from spider.pipeline.build_manifest import read_manifest
+
+    return read_manifest(Path(report.label_cache).parent.parent)["data"]["store"]
 
 
 def test_bank_table_has_the_new_column(added):

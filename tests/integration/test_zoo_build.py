@@ -17,6 +17,7 @@ from spider.datamodules.label_cache import open_label_cache
 from spider.datamodules.finetune_bank import open_bank
 from spider.pipeline.bank import BankSettings
 from spider.pipeline.build import build_zoo, required_files
+from spider.pipeline.build_manifest import read_manifest
 from spider.pipeline.finetune import FinetuneConfig, RunCache
 from spider.pipeline.recipe import LabelSettings, PoolSpec, TargetSpec, ZooRecipe
 from spider.pipeline.recipes import REAL_PTMS, get_recipe, list_recipes
@@ -91,7 +92,8 @@ def test_build_makes_store_ground_truth_and_labels(synthetic_build):
     assert details[3].startswith("usps,test_vit.mnist,") and details[3].endswith(",1")
     assert (out / "labels" / "labels.json").is_file()
     manifest = json.loads((out / "zoo.json").read_text())
-    assert manifest["data"]["store"] == str(out / "store")
+    assert manifest["data"]["store"] == "store"  # relative to the zoo folder: a zoo can be moved
+    assert read_manifest(out)["data"]["store"] == str(out.resolve() / "store")
     assert manifest["data"]["test_datasets"] == ["usps"] and manifest["data"]["val_datasets"] == ["usps_val"]
     assert manifest["data"]["pool_datasets"] == ["mnist"]
     assert all(m["params"] > 1000 for m in manifest["models"])

@@ -1,7 +1,7 @@
 """``spider zoo build`` under torchrun: the files of a one-process build, and resume after a rank dies.
 
 Two one-process builds already differ in a few files, which these tests leave out of the byte
-comparison (:data:`NOT_DETERMINISTIC`): ``zoo.json`` (absolute paths, stage timings), each
+comparison (:data:`NOT_DETERMINISTIC`): ``zoo.json`` (stage timings), each
 ``checkpoints/<ptm>/config.json`` (CPU and wall seconds), each store entry's ``manifest.json``
 (write time, absolute checkpoint path) and each fine-tuning run's JSON (its CPU seconds, compared
 without that field). Everything else - ``ground_truth.csv``, the label shards and manifest, the
