@@ -3,7 +3,7 @@
 One command::
 
     python experiments/minizoo/report.py [--zoo-dir artifacts/minizoo] [--out experiments/minizoo] [--quick] [--fresh]
-                                         [--seeds N]
+                                         [--seeds N] [--no-lgc]
 
 reads a zoo built by ``spider zoo build <recipe>`` and writes into ``--out``:
 
@@ -182,9 +182,11 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     rows[AGGREGATE] = method_result(AGGREGATE, "aggregate", zoo, [agg], seconds=all_extract + agg_s,
                                     extract_seconds=all_extract, score_seconds=agg_s, ptm_passes=num,
                                     general_passes=0, note=f"Copeland of {', '.join(members)}")
-    lgc_cache = JsonCache(work / "lgc.json", {"threads": args.threads, "host": platform.node(), "lgc": lgc_rows.LGC_OPTIONS})
-    lgc_scores, lgc_seconds, lgc_errors = lgc_rows.run_lgc(zoo, lgc_cache, log)  # needs the PTMs themselves
-    rows["lgc"] = lgc_rows.lgc_row(zoo, lgc_scores, lgc_seconds)
+    lgc_errors = []
+    if not args.no_lgc:  # needs the PTMs themselves: about 10x a forward baseline's time
+        lgc_cache = JsonCache(work / "lgc.json", {"threads": args.threads, "host": platform.node(), "lgc": lgc_rows.LGC_OPTIONS})
+        lgc_scores, lgc_seconds, lgc_errors = lgc_rows.run_lgc(zoo, lgc_cache, log)
+        rows["lgc"] = lgc_rows.lgc_row(zoo, lgc_scores, lgc_seconds)
     priors = prior_rows(zoo, work)
     rows.update({r.name: r for r in priors})
     log("transfergraph: fitting on the fine-tuning bank, hyperparameters chosen on validation")
@@ -220,7 +222,8 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     spider_rows = [general, ensemble] + [spider_row(f"{SPIDER} rerank@{k}", zoo, [r[k] for r in rerank_runs], min(k, num),
                                           f"ReRanker: top {k} of {main_name} re-scored with their own "
                                           f"features, fused with its scores (weight {weight:g})") for k in RERANK_KS]
-    order = [*spider_rows, *(rows[b] for b in baselines), rows["lgc"], rows[AGGREGATE], *priors, tgraph]
+    order = [*spider_rows, *(rows[b] for b in baselines), *([rows["lgc"]] if "lgc" in rows else []), rows[AGGREGATE], *priors,
+             tgraph]
     by_name = {r.name: r for r in order}
     groups = {"model_spider": main_name, "model_spider_rerank3": f"{SPIDER} rerank@3",
               "forward_baselines": [*baselines, AGGREGATE], "static_priors": [r.name for r in priors]}
@@ -243,7 +246,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "test": summary(order, zoo.test_targets), "groups": groups,
         "command": args.command_line, "commit": commit, "machine": md.machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "quick": bool(args.quick), "budget": dataclasses.asdict(budget), "main_setting": main.setting,
+        "quick": bool(args.quick), "lgc_skipped": bool(args.no_lgc), "budget": dataclasses.asdict(budget), "main_setting": main.setting,
         "zoo": {"dir": str(zoo.root), "recipe_hash": zoo.manifest.get("recipe_hash"), "models": zoo.models,
                 "val_targets": zoo.val_targets, "test_targets": zoo.test_targets, "general": zoo.manifest["general"]},
         "methods": {r.name: {"kind": r.kind, "note": r.note, "ptm_forward_passes": r.ptm_passes,
@@ -354,6 +357,8 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
               + ("" if not errors else "; " + "; ".join(errors[:10])),
               "- Re-ranked PTMs (top 3, seed 0): " + "; ".join(
                   f"{t}: {', '.join(m)}" for t, m in results["reranked_models"]["rerank@3"][0].items()),
+              *(["- LGC was not run (`--no-lgc`): it back-propagates through every PTM on every target, "
+                 "about 10x a forward baseline's time (the mini-zoo report has its row)."] if results["lgc_skipped"] else []),
               f"- {by_name['transfergraph'].note}; grid of {len(results['transfergraph']['settings'])} settings.",
               "- Raw numbers: [results.json](results.json)."]
     return "\n".join(parts) + "\n"
@@ -370,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=len(Budget().seeds), choices=range(1, 10), metavar="N",
                         help="seeds per ablation setting and number of 3-seed ensembles (default %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="delete the work folder first")
+    parser.add_argument("--no-lgc", action="store_true", help="leave LGC out (per-sample gradients of every PTM)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for every timed stage")
     args = parser.parse_args(argv)
     args.command_line = " ".join(["python experiments/minizoo/report.py", *(sys.argv[1:] if argv is None else argv)])

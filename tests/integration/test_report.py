@@ -129,3 +129,12 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
     again = json.loads((out / "results.json").read_text())
     assert again["test"]["model_spider general"]["wtau_paper"] == results["test"]["model_spider general"]["wtau_paper"]
     assert again["extraction_seconds"] == results["extraction_seconds"]
+
+    # --no-lgc: the same report without LGC's row, saying so (the other rows come from the caches).
+    out2 = tmp_path / "out-no-lgc"
+    assert report.main([*args[:2], "--out", str(out2), *args[4:], "--no-lgc"]) == 0
+    skipped, text2 = json.loads((out2 / "results.json").read_text()), (out2 / "report.md").read_text()
+    assert skipped["lgc_skipped"] and "lgc" not in skipped["test"] and "| lgc |" not in text2
+    assert "LGC was not run (`--no-lgc`)" in text2 and "incremental" not in skipped
+    assert skipped["test"]["gbc"] == results["test"]["gbc"]
+
