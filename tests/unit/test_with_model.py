@@ -40,7 +40,10 @@ def test_reranker_grows_its_projections(one_torch_thread):
     x, mask = _tasks()
     specific = torch.randn(3, 1, 5, 9)
     models = torch.tensor([[1], [0], [1]])
-    assert torch.equal(grown(x, mask, models, specific)[:, :2], scorer(x, mask, models, specific[..., :6]))
+    # Zero-padded feature columns add exact zeros, but the longer dot products may be summed in
+    # another order (BLAS kernels by width): equal up to float32 rounding, not bit for bit.
+    torch.testing.assert_close(grown(x, mask, models, specific)[:, :2], scorer(x, mask, models, specific[..., :6]),
+                               rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, message", [
