@@ -3,7 +3,8 @@
 Every fit composes the shipped config of the zoo's recipe (``configs/data/<file>.yaml`` whose
 ``zoo`` is the recipe) and overrides only what a benchmark varies (:class:`FitSpec`), so the
 report measures the configuration users get. Fits run through :func:`spider.train.train`; a fit
-whose resolved config is unchanged is reused (``report-done.json`` beside its checkpoint).
+whose resolved config and zoo recipe hash are unchanged is reused (``report-done.json`` beside its
+checkpoint).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], No
     cfg = fit_config(zoo, spec, work, **options)
     run_dir = Path(cfg.run_dir)
     done, ckpt = run_dir / "report-done.json", run_dir / "checkpoints" / "last.ckpt"
-    identity = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+    # The recipe hash covers what the config does not name: a rebuilt bank or other ground truth.
+    identity = json.dumps({"config": OmegaConf.to_container(cfg, resolve=True),
+                           "recipe_hash": zoo.manifest.get("recipe_hash")}, sort_keys=True, default=str)
     if done.is_file() and done.read_text() == identity and ckpt.is_file():
         return ckpt
     start = time.perf_counter()
