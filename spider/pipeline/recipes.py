@@ -271,6 +271,8 @@ def zoo40() -> ZooRecipe:
                      # one seed, two learning rates: 2 runs per (target, PTM) keep the build within 2 h
                      finetune=FinetuneConfig(seeds=(0,)), labels=LabelSettings(),
                      general_alternatives=(("random", random_general),), val_targets=val_targets,
+                     # 48 bank tasks: 128 (+38 CPU min) gave the main Model Spider ranker a lower
+                     # validation wtau_paper (+0.577 vs +0.604, 3 seeds; session note of 2026-12-01)
                      bank=BankSettings(num_tasks=48, max_per_class=12,
                                        finetune=FinetuneConfig(lrs=(3e-3,), seeds=(0,), epochs=2)),
                      description=f"{len(REAL_PTMS + SECOND_BATCH_PTMS) + len(pretrained)} PTMs "
