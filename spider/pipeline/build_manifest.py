@@ -59,14 +59,17 @@ def param_counts(recipe: ZooRecipe, out: Path, data_dir=None) -> dict[str, int]:
 
 
 def _path_slots(manifest: dict[str, Any]) -> list[tuple[dict, str]]:
-    """(container, key) of every path the manifest holds (data paths, PTM and encoder checkpoints)."""
-    data = manifest.get("data")
-    refs = [*(manifest.get("models") or []), manifest.get("general")]
-    for alt in (manifest.get("alternatives") or {}).values():
-        refs.append(alt.get("encoder") if isinstance(alt, dict) else None)
-    slots = [(data, k) for k in ("store", "ground_truth", "label_cache", "finetune_bank")]
-    slots += [(r, "checkpoint") for r in refs]
-    slots += [(a, "store") for a in (manifest.get("alternatives") or {}).values()]
+    """(container, key) of every path the manifest holds (data paths, PTM and encoder checkpoints,
+    alternative stores); entries of the wrong type are skipped (their readers report them)."""
+    def dicts(value: Any) -> list:
+        return [v for v in value if isinstance(v, dict)] if isinstance(value, (list, tuple)) else []
+
+    alternatives = manifest.get("alternatives")
+    alternatives = dicts(list(alternatives.values())) if isinstance(alternatives, dict) else []
+    slots = [(manifest.get("data"), k) for k in ("store", "ground_truth", "label_cache", "finetune_bank")]
+    slots += [(r, "checkpoint") for r in [*dicts(manifest.get("models")), manifest.get("general"),
+                                          *(a.get("encoder") for a in alternatives)]]
+    slots += [(a, "store") for a in alternatives]
     return [(c, k) for c, k in slots if isinstance(c, dict) and isinstance(c.get(k), str)]
 
 

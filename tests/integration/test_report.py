@@ -137,4 +137,3 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
     assert skipped["lgc_skipped"] and "lgc" not in skipped["test"] and "| lgc |" not in text2
     assert "LGC was not run (`--no-lgc`)" in text2 and "incremental" not in skipped
     assert skipped["test"]["gbc"] == results["test"]["gbc"]
-

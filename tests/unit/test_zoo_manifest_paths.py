@@ -37,6 +37,13 @@ def test_old_absolute_manifest_read_as_written(tmp_path):
     assert read_manifest(tmp_path)["data"]["store"] == "/data/zoo/store"
 
 
+def test_odd_entries_are_left_to_their_readers(tmp_path):
+    (tmp_path / "zoo.json").write_text(json.dumps({"models": 3, "general": "x", "alternatives": [1],
+                                                   "data": {"store": "store", "ground_truth": 5}}))
+    read = read_manifest(tmp_path)
+    assert read["data"] == {"store": str(tmp_path.resolve() / "store"), "ground_truth": 5} and read["models"] == 3
+
+
 @pytest.mark.parametrize("text", ["[1, 2]", "{not json"])
 def test_bad_manifest_is_one_line_error(tmp_path, text):
     (tmp_path / "zoo.json").write_text(text)
