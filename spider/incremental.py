@@ -298,13 +298,14 @@ def _extend_bank(recipe: Any, zoo_dir: Path, bank: Path, names: list[str], ref: 
     from spider.datamodules.label_cache import identity_hash
     from spider.pipeline.bank import bank_jobs, split_task, write_specs
     from spider.pipeline.build import check_data
-    from spider.pipeline.finetune import RunCache, plan, run_ground_truth, summarize
+    from spider.pipeline.finetune import RunCache, run_ground_truth, run_hash, summarize
 
     old = open_bank(bank, names)
     settings, runs = recipe.bank, zoo_dir / "bank" / "runs"
     config, cache = settings.finetune, RunCache(runs)
     jobs = bank_jobs(old.specs, [ref], settings)
-    need = {i for i, job in enumerate(jobs) if plan(job, config, cache)[2]}
+    need = {i for i, job in enumerate(jobs) if any(cache.get(job.target, ref.id, lr, s, run_hash(job, config)) is None
+                                                   for lr in config.lrs for s in config.seeds)}
     if need:
         data_dir = check_data(recipe, data_dir)
         pool = {p.id: p.load(data_dir) for p in recipe.pool}

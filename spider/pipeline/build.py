@@ -324,11 +324,15 @@ def ground_truth_jobs(recipe: ZooRecipe, out: Path):
 
 
 def _missing_runs(jobs: Sequence[Any], config, cache_root: Path) -> list[Any]:
-    """The jobs (ground truth or bank) with a run of their staged plan not in ``cache_root`` yet."""
-    from spider.pipeline.finetune import RunCache, plan
+    """The jobs (ground truth or bank) with a run not in the cache ``cache_root`` yet."""
+    from spider.pipeline.finetune import RunCache, run_hash
 
-    cache = RunCache(cache_root)
-    return [job for job in jobs if plan(job, config, cache)[2]]
+    cache, missing = RunCache(cache_root), []
+    for job in jobs:
+        h = run_hash(job, config)
+        if any(cache.get(job.target, job.model.id, lr, s, h) is None for lr in config.lrs for s in config.seeds):
+            missing.append(job)
+    return missing
 
 
 def _finetune_runs(jobs: Sequence[Any], config, cache_root: Path, views_for: Callable[[set[str]], dict[str, Any]],

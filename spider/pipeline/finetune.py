@@ -1,13 +1,9 @@
 """Ground truth by fine-tuning: how well each PTM really transfers to each target dataset.
 
 For every (target, PTM) the *whole* PTM is fine-tuned with a new linear head on the target's train
-images in two stages: once per learning rate of :class:`FinetuneConfig` with its first seed, then
-with each further seed at the learning rate whose first-seed validation accuracy is best. The
-ground truth is the mean test accuracy (%) over the seeds at that rate. Staging costs
-``len(lrs) + len(seeds) - 1`` runs per pair instead of the full grid's ``len(lrs) * len(seeds)``
-(600 instead of 800 runs on the mini zoo); on the 56 mini-zoo pairs where the full grid was run,
-first-seed and mean-over-seeds selection chose the same rate 48 times and the ground truth moved
-by 0.22 points on average. Each model keeps its native input size and normalisation
+images, once per (learning rate, seed) of :class:`FinetuneConfig`. The learning rate with the best
+validation accuracy (mean over seeds) is selected and the ground truth is the mean test accuracy
+(%) over seeds at that rate. Each model keeps its native input size and normalisation
 (:func:`spider.pipeline.extract.preprocess` converts grey/RGB and resizes).
 
 Every finished run is cached as a small JSON file written atomically
@@ -19,7 +15,7 @@ the calling process.
 
 Example:
     >>> jobs = [GroundTruthJob("usps", views, ref, epochs=2) for ref in refs]   # views: train/val/test
-    >>> results = run_ground_truth(jobs, FinetuneConfig(), "gt_cache", workers=2)  # the staged plan
+    >>> results = run_ground_truth(jobs, FinetuneConfig(), "gt_cache", workers=2)
     >>> table = summarize(results, FinetuneConfig())           # {(target, model): Summary}
 """
 
@@ -56,7 +52,7 @@ from spider.schedules import WarmupCosine
 class FinetuneConfig:
     """Fine-tuning protocol shared by every (target, PTM) pair.
 
-    Every lr runs with ``seeds[0]``; the other seeds run at the lr that seed selects. ``lrs`` is the AdamW learning rate of the PTM's weights (the new head uses ``lr *
+    ``lrs`` is the AdamW learning rate of the PTM's weights (the new head uses ``lr *
     head_lr_scale``), with linear warm-up over ``warmup_fraction`` of the steps then cosine decay.
     """
 
@@ -117,7 +113,7 @@ class Summary:
     accuracy: float
     accuracy_std: float  # over seeds at the selected lr
     best_lr: float
-    val_accuracy: float  # mean over seeds at the selected lr (the selection used the first seed's)
+    val_accuracy: float  # mean over seeds at the selected lr
     runs: int
 
 
@@ -234,33 +230,8 @@ class RunCache:
 # ------------------------------------------------------------------------------- scheduling
 
 
-def _first_stage(config: FinetuneConfig) -> list[tuple[float, int]]:
-    return [(lr, config.seeds[0]) for lr in config.lrs]
-
-
-def _selected_lr(val: dict[float, float], lrs: Sequence[float]) -> float:
-    """The lr of best validation accuracy; ties go to the first of the grid."""
-    order = [lr for lr in lrs if lr in val] + [lr for lr in val if lr not in lrs]
-    return max(order, key=lambda lr: (val[lr], -order.index(lr)))
-
-
-def plan(job: GroundTruthJob, config: FinetuneConfig, cache: RunCache
-         ) -> tuple[list[RunResult], list[tuple[float, int]], int]:
-    """Where ``job`` stands in the staged protocol: (its cached runs in plan order, the runs known
-    to be missing now, how many runs are missing in all). The second stage is known only once
-    the whole first stage is cached; until then its runs are counted but not listed."""
-    hash_ = run_hash(job, config)
-    first = {run: cache.get(job.target, job.model.id, *run, hash_) for run in _first_stage(config)}
-    missing = [run for run, hit in first.items() if hit is None]
-    if missing:
-        done = [hit for hit in first.values() if hit is not None]
-        return done, missing, len(missing) + len(config.seeds) - 1
-    best = _selected_lr({lr: first[(lr, config.seeds[0])].val_accuracy for lr in config.lrs}, config.lrs)
-    second = {(best, seed): cache.get(job.target, job.model.id, best, seed, hash_) for seed in config.seeds[1:]}
-    missing = [run for run, hit in second.items() if hit is None]
-    done = sorted([*first.values(), *(hit for hit in second.values() if hit is not None)],
-                  key=lambda r: (config.lrs.index(r.lr), config.seeds.index(r.seed)))
-    return done, missing, len(missing)
+def _runs(config: FinetuneConfig) -> list[tuple[float, int]]:
+    return [(lr, seed) for lr in config.lrs for seed in config.seeds]
 
 
 def _tensors(job: GroundTruthJob, prepared) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -280,13 +251,10 @@ def _tensors(job: GroundTruthJob, prepared) -> dict[str, tuple[torch.Tensor, tor
 
 
 def run_job(job: GroundTruthJob, config: FinetuneConfig, cache_root: str | os.PathLike,
-            data_dir: str | os.PathLike | None = None) -> Iterator[RunResult]:
-    """Compute the runs of ``job``'s staged plan that are not cached, caching each as soon as it
-    finishes (the second stage once the first is complete)."""
+            data_dir: str | os.PathLike | None = None, todo: Sequence[tuple[float, int]] | None = None
+            ) -> Iterator[RunResult]:
+    """Compute the runs ``todo`` (default: all) of ``job``, caching each as soon as it finishes."""
     cache = RunCache(cache_root)
-    _, missing, _ = plan(job, config, cache)
-    if not missing:
-        return
     hash_ = run_hash(job, config)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic in a worker and in this process
@@ -295,17 +263,15 @@ def run_job(job: GroundTruthJob, config: FinetuneConfig, cache_root: str | os.Pa
         initial = {k: v.detach().clone() for k, v in prepared.module.state_dict().items()}
         data = _tensors(job, prepared)
         num_classes = len(job.views["train"].class_names)
-        while missing:
-            for lr, seed in missing:
-                prepared.module.load_state_dict(initial)
-                cpu = time.process_time()
-                val, test, loss = finetune(prepared, data, num_classes, lr=lr, seed=seed, config=config,
-                                           epochs=_epochs(job, config), order_seed=zlib.crc32(job.target.encode()))
-                result = RunResult(job.target, job.model.id, float(lr), int(seed), val, test, loss,
-                                   round(time.process_time() - cpu, 3))
-                cache.put(result, hash_)
-                yield result
-            _, missing, _ = plan(job, config, cache)  # the first stage done: the second is known
+        for lr, seed in (todo if todo is not None else _runs(config)):
+            prepared.module.load_state_dict(initial)
+            cpu = time.process_time()
+            val, test, loss = finetune(prepared, data, num_classes, lr=lr, seed=seed, config=config,
+                                       epochs=_epochs(job, config), order_seed=zlib.crc32(job.target.encode()))
+            result = RunResult(job.target, job.model.id, float(lr), int(seed), val, test, loss,
+                               round(time.process_time() - cpu, 3))
+            cache.put(result, hash_)
+            yield result
     finally:
         torch.set_num_threads(threads)
 
@@ -319,9 +285,10 @@ def _worker_init(jobs: list[GroundTruthJob], config: FinetuneConfig, cache_root:
     _WORKER = (jobs, config, cache_root, data_dir)
 
 
-def _worker_run(index: int) -> list[RunResult]:
+def _worker_run(item: tuple[int, list[tuple[float, int]]]) -> list[RunResult]:
     jobs, config, cache_root, data_dir = _WORKER
-    return list(run_job(jobs[index], config, cache_root, data_dir))
+    index, todo = item
+    return list(run_job(jobs[index], config, cache_root, data_dir, todo))
 
 
 _WORKER: tuple | None = None
@@ -330,34 +297,39 @@ _WORKER: tuple | None = None
 def run_ground_truth(jobs: Sequence[GroundTruthJob], config: FinetuneConfig, cache_root: str | os.PathLike, *,
                      data_dir: str | os.PathLike | None = None, workers: int = 1, progress: bool = True
                      ) -> list[RunResult]:
-    """Every run of every job's staged plan: cached ones are read back, missing ones computed
-    (``workers`` processes; ``<= 1``: in this process). Results come back in job order, then
-    (lr, seed) grid order.
+    """Every run of every job: cached ones are read back, missing ones computed (``workers``
+    processes; ``<= 1``: in this process). Results come back in job order, then (lr, seed) order.
     """
     cache = RunCache(cache_root)
-    pending = [(i, count) for i, job in enumerate(jobs) if (count := plan(job, config, cache)[2])]
-    pending.sort(key=lambda item: -jobs[item[0]].cost * item[1])
-    computed: dict[tuple[str, str, float, int], RunResult] = {}
-    total = sum(count for _, count in pending)
+    found: dict[tuple[int, float, int], RunResult] = {}
+    pending: list[tuple[int, list[tuple[float, int]]]] = []
+    for i, job in enumerate(jobs):
+        hash_ = run_hash(job, config)
+        todo = []
+        for lr, seed in _runs(config):
+            hit = cache.get(job.target, job.model.id, lr, seed, hash_)
+            if hit is None:
+                todo.append((lr, seed))
+            else:
+                found[(i, lr, seed)] = hit
+        if todo:
+            pending.append((i, todo))
+    pending.sort(key=lambda item: -jobs[item[0]].cost * len(item[1]))
+    total = sum(len(t) for _, t in pending)
     if total:
+        position = {(job.target, job.model.id): i for i, job in enumerate(jobs)}
         with progress_bar(total, "ground truth (fine-tuning runs)", progress) as advance:
-            for result in _compute(jobs, [i for i, _ in pending], config, cache_root, data_dir, workers):
-                computed[(result.target, result.model, result.lr, result.seed)] = result
+            for result in _compute(jobs, pending, config, cache_root, data_dir, workers):
+                index = position[(result.target, result.model)]
+                found[(index, result.lr, result.seed)] = result
                 advance(1)
-    out = []
-    for job in jobs:
-        done, missing, _ = plan(job, config, cache)
-        if missing:  # a run vanished from the cache while we ran (another process cleared it)
-            raise SpiderError(f"{cache.root}: fine-tuning runs of {job.target}/{job.model.id} are missing "
-                              f"after they were computed")
-        out += [computed.get((r.target, r.model, r.lr, r.seed), r) for r in done]
-    return out
+    return [found[(i, lr, seed)] for i in range(len(jobs)) for lr, seed in _runs(config)]
 
 
-def _compute(jobs, pending: list[int], config, cache_root, data_dir, workers) -> Iterator[RunResult]:
+def _compute(jobs, pending, config, cache_root, data_dir, workers) -> Iterator[RunResult]:
     if workers <= 1 or len(pending) == 1:
-        for index in pending:
-            yield from run_job(jobs[index], config, cache_root, data_dir)
+        for index, todo in pending:
+            yield from run_job(jobs[index], config, cache_root, data_dir, todo)
         return
     # spawn: a forked child of a process that already ran torch ops can deadlock in OpenMP.
     context = multiprocessing.get_context("spawn")
@@ -371,20 +343,18 @@ def _compute(jobs, pending: list[int], config, cache_root, data_dir, workers) ->
 
 
 def summarize(results: Sequence[RunResult], config: FinetuneConfig) -> dict[tuple[str, str], Summary]:
-    """Select each pair's lr by the validation accuracy of its first seed (``config.seeds[0]``;
-    mean over the seeds an lr has where it lacks that one; ties: the first lr of the grid) and
-    report the mean test accuracy over seeds at that lr."""
+    """Select each pair's lr by mean validation accuracy over seeds (ties: the first lr of the
+    grid) and report the mean test accuracy over seeds at that lr."""
     grouped: dict[tuple[str, str], dict[float, list[RunResult]]] = {}
     for r in results:
         grouped.setdefault((r.target, r.model), {}).setdefault(r.lr, []).append(r)
     out = {}
     for key, by_lr in grouped.items():
-        select = {lr: next((r.val_accuracy for r in runs if r.seed == config.seeds[0]),
-                           float(np.mean([r.val_accuracy for r in runs]))) for lr, runs in by_lr.items()}
-        best = _selected_lr(select, config.lrs)
+        order = [lr for lr in config.lrs if lr in by_lr] + [lr for lr in by_lr if lr not in config.lrs]
+        val = {lr: float(np.mean([r.val_accuracy for r in by_lr[lr]])) for lr in order}
+        best = max(order, key=lambda lr: (val[lr], -order.index(lr)))
         tests = [r.test_accuracy for r in by_lr[best]]
-        out[key] = Summary(key[0], key[1], float(np.mean(tests)), float(np.std(tests)), best,
-                           float(np.mean([r.val_accuracy for r in by_lr[best]])),
+        out[key] = Summary(key[0], key[1], float(np.mean(tests)), float(np.std(tests)), best, val[best],
                            sum(len(v) for v in by_lr.values()))
     return out
 

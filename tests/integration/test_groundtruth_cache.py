@@ -97,16 +97,12 @@ def _count_finetunes(monkeypatch) -> list:
 
 def test_every_run_is_cached_as_json(tmp_path):
     results = run_ground_truth(_jobs(), CONFIG, tmp_path, progress=False)
-    assert len(results) == 2 * 3  # per pair: both lrs with seed 0, then seed 1 at the selected lr
-    for model, runs in (("net_a", results[:3]), ("net_b", results[3:])):
-        first = {r.lr: r.val_accuracy for r in runs if r.seed == 0}
-        best = 3e-3 if first[3e-3] >= first[1e-3] else 1e-3
-        assert [(r.model, r.lr, r.seed) for r in runs] == sorted(
-            [(model, 3e-3, 0), (model, 1e-3, 0), (model, best, 1)], key=lambda k: (-k[1], k[2]))
+    assert len(results) == 2 * 2 * 2
+    assert [(r.model, r.lr, r.seed) for r in results[:4]] == [
+        ("net_a", 3e-3, 0), ("net_a", 3e-3, 1), ("net_a", 1e-3, 0), ("net_a", 1e-3, 1)]
     files = sorted(tmp_path.rglob("*.json"))
-    assert len(files) == 6
-    second = next(r for r in results if r.seed == 1)
-    data = json.loads(RunCache(tmp_path).path("toy", second.model, second.lr, 1).read_text())
+    assert len(files) == 8
+    data = json.loads(RunCache(tmp_path).path("toy", "net_a", 1e-3, 1).read_text())
     assert data["hash"] == run_hash(_jobs()[0], CONFIG)
     assert 0.0 <= data["test_accuracy"] <= 100.0
     assert not list(tmp_path.rglob(".*tmp*"))  # atomic writes leave no temp files
@@ -140,7 +136,7 @@ def test_resume_after_kill_gives_identical_results(tmp_path, monkeypatch):
     monkeypatch.setattr(gt, "finetune", real)
     calls = _count_finetunes(monkeypatch)
     resumed = run_ground_truth(_jobs(), CONFIG, tmp_path / "killed", progress=False)
-    assert len(calls) == 4  # only the runs that had not finished
+    assert len(calls) == 6  # only the runs that had not finished
     assert sum(r.cached for r in resumed) == 2
     assert [_key(r) for r in resumed] == [_key(r) for r in reference]
 
@@ -153,7 +149,7 @@ def test_changed_settings_or_corrupt_file_recompute(tmp_path, monkeypatch):
     assert calls == [3e-3]
     calls.clear()
     run_ground_truth(_jobs(), dataclasses.replace(CONFIG, epochs=1), tmp_path, progress=False)
-    assert len(calls) == 6
+    assert len(calls) == 8
 
 
 def test_moving_a_checkpoint_keeps_the_cache_valid():
@@ -185,43 +181,17 @@ def _result(model, lr, seed, val, test):
     return RunResult("t", model, lr, seed, val, test, 0.0, 0.0)
 
 
-def test_summary_selects_lr_by_the_first_seeds_validation_accuracy():
+def test_summary_selects_lr_by_mean_validation_accuracy():
     config = FinetuneConfig(lrs=(1e-2, 1e-3), seeds=(0, 1))
-    results = [_result("m", 1e-2, 0, 70, 70),                                  # first seed: 70
-               _result("m", 1e-3, 0, 75, 60), _result("m", 1e-3, 1, 65, 64),  # first seed: 75
-               _result("n", 1e-2, 0, 80, 81), _result("n", 1e-3, 0, 80, 99),  # tie -> first lr
-               _result("o", 1e-2, 1, 90, 50), _result("o", 1e-3, 0, 85, 40)]  # no seed 0: its seeds' mean
+    results = [_result("m", 1e-2, 0, 90, 70), _result("m", 1e-2, 1, 50, 72),  # val mean 70
+               _result("m", 1e-3, 0, 75, 60), _result("m", 1e-3, 1, 75, 64),  # val mean 75
+               _result("n", 1e-2, 0, 80, 81), _result("n", 1e-3, 0, 80, 99)]  # tie -> first lr
     table = summarize(results, config)
     assert table[("t", "m")].best_lr == 1e-3
     assert table[("t", "m")].accuracy == pytest.approx(62.0)
     assert table[("t", "m")].accuracy_std == pytest.approx(2.0)
-    assert table[("t", "m")].val_accuracy == pytest.approx(70.0)
-    assert table[("t", "m")].runs == 3
+    assert table[("t", "m")].val_accuracy == pytest.approx(75.0)
     assert table[("t", "n")].best_lr == 1e-2 and table[("t", "n")].accuracy == 81
-    assert table[("t", "o")].best_lr == 1e-2
-
-
-def test_the_second_stage_follows_the_first_seeds_choice(tmp_path):
-    """A full-grid cache is read as the staged plan: the seed-1 run at the lr seed 0 did not
-    choose is neither returned nor recomputed."""
-    job = _jobs()[0]
-    cache = RunCache(tmp_path)
-    hash_ = run_hash(job, CONFIG)
-    for lr, seed, val in ((3e-3, 0, 40.0), (1e-3, 0, 60.0), (3e-3, 1, 99.0)):
-        cache.put(RunResult("toy", "net_a", lr, seed, val, val, 0.0, 0.0), hash_)
-    done, missing, count = gt.plan(job, CONFIG, cache)
-    assert missing == [(1e-3, 1)] and count == 1
-    assert [(r.lr, r.seed) for r in done] == [(3e-3, 0), (1e-3, 0)]
-    cache.put(RunResult("toy", "net_a", 1e-3, 1, 70.0, 80.0, 0.0, 0.0), hash_)
-    results = run_ground_truth([job], CONFIG, tmp_path, progress=False)
-    assert [(r.lr, r.seed) for r in results] == [(3e-3, 0), (1e-3, 0), (1e-3, 1)]
-    assert summarize(results, CONFIG)[("toy", "net_a")].accuracy == pytest.approx(70.0)
-
-
-def test_an_incomplete_first_stage_counts_the_second(tmp_path):
-    job = _jobs()[0]
-    done, missing, count = gt.plan(job, CONFIG, RunCache(tmp_path))
-    assert done == [] and missing == [(3e-3, 0), (1e-3, 0)] and count == 3
 
 
 def test_tables_are_readable_and_rewritten_only_on_change(tmp_path):

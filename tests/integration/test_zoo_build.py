@@ -18,7 +18,7 @@ from spider.datamodules.finetune_bank import open_bank
 from spider.pipeline.bank import BankSettings
 from spider.pipeline.build import build_zoo, required_files
 from spider.pipeline.build_manifest import read_manifest
-from spider.pipeline.finetune import FinetuneConfig
+from spider.pipeline.finetune import FinetuneConfig, RunCache
 from spider.pipeline.recipe import LabelSettings, PoolSpec, TargetSpec, ZooRecipe
 from spider.pipeline.recipes import REAL_PTMS, get_recipe, list_recipes
 from spider.pipeline.pretrain import PretrainSpec
@@ -77,7 +77,7 @@ def synthetic_build(tmp_path_factory):
 def test_build_makes_store_ground_truth_and_labels(synthetic_build):
     report, out, _ = synthetic_build
     assert [s.name for s in report.stages] == ["pretrain", "extract", "groundtruth", "labels", "bank"]
-    assert [s.computed for s in report.stages] == [3, 9, 12, 2, 4]  # 4 pairs x (2 lrs + 1 seed)
+    assert [s.computed for s in report.stages] == [3, 9, 16, 2, 4]
     store = FeatureStore(out / "store")
     assert store.models() == ["general", "test_resnet.mnist", "test_vit.mnist"]
     assert validate(store) == []
@@ -137,7 +137,7 @@ def test_killed_build_resumes_only_missing_parts(synthetic_build, tmp_path):
     shutil.copytree(out, copy, symlinks=True)
     truth_before = (copy / "ground_truth.csv").read_text()
     # What a kill leaves: a run never written, a store entry never renamed into place.
-    next((copy / "ground_truth" / "runs" / "usps" / "test_vit.mnist").glob("*_seed1.json")).unlink()
+    RunCache(copy / "ground_truth" / "runs").path("usps", "test_vit.mnist", 1e-3, 1).unlink()
     shutil.rmtree(copy / "store" / "test_resnet.mnist" / "usps")
     (copy / "ground_truth.csv").unlink()
     report = build_zoo(synthetic_recipe(), copy, data_dir=data, progress=False)
