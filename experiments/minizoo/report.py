@@ -259,6 +259,8 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "build": {"stages": costs.build_stages(zoo), "bank": costs.bank_runs(zoo),
                   "ground_truth": costs.run_files(zoo.root / "ground_truth" / "runs")},
         "bank_agreement": costs.bank_agreement(zoo),
+        "seed_agreement": costs.seed_agreement(zoo.root / "ground_truth" / "runs", zoo.root / "ground_truth_details.csv",
+                                               tuple(zoo.manifest.get("finetune", {}).get("seeds", ()))),
         "extraction_seconds": extraction,
         "extraction_check_max_rel_diff": max(v["max_rel_diff"] for v in timing_cache.values.values()),
         "baseline_errors": forward.baseline_errors(zoo, baselines, baseline_cache) + lgc_errors,
@@ -336,6 +338,13 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         "each target:", "",
         md.table([*[k for k in agreement if k != "mean"], "**mean**"], [[md.fmt(v) for v in agreement.values()]])
         if len(agreement) > 1 else "No target has runs at lr 3e-3, seed 0.",
+        "", "## Ground-truth seed agreement",
+        "The ground truth's own noise: weighted tau (`wtau_symmetric`: neither run is the truth) between the PTM "
+        "rankings of two fine-tuning seeds at each pair's selected learning rate. A method's wtau_paper against "
+        "the two-seed mean is limited by noise of this size, most on the targets where it is low.", "",
+        md.table([*[k for k in results["seed_agreement"] if k != "mean"], "**mean**"],
+                 [[md.fmt(v) for v in results["seed_agreement"].values()]])
+        if results["seed_agreement"] else "The ground truth has one seed: its seed noise is not measured.",
         "", "## Label-source ablation", "Model Spider with general tokens trained on each label source, with and "
         f"without the `{PRIOR}` prior. The winner is chosen on the validation targets' mean wtau_paper; only the "
         "winner's test score is looked at (it is the main Model Spider row above).", "",

@@ -1,7 +1,9 @@
-"""One-off costs of a zoo (its build stages, the fine-tuning bank) and the bank's protocol agreement."""
+"""One-off costs of a zoo (its build stages, the fine-tuning bank), the bank's protocol agreement and
+the ground truth's own seed noise."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -11,7 +13,7 @@ import numpy as np
 
 from spider.benchmark.inputs import Zoo
 
-__all__ = ["bank_agreement", "bank_runs", "build_stages", "run_files"]
+__all__ = ["bank_agreement", "bank_runs", "build_stages", "run_files", "seed_agreement"]
 
 
 def build_stages(zoo: Zoo) -> list[dict[str, Any]]:
@@ -52,3 +54,32 @@ def bank_agreement(zoo: Zoo, lr: float = 3e-3, seed: int = 0) -> dict[str, float
     out = protocol_agreement(zoo.root / "ground_truth" / "runs", truth, lr, seed)
     finite = [v for v in out.values() if math.isfinite(v)]
     return {**out, "mean": float(np.mean(finite)) if finite else math.nan}
+
+
+def seed_agreement(runs_root: Path, details_csv: Path, seeds: tuple[int, ...]) -> dict[str, float]:
+    """How far the ground truth is from noise-free: ``{target: wtau_symmetric}`` between the PTM
+    rankings of the first two fine-tuning ``seeds``, each pair at its selected learning rate
+    (``best_lr`` of ``ground_truth_details.csv``), for every target with both runs of every PTM;
+    plus ``"mean"``. ``wtau_symmetric`` because neither seed is the truth. {} with one seed."""
+    from spider.metrics.functional import PROTOCOLS, weighted_tau
+
+    if len(seeds) < 2 or not Path(details_csv).is_file():
+        return {}
+    rows: dict[str, list[tuple[str, float]]] = {}
+    with open(details_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows.setdefault(row["dataset"], []).append((row["model"], float(row["best_lr"])))
+    out = {}
+    for target, pairs in rows.items():
+        accuracy = np.full((2, len(pairs)), np.nan)
+        for j, (model, lr) in enumerate(pairs):
+            for i, seed in enumerate(seeds[:2]):
+                try:
+                    path = Path(runs_root) / target / model / f"lr{lr:g}_seed{seed}.json"
+                    accuracy[i, j] = float(json.loads(path.read_text())["test_accuracy"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+        if np.isfinite(accuracy).all() and len(pairs) >= 2:
+            out[target] = float(weighted_tau(preds=accuracy[0], target=accuracy[1], rank=PROTOCOLS["wtau_symmetric"]))
+    finite = list(out.values())
+    return {**out, "mean": float(np.mean(finite))} if finite else {}

@@ -116,6 +116,32 @@ def test_build_costs_and_bank_runs(tmp_path):
     assert costs.bank_runs(fake_zoo(tmp_path))["runs"] == 0
 
 
+def test_seed_agreement_compares_two_seeds_at_each_selected_lr(tmp_path):
+    runs, details = tmp_path / "runs", tmp_path / "details.csv"
+    rows = ["dataset,model,accuracy,accuracy_std,best_lr,val_accuracy,runs,in_domain"]
+
+    def run(target, model, lr, seed, accuracy):
+        (runs / target / model).mkdir(parents=True, exist_ok=True)
+        (runs / target / model / f"lr{lr:g}_seed{seed}.json").write_text(json.dumps({"test_accuracy": accuracy}))
+
+    # t0: seed 1 ranks like seed 0 at the selected lr; t1: seed 1 reverses it; t2: a run is missing
+    for target, model, lr, seed0, seed1 in (("t0", "a", 3e-3, 90, 91), ("t0", "b", 1e-3, 80, 85), ("t0", "c", 3e-3, 70, 60),
+                                            ("t1", "a", 3e-3, 90, 60), ("t1", "b", 3e-3, 80, 70), ("t1", "c", 3e-3, 70, 80),
+                                            ("t2", "a", 3e-3, 90, 60), ("t2", "b", 3e-3, 80, None)):
+        rows.append(f"{target},{model},0,0,{lr:g},0,4,0")
+        run(target, model, lr, 0, seed0)
+        if seed1 is not None:
+            run(target, model, lr, 1, seed1)
+        run(target, model, 0.5, 1, 100 - seed0)  # a learning rate that was not selected: ignored
+    details.write_text("\n".join(rows) + "\n")
+    out = costs.seed_agreement(runs, details, (0, 1))
+    assert set(out) == {"t0", "t1", "mean"}
+    assert out["t0"] == pytest.approx(1.0) and out["t1"] < 0
+    assert out["mean"] == pytest.approx((out["t0"] + out["t1"]) / 2)
+    assert costs.seed_agreement(runs, details, (0,)) == {}
+    assert costs.seed_agreement(runs, tmp_path / "absent.csv", (0, 1)) == {}
+
+
 def test_forward_helpers():
     names = forward.applicable_baselines()
     assert {"logme", "leep", "nce", "hscore", "gbc", "transrate", "sfda", "lfc", "nleep", "pactran_dir"} <= set(names)
