@@ -1,0 +1,245 @@
+"""Quality probes on a built zoo (issue 8): ideas tried against the report's main Model Spider
+setting, each judged on the VALIDATION targets only (test targets are not even scored here).
+
+One command, after the zoo's report (it reuses the report's work folder: trained scorers,
+baseline scores, extraction times)::
+
+    python experiments/zoo40/probes.py [--zoo-dir artifacts/zoo40] [--out experiments/zoo40/probes.md]
+
+Probes (3 seeds each; "reference" = the report's setting, fine-tuning labels):
+
+* score fusion at 0 PTM passes: z-scored Model Spider ensemble + TransferGraph (its setting chosen
+  on validation), and + the Copeland-label Model Spider ensemble, over a grid of weights;
+* forward-fused re-ranking: the top k of the ensemble re-ordered by a fusion of its z-scores with a
+  forward baseline's (LogME, GBC, NLEEP) within the top k (k PTM passes, like the ReRanker);
+* training changes: fewer or more epochs; bank labels of PTMs pre-trained on a task's source
+  datasets left out (they saw those classes, the targets' classes they never saw); the ImageNet
+  MobileNet of the zoo as the general encoder instead of the recipe's.
+
+The last two change what a fit reads, through two small wrappers around library functions
+(:func:`spider.datamodules.episodes.training_labels` and ``spider.run_inputs._zoo_inputs``), so
+that no probe needs a flag in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / "experiments" / "minizoo"))
+
+from spider.benchmark import forward  # noqa: E402
+from spider.benchmark.inputs import JsonCache, ReportError, open_zoo  # noqa: E402
+from spider.benchmark.methods import method_result  # noqa: E402
+from spider.benchmark.timing import time_extraction  # noqa: E402
+from spider.benchmark.training import FitSpec, fit_config, rank_targets, train_scorer  # noqa: E402
+from spider.benchmark.transfergraph import GRID, run_transfergraph  # noqa: E402
+from spider.errors import cli_main  # noqa: E402
+from spider.io import write_text_atomic  # noqa: E402
+
+SEEDS = (0, 1, 2)
+ENCODER = "keras_mobilenet_v1_025_imagenet"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def zscore(pred: np.ndarray) -> np.ndarray:
+    return (pred - pred.mean(-1, keepdims=True)) / (pred.std(-1, keepdims=True) + 1e-12)
+
+
+class Probes:
+    def __init__(self, zoo_dir: str, work_dir: str | None) -> None:
+        self.zoo = open_zoo(zoo_dir)
+        if not self.zoo.val_targets:
+            raise ReportError(f"{zoo_dir}: no validation targets to judge probes on")
+        self.work = Path(work_dir) if work_dir else REPO / "artifacts" / f"{self.zoo.root.resolve().name}-report"
+        identity = {"models": self.zoo.models, "threads": 1, "host": platform.node()}
+        for name in ("extraction_times.json", "baselines.json"):
+            if not (self.work / name).is_file():
+                raise ReportError(f"{self.work / name}: missing; run the zoo's report first")
+        self.extraction = time_extraction(self.zoo, JsonCache(self.work / "extraction_times.json", identity), log)
+        self.scores, _ = forward.run_baselines(self.zoo, forward.applicable_baselines(),
+                                               JsonCache(self.work / "baselines.json", identity), log)
+        self.rows: list[tuple[str, float, float]] = []
+        self._store = None  # another store for rankings (general_encoder_from)
+
+    def score(self, preds: list[np.ndarray]) -> tuple[float, float]:
+        """Validation means (wtau_paper, top-1 regret) over the seeds' predictions."""
+        r = method_result("probe", "probe", self.zoo, preds, seconds=0, extract_seconds=0, score_seconds=0,
+                          ptm_passes=0, general_passes=0)
+        return r.mean("wtau_paper", self.zoo.val_targets), r.mean("top1_regret", self.zoo.val_targets)
+
+    def val(self, name: str, preds: list[np.ndarray]) -> tuple[float, float]:
+        """:meth:`score`, recorded as a row of the table."""
+        values = self.score(preds)
+        self.rows.append((name, *values))
+        log(f"{name}: val wtau_paper {values[0]:+.3f}, top-1 regret {values[1]:.2f}")
+        return values
+
+    def ensemble(self, label: str, seeds) -> np.ndarray:
+        """The z-scored mean of the report's cached scorers ``seeds`` of one label source."""
+        ckpts = [train_scorer(self.zoo, FitSpec("token", label, None, seed=s), self.work, log=log) for s in seeds]
+        return np.mean([zscore(rank_targets(c, self.zoo, (0,), self.extraction)[0]["pred"]) for c in ckpts], axis=0)
+
+    def fit(self, tag: str, overrides: dict, patches=()) -> list[np.ndarray]:
+        """Fresh fits (fine-tuning labels) with config ``overrides`` under ``patches``; their predictions."""
+        from spider.train import train
+
+        preds = []
+        with contextlib.ExitStack() as stack:
+            for patch in patches:
+                stack.enter_context(patch)
+            for seed in SEEDS:
+                cfg = fit_config(self.zoo, FitSpec("token", "finetune", None, seed=seed), self.work)
+                for key, value in overrides.items():
+                    from omegaconf import OmegaConf
+
+                    OmegaConf.update(cfg, key, value, merge=False)
+                cfg.run_dir = str(self.work / "probes" / f"{tag}-seed{seed}")
+                with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                    metrics, _ = train(cfg)
+                zoo = self.zoo if self._store is None else dataclasses.replace(self.zoo, store=self._store)
+                preds.append(rank_targets(Path(metrics["checkpoint"]), zoo, (0,), self.extraction)[0]["pred"])
+        return preds
+
+
+@contextlib.contextmanager
+def labels_without_seen_sources(zoo, min_fraction: float):
+    """Bank labels of a PTM on a task are dropped (NaN) when at least ``min_fraction`` (> 0: any)
+    of the task's classes come from a dataset the PTM was pre-trained on."""
+    import spider.datamodules.episodes as episodes
+    from spider.zoo import get_zoo_model_info
+
+    recipe = zoo.recipe
+    pool_source = {p.id: p.source for p in recipe.pool}
+    sources = {n: {get_zoo_model_info(n).source} for n in recipe.real_ptms}
+    sources.update({s.id: set(s.sources) for s in recipe.pretrained})
+    real = episodes.training_labels
+
+    def masked(source, cache, bank=None, **kwargs):
+        out = real(source, cache, bank, **kwargs)
+        scores = np.array(out.scores)
+        for i, text in enumerate(out.spec_texts):
+            classes = json.loads(text)["classes"]
+            for j, model in enumerate(cache.models):
+                seen = np.mean([pool_source.get(d, d) in sources[model] for d, _ in classes])
+                if seen >= min_fraction and seen > 0:
+                    scores[i, j] = np.nan
+        return dataclasses.replace(out, scores=scores)
+
+    episodes.training_labels = masked
+    try:
+        yield
+    finally:
+        episodes.training_labels = real
+
+
+@contextlib.contextmanager
+def general_encoder_from(probes: Probes, model: str):
+    """Fits and rankings read a store whose ``general`` entries are ``model``'s features (hard links
+    into ``<work>/probes/store-<model>``, the other PTMs' folders linked)."""
+    import spider.run_inputs as run_inputs
+    from spider.store import FeatureStore
+
+    src = probes.zoo.store.root
+    alt = probes.work / "probes" / f"store-{model}"
+    for ptm in src.iterdir():
+        if ptm.is_dir() and ptm.name != probes.zoo.general and not (alt / ptm.name).exists():
+            alt.mkdir(parents=True, exist_ok=True)
+            (alt / ptm.name).symlink_to(ptm.resolve(), target_is_directory=True)
+    for split in (p for d in (src / model).iterdir() if d.is_dir() for p in d.iterdir() if p.is_dir()):
+        out = alt / probes.zoo.general / split.parent.name / split.name
+        out.mkdir(parents=True, exist_ok=True)
+        for f in split.iterdir():
+            if f.name == "manifest.json":
+                write_text_atomic(out / f.name, json.dumps(dict(json.loads(f.read_text()), model=probes.zoo.general)))
+            elif not (out / f.name).exists():
+                os.link(f, out / f.name)
+    real = run_inputs._zoo_inputs
+
+    def patched(cfg):
+        out = real(cfg)
+        return dict(out, store=str(alt), label_cache=f"{out['label_cache']}-{model}")
+
+    run_inputs._zoo_inputs = patched
+    probes._store = FeatureStore(alt)
+    try:
+        yield
+    finally:
+        run_inputs._zoo_inputs = real
+        probes._store = None
+
+
+def run(args: argparse.Namespace) -> None:
+    p = Probes(args.zoo_dir, args.work_dir)
+    zoo = p.zoo
+    ensembles = [p.ensemble("finetune", range(i * 3, i * 3 + 3)) for i in range(3)]  # the report's 3 ensembles
+    p.val("reference: Model Spider ensemble (fine-tuning labels)", ensembles)
+    copeland = p.ensemble("copeland", SEEDS)
+    runs = run_transfergraph(zoo, GRID)
+    tg_name = max(runs["settings"], key=lambda k: p.score([runs["settings"][k]["pred"]])[0])
+    p.val(f"TransferGraph {tg_name} (chosen on validation)", [runs["settings"][tg_name]["pred"]])
+    tg = zscore(runs["settings"][tg_name]["pred"])
+    for w in (0.2, 0.4, 0.6):
+        p.val(f"fusion: (1 - {w}) Model Spider + {w} TransferGraph", [(1 - w) * e + w * tg for e in ensembles])
+        p.val(f"fusion: (1 - {w}) Model Spider + {w} Copeland-label Model Spider", [(1 - w) * e + w * copeland for e in ensembles])
+    for baseline in ("logme", "gbc", "nleep"):
+        fwd = zscore(np.asarray(p.scores[baseline], dtype=np.float64))
+        for k in (3, 5):
+            for w in (0.5, 1.0):
+                preds = []
+                for e in ensembles:
+                    pred = e.copy()
+                    for i in range(len(zoo.targets)):
+                        top = np.argsort(-e[i])[:k]
+                        fused = (1 - w) * zscore(e[i, top]) + w * zscore(fwd[i, top])
+                        pred[i, top[np.argsort(-fused)]] = np.sort(e[i, top])[::-1]
+                    preds.append(pred)
+                p.val(f"re-rank top {k} with {baseline} (weight {w:g})", preds)
+    p.val("single fits, 10 epochs (shipped)", p.fit("epochs10", {}))
+    for epochs in (4, 30):
+        p.val(f"single fits, {epochs} epochs", p.fit(f"epochs{epochs}", {"trainer.max_epochs": epochs}))
+    for fraction, what in ((0.0, "any"), (0.5, "half or more")):
+        p.val(f"single fits, bank labels dropped where the PTM saw {what} of the task's classes' datasets",
+              p.fit(f"unseen{fraction:g}", {}, [labels_without_seen_sources(zoo, fraction)]))
+    with general_encoder_from(p, ENCODER):
+        p.val(f"single fits, general encoder = {ENCODER}", p.fit(f"general-{ENCODER}", {}))
+
+    lines = [f"# Quality probes: {zoo.name}", "", "Generated by one command (do not edit by hand):",
+             f"```bash\n{' '.join(['python', 'experiments/zoo40/probes.py', *args.argv])}\n```", "",
+             f"Validation targets only ({', '.join(zoo.val_targets)}); means over {len(SEEDS)} seeds (the "
+             "ensemble rows: over the report's 3 ensembles of 3 seeds). See the script's docstring for each probe.",
+             "", "| probe | val wtau_paper | val top-1 regret |", "|---|---|---|"]
+    lines += [f"| {name} | {w:+.3f} | {r:.2f} |" for name, w, r in p.rows]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out, "\n".join(lines) + "\n")
+    log(f"wrote {args.out}")
+
+
+@cli_main()
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo-dir", default=str(REPO / "artifacts" / "zoo40"))
+    parser.add_argument("--work-dir", default=None, help="the report's work folder (default artifacts/<zoo>-report)")
+    parser.add_argument("--out", default=str(HERE / "probes.md"))
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
