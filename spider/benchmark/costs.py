@@ -62,6 +62,7 @@ def seed_agreement(runs_root: Path, details_csv: Path, seeds: tuple[int, ...]) -
     (``best_lr`` of ``ground_truth_details.csv``), for every target with both runs of every PTM;
     plus ``"mean"``. ``wtau_symmetric`` because neither seed is the truth. {} with one seed."""
     from spider.metrics.functional import PROTOCOLS, weighted_tau
+    from spider.pipeline.finetune import RunCache
 
     if len(seeds) < 2 or not Path(details_csv).is_file():
         return {}
@@ -69,14 +70,14 @@ def seed_agreement(runs_root: Path, details_csv: Path, seeds: tuple[int, ...]) -
     with open(details_csv, newline="") as handle:
         for row in csv.DictReader(handle):
             rows.setdefault(row["dataset"], []).append((row["model"], float(row["best_lr"])))
-    out = {}
+    cache, out = RunCache(runs_root), {}
     for target, pairs in rows.items():
         accuracy = np.full((2, len(pairs)), np.nan)
         for j, (model, lr) in enumerate(pairs):
             for i, seed in enumerate(seeds[:2]):
                 try:
-                    path = Path(runs_root) / target / model / f"lr{lr:g}_seed{seed}.json"
-                    accuracy[i, j] = float(json.loads(path.read_text())["test_accuracy"])
+                    text = cache.path(target, model, lr, seed).read_text()
+                    accuracy[i, j] = float(json.loads(text)["test_accuracy"])
                 except (OSError, ValueError, KeyError, TypeError):
                     pass
         if np.isfinite(accuracy).all() and len(pairs) >= 2:
