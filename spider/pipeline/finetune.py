@@ -101,6 +101,9 @@ class RunResult:
     test_accuracy: float  # %
     train_loss: float
     seconds: float  # CPU seconds of this run (one thread)
+    # Mean cross-entropy of the test rows: a continuous measure of the same run, far less
+    # noisy than the accuracy of a few test images (NaN in runs cached before it was recorded).
+    test_nll: float = math.nan
     cached: bool = False
 
 
@@ -122,9 +125,10 @@ class Summary:
 
 def finetune(prepared, data: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int, *,
              lr: float, seed: int, config: FinetuneConfig, epochs: int, order_seed: int = 0
-             ) -> tuple[float, float, float]:
+             ) -> tuple[float, float, float, float]:
     """Fine-tune ``prepared`` (a :class:`spider.pipeline.extract.PreparedModel`, weights changed in place)
-    with a new ``num_classes``-way head; returns (val accuracy %, test accuracy %, last-epoch loss).
+    with a new ``num_classes``-way head; returns (val accuracy %, test accuracy %, last-epoch loss,
+    test mean cross-entropy).
 
     ``data[part] = (x float [N, C, H, W] preprocessed, y int64 [N])`` for train/val/test.
     ``seed`` draws the head and dropout; ``order_seed`` (with ``seed``) the batch order.
@@ -163,19 +167,22 @@ def finetune(prepared, data: dict[str, tuple[torch.Tensor, torch.Tensor]], num_c
         loss_value = float(np.mean(losses))
     model.eval()
     head.eval()
-    accuracy = {part: _accuracy(prepared, head, *data[part], config.eval_batch_size) for part in ("val", "test")}
-    return accuracy["val"], accuracy["test"], loss_value
+    (val, _), (test, test_nll) = (_evaluate(prepared, head, *data[part], config.eval_batch_size) for part in ("val", "test"))
+    return val, test, loss_value, test_nll
 
 
 @torch.inference_mode()
-def _accuracy(prepared, head: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+def _evaluate(prepared, head: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """(accuracy %, mean cross-entropy) of ``head`` on ``(x, y)``; NaN for no rows."""
     if len(y) == 0:
-        return float("nan")
-    correct = 0
+        return float("nan"), float("nan")
+    correct, nll = 0, 0.0
     for start in range(0, len(y), batch_size):
         logits = head(prepared.run(x[start:start + batch_size])[0])
-        correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
-    return 100.0 * correct / len(y)
+        labels = y[start:start + batch_size]
+        correct += int((logits.argmax(1) == labels).sum())
+        nll += float(F.cross_entropy(logits.double(), labels, reduction="sum"))
+    return 100.0 * correct / len(y), nll / len(y)
 
 
 # ------------------------------------------------------------------------------------ cache
@@ -214,9 +221,10 @@ class RunCache:
             return None
         if data.get("hash") != expected_hash:
             return None
-        fields = {f.name for f in dataclasses.fields(RunResult)} - {"cached"}
+        fields = {f.name for f in dataclasses.fields(RunResult)} - {"cached", "test_nll"}
         try:
-            return RunResult(**{k: data[k] for k in fields}, cached=True)
+            return RunResult(**{k: data[k] for k in fields}, test_nll=float(data.get("test_nll", math.nan)),
+                             cached=True)
         except (KeyError, TypeError):
             return None
 
@@ -266,10 +274,10 @@ def run_job(job: GroundTruthJob, config: FinetuneConfig, cache_root: str | os.Pa
         for lr, seed in (todo if todo is not None else _runs(config)):
             prepared.module.load_state_dict(initial)
             cpu = time.process_time()
-            val, test, loss = finetune(prepared, data, num_classes, lr=lr, seed=seed, config=config,
-                                       epochs=_epochs(job, config), order_seed=zlib.crc32(job.target.encode()))
+            val, test, loss, nll = finetune(prepared, data, num_classes, lr=lr, seed=seed, config=config,
+                                            epochs=_epochs(job, config), order_seed=zlib.crc32(job.target.encode()))
             result = RunResult(job.target, job.model.id, float(lr), int(seed), val, test, loss,
-                               round(time.process_time() - cpu, 3))
+                               round(time.process_time() - cpu, 3), nll)
             cache.put(result, hash_)
             yield result
     finally:

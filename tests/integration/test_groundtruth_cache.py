@@ -80,7 +80,7 @@ def _jobs():
 
 
 def _key(r: RunResult):
-    return (r.target, r.model, r.lr, r.seed, r.val_accuracy, r.test_accuracy, r.train_loss)
+    return (r.target, r.model, r.lr, r.seed, r.val_accuracy, r.test_accuracy, r.train_loss, r.test_nll)
 
 
 def _count_finetunes(monkeypatch) -> list:
@@ -106,6 +106,22 @@ def test_every_run_is_cached_as_json(tmp_path):
     assert data["hash"] == run_hash(_jobs()[0], CONFIG)
     assert 0.0 <= data["test_accuracy"] <= 100.0
     assert not list(tmp_path.rglob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_runs_record_the_test_cross_entropy_and_old_cache_files_still_load(tmp_path):
+    results = run_ground_truth(_jobs()[:1], CONFIG, tmp_path, progress=False)
+    assert all(np.isfinite(r.test_nll) and r.test_nll > 0 for r in results)
+    # A perfect run has a low cross-entropy, a poor one a high one: the order follows accuracy here.
+    best, worst = max(results, key=lambda r: r.test_accuracy), min(results, key=lambda r: r.test_accuracy)
+    assert best.test_accuracy == worst.test_accuracy or best.test_nll < worst.test_nll
+    # A run cached before test_nll was recorded is still a valid run (NaN for the new field).
+    path = RunCache(tmp_path).path("toy", "net_a", 3e-3, 0)
+    data = json.loads(path.read_text())
+    del data["test_nll"]
+    path.write_text(json.dumps(data))
+    old = RunCache(tmp_path).get("toy", "net_a", 3e-3, 0, run_hash(_jobs()[0], CONFIG))
+    assert old is not None and old.cached and np.isnan(old.test_nll)
+    assert old.test_accuracy == results[0].test_accuracy
 
 
 def test_finished_runs_are_not_recomputed(tmp_path, monkeypatch):
