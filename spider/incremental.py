@@ -293,7 +293,7 @@ def _extend_bank(recipe: Any, zoo_dir: Path, bank: Path, names: list[str], ref: 
                  data_dir, workers: int, progress: bool) -> tuple[Path, int]:
     """The bank with a column for ``ref``: its runs (cached in ``<zoo>/bank/runs``, same protocol)
     on the bank's tasks, beside the old PTMs' columns, in ``<cache_dir>/bank-<hash>``."""
-    from spider.datamodules.finetune_bank import open_bank, task_id
+    from spider.datamodules.finetune_bank import BANK_MEASURES, open_bank, task_id
     from spider.datamodules.ground_truth_csv import GroundTruth, write_ground_truth
     from spider.datamodules.label_cache import identity_hash
     from spider.pipeline.bank import bank_jobs, split_task, write_specs
@@ -314,15 +314,20 @@ def _extend_bank(recipe: Any, zoo_dir: Path, bank: Path, names: list[str], ref: 
     results = run_ground_truth(jobs, config, runs, data_dir=data_dir, workers=workers, progress=progress)
     summaries = summarize(results, config)
     tasks = [task_id(i) for i in range(old.num_tasks)]
-    column = np.array([round(summaries[(t, ref.id)].accuracy, 4) for t in tasks])
-    if not np.isfinite(column).all():
-        raise SpiderError(f"{runs}: a fine-tuning run of {ref.id!r} gave a non-finite accuracy")
     models = [*names, ref.id]
     key = identity_hash({"source": str(bank.resolve()), "models": models, "tasks": [s.to_json() for s in old.specs]})
     folder = cache_dir / f"bank-{key[:12]}"
     folder.mkdir(parents=True, exist_ok=True)
     write_specs(folder / "tasks.jsonl", old.specs)
-    write_ground_truth(folder / "accuracy.csv", GroundTruth(tasks, models, np.column_stack([old.accuracy, column])))
+    for measure in BANK_MEASURES:
+        values = getattr(old, measure)
+        if values is None:  # a bank built before the measure was recorded
+            continue
+        column = np.array([round(getattr(summaries[(t, ref.id)], measure), 4) for t in tasks])
+        if not np.isfinite(column).all():
+            raise SpiderError(f"{runs}: a fine-tuning run of {ref.id!r} gave a non-finite {measure}")
+        write_ground_truth(folder / f"{measure}.csv", GroundTruth(tasks, models, np.column_stack([values, column])),
+                           measure)
     return folder, sum(not r.cached for r in results)
 
 

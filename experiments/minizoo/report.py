@@ -49,6 +49,7 @@ from spider.benchmark.methods import METRICS, method_result, pick_winner, prior_
 from spider.benchmark.timing import time_extraction
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer
 from spider.benchmark.transfergraph import transfergraph_row
+from spider.datamodules.label_sources import LABEL_SOURCES
 from spider.errors import SpiderError, cli_main
 from spider.io import write_json_atomic, write_text_atomic
 
@@ -57,7 +58,6 @@ REPO = HERE.parent.parent
 SPIDER = "model_spider"
 AGGREGATE = "copeland"
 LABEL_MEMBERS = ("logme", "leep", "nce", "hscore")  # the paper's label baselines (Copeland of these)
-LABEL_SOURCES = ("copeland", "finetune", "mixed", "selected")
 PRIOR = "finetune_mean"
 RERANK_KS = (1, 3, 5)
 RERANK_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fusion weights of the specific scores (0 = main ranking)

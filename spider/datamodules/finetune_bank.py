@@ -1,7 +1,9 @@
 """A finished fine-tuning bank, as the datamodule reads it (built by :mod:`spider.pipeline.bank`).
 
-Files: ``<zoo>/bank/accuracy.csv`` (``dataset,model,accuracy`` with ``dataset = task<i>``) and
-``<zoo>/bank/tasks.jsonl`` (``{"task": ..., "spec": ...}`` per line, in bank order).
+Files: ``<zoo>/bank/accuracy.csv`` (``dataset,model,accuracy`` with ``dataset = task<i>``: test
+accuracy %), ``<zoo>/bank/test_nll.csv`` (``dataset,model,test_nll``: mean test cross-entropy of
+the same runs; optional, banks built before it was recorded lack it) and ``<zoo>/bank/tasks.jsonl``
+(``{"task": ..., "spec": ...}`` per line, in bank order).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from spider.datamodules.ground_truth_csv import read_ground_truth
 from spider.datamodules.tasks import TaskSpec
 from spider.errors import SpiderError
 
-__all__ = ["BANK_DIR", "FinetuneBank", "open_bank", "task_id"]
+__all__ = ["BANK_DIR", "BANK_MEASURES", "FinetuneBank", "open_bank", "task_id"]
 
 BANK_DIR = "bank"
+BANK_MEASURES = ("accuracy", "test_nll")  # <measure>.csv of a bank folder
 
 
 def task_id(index: int) -> str:
@@ -35,6 +38,7 @@ class FinetuneBank:
     specs: list[Any]
     models: list[str]
     accuracy: np.ndarray  # float64 [K, M]
+    test_nll: np.ndarray | None = None  # float64 [K, M]; None: the bank predates it
 
     @property
     def num_tasks(self) -> int:
@@ -71,10 +75,22 @@ def open_bank(root: str | os.PathLike, models: Sequence[str] | None = None) -> F
     if missing:
         raise SpiderError(f"{csv_path}: tasks {missing[:3]} have no spec in {specs_path}")
     columns = list(models) if models is not None else list(truth.models)
-    absent = [m for m in columns if m not in truth.models]
+    accuracy = _columns(truth, csv_path, columns, "accuracy")
+    nll_path, test_nll = root / "test_nll.csv", None
+    if nll_path.is_file():
+        nll = read_ground_truth(nll_path, column="test_nll")
+        if nll.datasets != truth.datasets:
+            raise SpiderError(f"{nll_path}: tasks differ from those of {csv_path}")
+        test_nll = _columns(nll, nll_path, columns, "test_nll")
+    return FinetuneBank([specs[t] for t in truth.datasets], columns, accuracy, test_nll)
+
+
+def _columns(table: Any, path: Path, columns: list[str], measure: str) -> np.ndarray:
+    """``table``'s values [K, len(columns)] in ``columns`` order; every one present and finite."""
+    absent = [m for m in columns if m not in table.models]
     if absent:
-        raise SpiderError(f"{csv_path}: no column for model(s) {absent}")
-    accuracy = truth.accuracy[:, [truth.models.index(m) for m in columns]].astype(np.float64)
-    if not np.isfinite(accuracy).all():
-        raise SpiderError(f"{csv_path}: non-finite accuracy (incomplete bank?)")
-    return FinetuneBank([specs[t] for t in truth.datasets], columns, accuracy)
+        raise SpiderError(f"{path}: no column for model(s) {absent}")
+    values = table.accuracy[:, [table.models.index(m) for m in columns]].astype(np.float64)
+    if not np.isfinite(values).all():
+        raise SpiderError(f"{path}: non-finite {measure} (incomplete bank?)")
+    return values

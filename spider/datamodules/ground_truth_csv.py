@@ -3,7 +3,9 @@
 File format: CSV with a header row holding at least ``dataset,model,accuracy`` (any order; other
 columns are ignored), one row per (target dataset, PTM); ``accuracy`` is the fine-tuned test
 accuracy in percent (for regression targets any score where higher is better). A pair without a
-row is "unknown" (NaN in the matrix, masked out in evaluation). Example::
+row is "unknown" (NaN in the matrix, masked out in evaluation). Other measures of the same runs
+use the same format with their own value column (``column=``, e.g. the fine-tuning bank's
+``test_nll``). Example::
 
     dataset,model,accuracy
     aircraft,resnet50,84.6
@@ -60,9 +62,11 @@ class GroundTruth:
         return out
 
 
-def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
-    """Parse a ground-truth CSV; :class:`GroundTruthError` names the file and line of any problem."""
+def read_ground_truth(path: str | os.PathLike, column: str = "accuracy") -> GroundTruth:
+    """Parse a ground-truth CSV (values from ``column``); :class:`GroundTruthError` names the file
+    and line of any problem."""
     path = Path(path)
+    required = (*REQUIRED_COLUMNS[:2], column)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -72,13 +76,13 @@ def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
     reader = csv.reader(text.splitlines())
     header = next(reader, None)
     if header is None:
-        raise GroundTruthError(f"{path}:1: empty file; expected a header with columns {','.join(REQUIRED_COLUMNS)}")
+        raise GroundTruthError(f"{path}:1: empty file; expected a header with columns {','.join(required)}")
     header = [h.strip() for h in header]
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    missing = [c for c in required if c not in header]
     if missing:
         raise GroundTruthError(f"{path}:1: header lacks column(s) {', '.join(missing)} "
-                               f"(expected {','.join(REQUIRED_COLUMNS)}, got {','.join(header)})")
-    col = {c: header.index(c) for c in REQUIRED_COLUMNS}
+                               f"(expected {','.join(required)}, got {','.join(header)})")
+    col = {c: header.index(c) for c in required}
     values: dict[tuple[str, str], float] = {}
     first_line: dict[tuple[str, str], int] = {}
     datasets: dict[str, None] = {}
@@ -89,15 +93,15 @@ def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
         if len(row) <= max(col.values()):
             raise GroundTruthError(f"{path}:{line_no}: expected at least {max(col.values()) + 1} columns "
                                    f"({','.join(header)}), got {len(row)}")
-        dataset, model, raw = (row[col[c]].strip() for c in REQUIRED_COLUMNS)
+        dataset, model, raw = (row[col[c]].strip() for c in required)
         if not dataset or not model:
             raise GroundTruthError(f"{path}:{line_no}: empty dataset or model field")
         try:
             accuracy = float(raw)
         except ValueError:
-            raise GroundTruthError(f"{path}:{line_no}: accuracy {raw!r} is not a number") from None
+            raise GroundTruthError(f"{path}:{line_no}: {column} {raw!r} is not a number") from None
         if not math.isfinite(accuracy):
-            raise GroundTruthError(f"{path}:{line_no}: accuracy {raw!r} is not finite (omit unknown pairs)")
+            raise GroundTruthError(f"{path}:{line_no}: {column} {raw!r} is not finite (omit unknown pairs)")
         key = (dataset, model)
         if key in values:
             raise GroundTruthError(f"{path}:{line_no}: duplicate row for dataset {dataset!r}, model {model!r} "
@@ -117,8 +121,9 @@ def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
     return GroundTruth(d_list, m_list, accuracy)
 
 
-def write_ground_truth(path: str | os.PathLike, truth: GroundTruth) -> Path:
-    """Write ``truth`` as CSV (NaN entries are left out), atomically (temp file + rename)."""
+def write_ground_truth(path: str | os.PathLike, truth: GroundTruth, column: str = "accuracy") -> Path:
+    """Write ``truth`` as CSV with value column ``column`` (NaN entries are left out), atomically
+    (temp file + rename)."""
     path = Path(path)
     accuracy = np.asarray(truth.accuracy, dtype=np.float64)
     if accuracy.shape != (len(truth.datasets), len(truth.models)):
@@ -126,7 +131,7 @@ def write_ground_truth(path: str | os.PathLike, truth: GroundTruth) -> Path:
                                f"({len(truth.datasets)}, {len(truth.models)})")
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
-    writer.writerow(REQUIRED_COLUMNS)
+    writer.writerow((*REQUIRED_COLUMNS[:2], column))
     for i, dataset in enumerate(truth.datasets):
         for j, model in enumerate(truth.models):
             if np.isfinite(accuracy[i, j]):

@@ -3,6 +3,9 @@
 * ``copeland`` - the paper: the Copeland aggregate of the label cache's baselines on every task.
 * ``finetune`` - real fine-tuned accuracies of the fine-tuning bank (:mod:`spider.pipeline.bank`), on
   the bank's tasks only (fewer tasks, true supervision).
+* ``finetune_nll`` - the same runs, labelled by minus their mean test cross-entropy: a bank task
+  has a few test images per class, so accuracies move in steps of several points and tie often;
+  the cross-entropy of the same images orders the PTMs without ties.
 * ``mixed`` - every label-cache task; the bank's tasks carry fine-tuned accuracies, the others
   Copeland labels. ``mixed_weight`` w >= 1 lists each fine-tuned task w times, so an epoch draws
   it w times as often as a Copeland task (the listwise losses use only the order of a task's
@@ -25,7 +28,7 @@ import numpy as np
 
 from spider.errors import ConfigError
 
-LABEL_SOURCES = ("copeland", "finetune", "mixed", "selected")
+LABEL_SOURCES = ("copeland", "finetune", "finetune_nll", "mixed", "selected")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,11 @@ def training_labels(source: str, cache: Any, bank: Any = None, *, mixed_weight: 
     _check_bank(cache, bank)
     if source == "finetune":
         return TrainingLabels(list(cache.spec_texts[:bank.num_tasks]), np.array(bank.accuracy), source)
+    if source == "finetune_nll":
+        if bank.test_nll is None:
+            raise ConfigError("data.label_source=finetune_nll: the fine-tuning bank has no test_nll.csv (built "
+                              "before it was recorded: run its bank stage again, spider zoo build --stages bank)")
+        return TrainingLabels(list(cache.spec_texts[:bank.num_tasks]), -np.array(bank.test_nll), source)
     if source == "mixed":
         if not isinstance(mixed_weight, int) or mixed_weight < 1:
             raise ConfigError(f"data.mixed_weight: expected an integer >= 1, got {mixed_weight!r}")

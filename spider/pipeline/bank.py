@@ -14,8 +14,10 @@ the whole PTM plus a new head is fine-tuned with :func:`spider.pipeline.finetune
 learning rate and one seed (no validation split: with one learning rate nothing is selected).
 Runs are cached one JSON file each (``<out>/bank/runs``), so a killed build resumes.
 
-Output: ``<out>/bank/accuracy.csv`` (``dataset,model,accuracy`` with ``dataset = task<i>``) and
-``<out>/bank/tasks.jsonl`` (the task specs, one per line, in bank order).
+Output: ``<out>/bank/accuracy.csv`` (``dataset,model,accuracy`` with ``dataset = task<i>``),
+``<out>/bank/test_nll.csv`` (``dataset,model,test_nll``: the same runs' mean test cross-entropy,
+label source ``finetune_nll``) and ``<out>/bank/tasks.jsonl`` (the task specs, one per line, in
+bank order).
 """
 
 from __future__ import annotations

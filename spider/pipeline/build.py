@@ -435,6 +435,7 @@ def _bank_specs(recipe: ZooRecipe, out: Path) -> list:
 def stage_bank(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: bool,
                dist: DistContext = _ONE) -> StageReport:
     """Fine-tune every PTM on the bank's pool tasks (:mod:`spider.pipeline.bank`); needs the labels."""
+    from spider.datamodules.finetune_bank import BANK_MEASURES
     from spider.pipeline.bank import bank_jobs, split_task, task_id, write_specs
     from spider.pipeline.finetune import summarize, write_tables
 
@@ -457,8 +458,9 @@ def stage_bank(recipe: ZooRecipe, out: Path, data_dir, workers: int, progress: b
         _count(report, own)
         if results is not None:
             write_specs(root / "tasks.jsonl", specs)
-            write_tables(summarize(results, settings.finetune), [task_id(i) for i in range(len(specs))],
-                         recipe.ptm_ids(), root / "accuracy.csv")
+            summaries, tasks = summarize(results, settings.finetune), [task_id(i) for i in range(len(specs))]
+            for measure in BANK_MEASURES:
+                write_tables(summaries, tasks, recipe.ptm_ids(), root / f"{measure}.csv", measure=measure)
     return report
 
 

@@ -101,9 +101,9 @@ class RunResult:
     test_accuracy: float  # %
     train_loss: float
     seconds: float  # CPU seconds of this run (one thread)
-    # Mean cross-entropy of the test rows: a continuous measure of the same run, far less
-    # noisy than the accuracy of a few test images (NaN in runs cached before it was recorded).
-    test_nll: float = math.nan
+    # Mean cross-entropy of the test rows: a continuous measure of the same run, with no ties
+    # where the accuracy of a few test images has many (the bank's labels: spider.pipeline.bank).
+    test_nll: float
     cached: bool = False
 
 
@@ -118,6 +118,7 @@ class Summary:
     best_lr: float
     val_accuracy: float  # mean over seeds at the selected lr
     runs: int
+    test_nll: float = math.nan  # mean over seeds at the selected lr
 
 
 # --------------------------------------------------------------------------------- one run
@@ -221,10 +222,9 @@ class RunCache:
             return None
         if data.get("hash") != expected_hash:
             return None
-        fields = {f.name for f in dataclasses.fields(RunResult)} - {"cached", "test_nll"}
-        try:
-            return RunResult(**{k: data[k] for k in fields}, test_nll=float(data.get("test_nll", math.nan)),
-                             cached=True)
+        fields = {f.name for f in dataclasses.fields(RunResult)} - {"cached"}
+        try:  # a file written before a field existed (test_nll) is stale: the run is redone
+            return RunResult(**{k: data[k] for k in fields}, cached=True)
         except (KeyError, TypeError):
             return None
 
@@ -363,32 +363,32 @@ def summarize(results: Sequence[RunResult], config: FinetuneConfig) -> dict[tupl
         best = max(order, key=lambda lr: (val[lr], -order.index(lr)))
         tests = [r.test_accuracy for r in by_lr[best]]
         out[key] = Summary(key[0], key[1], float(np.mean(tests)), float(np.std(tests)), best, val[best],
-                           sum(len(v) for v in by_lr.values()))
+                           sum(len(v) for v in by_lr.values()), float(np.mean([r.test_nll for r in by_lr[best]])))
     return out
 
 
 def write_tables(summaries: dict[tuple[str, str], Summary], targets: Sequence[str], models: Sequence[str],
                  csv_path: str | os.PathLike, details_path: str | os.PathLike | None = None,
-                 in_domain: dict[str, Sequence[str]] | None = None) -> bool:
-    """Write the ground-truth CSV (``dataset,model,accuracy``) and optionally a details CSV
-    (selected lr, std over seeds, validation accuracy, in-domain flag); rows in target then model
-    order. Files are replaced atomically and only when their content changes; returns whether
-    anything was written."""
+                 in_domain: dict[str, Sequence[str]] | None = None, measure: str = "accuracy") -> bool:
+    """Write the ground-truth CSV (``dataset,model,<measure>``: a :class:`Summary` field, e.g.
+    ``accuracy`` or ``test_nll``) and optionally a details CSV (selected lr, std over seeds,
+    validation accuracy, in-domain flag); rows in target then model order. Files are replaced
+    atomically and only when their content changes; returns whether anything was written."""
     from spider.datamodules.ground_truth_csv import GroundTruth, write_ground_truth
 
     accuracy = np.full((len(targets), len(models)), np.nan)
     for i, t in enumerate(targets):
         for j, m in enumerate(models):
             if (t, m) in summaries:
-                accuracy[i, j] = round(summaries[(t, m)].accuracy, 4)
+                accuracy[i, j] = round(getattr(summaries[(t, m)], measure), 4)
     csv_path = Path(csv_path)
     truth = GroundTruth(list(targets), list(models), accuracy)
     # Render elsewhere first: an unchanged table must not touch the output folder at all.
     with tempfile.TemporaryDirectory() as scratch:
-        rendered = write_ground_truth(Path(scratch) / csv_path.name, truth).read_bytes()
+        rendered = write_ground_truth(Path(scratch) / csv_path.name, truth, measure).read_bytes()
     changed = not csv_path.is_file() or csv_path.read_bytes() != rendered
     if changed:
-        write_ground_truth(csv_path, truth)
+        write_ground_truth(csv_path, truth, measure)
     if details_path is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

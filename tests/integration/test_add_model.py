@@ -93,3 +93,5 @@ def test_bank_table_has_the_new_column(added):
     bank = open_bank(report.finetune_bank)
     assert bank.models == [*OLD, NEW] and np.isfinite(bank.accuracy).all()
     np.testing.assert_array_equal(bank.accuracy[:, :2], open_bank(zoo.zoo_dir / "bank", OLD).accuracy)
+    assert np.isfinite(bank.test_nll).all()
+    np.testing.assert_array_equal(bank.test_nll[:, :2], open_bank(zoo.zoo_dir / "bank", OLD).test_nll)

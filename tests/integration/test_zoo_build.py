@@ -99,6 +99,7 @@ def test_build_makes_store_ground_truth_and_labels(synthetic_build):
     assert all(m["params"] > 1000 for m in manifest["models"])
     bank = open_bank(out, ["test_vit.mnist", "test_resnet.mnist"])
     assert bank.num_tasks == 2 and bank.accuracy.shape == (2, 2) and np.isfinite(bank.accuracy).all()
+    assert bank.test_nll.shape == (2, 2) and (bank.test_nll > 0).all()  # the same runs' test cross-entropy
     assert [s.to_json() for s in bank.specs] == open_label_cache(out / "labels").spec_texts[:2]
     assert {m["id"] for m in manifest["models"]} == {"test_vit.mnist", "test_resnet.mnist"}
 

@@ -109,6 +109,37 @@ def test_finetune_source_uses_the_bank_tasks_only():
     assert np.array_equal(labels.scores, 50 + 10 * cache.truth[:3])
 
 
+def test_finetune_nll_source_orders_by_lowest_test_cross_entropy():
+    cache = _cache()
+    bank = _bank(cache)
+    nll = np.exp(-cache.truth[:3])  # lower for the better PTMs
+    labels = training_labels("finetune_nll", cache, FinetuneBank(bank.specs, bank.models, bank.accuracy, nll))
+    assert labels.spec_texts == cache.spec_texts[:3] and labels.source == "finetune_nll"
+    assert np.array_equal(labels.scores, -nll)
+    assert (np.argsort(labels.scores, 1) == np.argsort(cache.truth[:3], 1)).all()
+    with pytest.raises(ConfigError, match="no test_nll.csv"):
+        training_labels("finetune_nll", cache, bank)  # a bank built before the measure was recorded
+
+
+def test_open_bank_reads_the_test_cross_entropy_when_present(tmp_path):
+    (tmp_path / "tasks.jsonl").write_text('{"task": "task0000", "spec": %s}\n' % __import__("json").dumps(
+        _spec(0).to_json()))
+    (tmp_path / "accuracy.csv").write_text("dataset,model,accuracy\ntask0000,a,50\ntask0000,b,40\n")
+    assert open_bank(tmp_path).test_nll is None
+    (tmp_path / "test_nll.csv").write_text("dataset,model,test_nll\ntask0000,a,0.5\ntask0000,b,inf\n")
+    with pytest.raises(SpiderError, match="test_nll.csv:3: test_nll 'inf' is not finite"):
+        open_bank(tmp_path)
+    (tmp_path / "test_nll.csv").write_text("dataset,model,accuracy\ntask0000,a,0.5\n")
+    with pytest.raises(SpiderError, match="header lacks column.s. test_nll"):
+        open_bank(tmp_path)
+    (tmp_path / "test_nll.csv").write_text("dataset,model,test_nll\ntask0000,a,0.5\n")
+    with pytest.raises(SpiderError, match=r"test_nll.csv: no column for model\(s\) \['b'\]"):
+        open_bank(tmp_path)
+    (tmp_path / "test_nll.csv").write_text("dataset,model,test_nll\ntask0000,a,0.5\ntask0000,b,0.75\n")
+    bank = open_bank(tmp_path, ["b", "a"])
+    assert bank.test_nll.tolist() == [[0.75, 0.5]] and bank.accuracy.tolist() == [[40.0, 50.0]]
+
+
 def test_mixed_source_replaces_bank_tasks_and_repeats_them():
     cache = _cache()
     labels = training_labels("mixed", cache, _bank(cache), mixed_weight=3)
