@@ -38,7 +38,9 @@ class FinetuneBank:
     specs: list[Any]
     models: list[str]
     accuracy: np.ndarray  # float64 [K, M]
-    test_nll: np.ndarray | None = None  # float64 [K, M]; None: the bank predates it
+    # float64 [K, M]; NaN where a run gave no finite cross-entropy (that pair is then unlabelled
+    # for finetune_nll); None: the bank predates the measure.
+    test_nll: np.ndarray | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -81,16 +83,16 @@ def open_bank(root: str | os.PathLike, models: Sequence[str] | None = None) -> F
         nll = read_ground_truth(nll_path, column="test_nll")
         if nll.datasets != truth.datasets:
             raise SpiderError(f"{nll_path}: tasks differ from those of {csv_path}")
-        test_nll = _columns(nll, nll_path, columns, "test_nll")
+        test_nll = _columns(nll, nll_path, columns, "test_nll", complete=False)
     return FinetuneBank([specs[t] for t in truth.datasets], columns, accuracy, test_nll)
 
 
-def _columns(table: Any, path: Path, columns: list[str], measure: str) -> np.ndarray:
-    """``table``'s values [K, len(columns)] in ``columns`` order; every one present and finite."""
+def _columns(table: Any, path: Path, columns: list[str], measure: str, complete: bool = True) -> np.ndarray:
+    """``table``'s values [K, len(columns)] in ``columns`` order (all present when ``complete``)."""
     absent = [m for m in columns if m not in table.models]
     if absent:
         raise SpiderError(f"{path}: no column for model(s) {absent}")
     values = table.accuracy[:, [table.models.index(m) for m in columns]].astype(np.float64)
-    if not np.isfinite(values).all():
+    if complete and not np.isfinite(values).all():
         raise SpiderError(f"{path}: non-finite {measure} (incomplete bank?)")
     return values

@@ -135,6 +135,9 @@ def test_open_bank_reads_the_test_cross_entropy_when_present(tmp_path):
     (tmp_path / "test_nll.csv").write_text("dataset,model,test_nll\ntask0000,a,0.5\n")
     with pytest.raises(SpiderError, match=r"test_nll.csv: no column for model\(s\) \['b'\]"):
         open_bank(tmp_path)
+    (tmp_path / "test_nll.csv").write_text("dataset,model,test_nll\ntask0000,a,0.5\ntask0001,b,0.7\n")
+    with pytest.raises(SpiderError, match="tasks differ"):
+        open_bank(tmp_path)
     (tmp_path / "test_nll.csv").write_text("dataset,model,test_nll\ntask0000,a,0.5\ntask0000,b,0.75\n")
     bank = open_bank(tmp_path, ["b", "a"])
     assert bank.test_nll.tolist() == [[0.75, 0.5]] and bank.accuracy.tolist() == [[40.0, 50.0]]
