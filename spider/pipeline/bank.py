@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from spider.datamodules.finetune_bank import task_id
+from spider.datamodules.finetune_bank import BANK_MEASURES, task_id
 from spider.errors import SpiderError
 from spider.io import write_text_if_changed
 from spider.pipeline.finetune import FinetuneConfig
@@ -104,8 +104,9 @@ def bank_jobs(specs: Sequence[Any], refs: Sequence[Any], settings: BankSettings)
 
     jobs = []
     for i, spec in enumerate(specs):
+        # "measures": what a run records (runs cached before test_nll was recorded are redone).
         identity = {"spec": spec.to_json(), "test_fraction": settings.test_fraction, "seed": settings.seed,
-                    "max_per_class": settings.max_per_class}
+                    "max_per_class": settings.max_per_class, "measures": list(BANK_MEASURES)}
         cost = float(spec.num_samples)
         jobs += [GroundTruthJob(task_id(i), None, ref, identity=identity,
                                 cost=cost * (4.0 if ref.kind == "zoo" else 1.0)) for ref in refs]

@@ -103,7 +103,8 @@ class RunResult:
     seconds: float  # CPU seconds of this run (one thread)
     # Mean cross-entropy of the test rows: a continuous measure of the same run, with no ties
     # where the accuracy of a few test images has many (the bank's labels: spider.pipeline.bank).
-    test_nll: float
+    # NaN in a run cached before it was recorded.
+    test_nll: float = math.nan
     cached: bool = False
 
 
@@ -222,9 +223,10 @@ class RunCache:
             return None
         if data.get("hash") != expected_hash:
             return None
-        fields = {f.name for f in dataclasses.fields(RunResult)} - {"cached"}
-        try:  # a file written before a field existed (test_nll) is stale: the run is redone
-            return RunResult(**{k: data[k] for k in fields}, cached=True)
+        fields = {f.name: f for f in dataclasses.fields(RunResult) if f.name != "cached"}
+        try:  # a field added later (test_nll) keeps its default in older files
+            return RunResult(**{k: data[k] for k, f in fields.items() if k in data or f.default is dataclasses.MISSING},
+                             cached=True)
         except (KeyError, TypeError):
             return None
 
