@@ -111,8 +111,9 @@ class DataConfig:
     # Where label baselines compute (null = CPU; e.g. "cuda").
     label_device: Optional[str] = None
     # Training labels (spider.datamodules.label_sources): copeland (paper), finetune (the zoo's
-    # fine-tuning bank only), finetune_nll (the same runs' test cross-entropy), mixed (bank where present, Copeland elsewhere), selected (Copeland of
-    # the baselines that agree with the bank on pool tasks).
+    # fine-tuning bank only), finetune_nll (the same runs' test cross-entropy), mixed (bank where
+    # present, Copeland elsewhere), selected (Copeland of the baselines that agree with the bank on
+    # pool tasks).
     label_source: str = MISSING
     # Fine-tuning bank folder (spider.pipeline.bank); null -> the zoo's (none for a plain store).
     finetune_bank: Optional[str] = None
