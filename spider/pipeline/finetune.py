@@ -169,7 +169,8 @@ def finetune(prepared, data: dict[str, tuple[torch.Tensor, torch.Tensor]], num_c
         loss_value = float(np.mean(losses))
     model.eval()
     head.eval()
-    (val, _), (test, test_nll) = (_evaluate(prepared, head, *data[part], config.eval_batch_size) for part in ("val", "test"))
+    val, _ = _evaluate(prepared, head, *data["val"], config.eval_batch_size)
+    test, test_nll = _evaluate(prepared, head, *data["test"], config.eval_batch_size)
     return val, test, loss_value, test_nll
 
 
