@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from spider import paths
+from spider.datamodules.label_sources import LABEL_SOURCES
 
 METRIC_KEYS = {"wtau_paper", "wtau_symmetric", "top1_regret", "seconds_per_target"}
 
@@ -98,7 +99,8 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
     # The ablation: every label source with and without the prior; one winner, chosen on validation,
     # and only the winner's test number looked at.
     trained = [e for e in results["ablation"] if "skipped" not in e]
-    assert len(results["ablation"]) == 8 and len(trained) >= 1
+    assert len(results["ablation"]) == 2 * len(LABEL_SOURCES) and len(trained) >= 1
+    assert {e["setting"] for e in results["ablation"]} >= {"finetune_nll", "finetune_nll + prior finetune_mean"}
     winners = [e for e in trained if e["winner"]]
     assert len(winners) == 1 and winners[0]["setting"] == results["main_setting"]
     assert all(e["test"] is None for e in trained if not e["winner"])
