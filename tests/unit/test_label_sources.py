@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -75,11 +76,15 @@ def test_bank_settings_are_checked(kwargs):
         BankSettings(**kwargs)
 
 
+def _write_one_task_spec(folder) -> None:
+    """A bank folder's ``tasks.jsonl`` with task0000 only."""
+    (folder / "tasks.jsonl").write_text('{"task": "task0000", "spec": %s}\n' % json.dumps(_spec(0).to_json()))
+
+
 def test_open_bank_rejects_missing_and_non_finite_files(tmp_path):
     with pytest.raises(SpiderError, match="accuracy.csv"):
         open_bank(tmp_path)
-    (tmp_path / "tasks.jsonl").write_text('{"task": "task0000", "spec": %s}\n' % __import__("json").dumps(
-        _spec(0).to_json()))
+    _write_one_task_spec(tmp_path)
     (tmp_path / "accuracy.csv").write_text("dataset,model,accuracy\ntask0000,a,50\ntask0000,b,nan\n")
     with pytest.raises(SpiderError, match="not finite"):
         open_bank(tmp_path)
@@ -122,8 +127,7 @@ def test_finetune_nll_source_orders_by_lowest_test_cross_entropy():
 
 
 def test_open_bank_reads_the_test_cross_entropy_when_present(tmp_path):
-    (tmp_path / "tasks.jsonl").write_text('{"task": "task0000", "spec": %s}\n' % __import__("json").dumps(
-        _spec(0).to_json()))
+    _write_one_task_spec(tmp_path)
     (tmp_path / "accuracy.csv").write_text("dataset,model,accuracy\ntask0000,a,50\ntask0000,b,40\n")
     assert open_bank(tmp_path).test_nll is None
     (tmp_path / "test_nll.csv").write_text("dataset,model,test_nll\ntask0000,a,0.5\ntask0000,b,inf\n")
