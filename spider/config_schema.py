@@ -104,6 +104,9 @@ class DataConfig:
     val_batch_size: Optional[int] = None
     # PTMs per task that get PTM-specific tokens (re-ranker training); 0 -> none.
     specific_models: int = MISSING
+    # In (0, 1]: each training episode's task tokens are the centres of a random subset of at least
+    # this fraction of its task's classes (labels unchanged); 1 -> every class, as in the paper.
+    class_keep: float = MISSING
     num_workers: int = MISSING
     # Parallel processes building the label cache.
     label_workers: int = MISSING

@@ -19,11 +19,11 @@ from spider.datamodules.tokens import class_centres
 from spider.errors import ConfigError
 
 __all__ = ["EVAL_EPOCH", "EpochBankSampler", "EvalTaskDataset", "LabelledTaskDataset", "collate_episodes",
-           "epoch_order"]
+           "epoch_order", "kept_classes"]
 
 EVAL_EPOCH = 2**32 - 1  # "epoch" of the tasks sampled from target datasets
 # Stream ids mixed into seeds so that task draws, epoch orders and PTM picks never share a stream.
-_ORDER_STREAM, _SPECIFIC_STREAM = 1, 2
+_ORDER_STREAM, _SPECIFIC_STREAM, _CLASS_STREAM = 1, 2, 3
 
 
 def epoch_order(seed: int, epoch: int, bank_size: int, length: int) -> np.ndarray:
@@ -31,6 +31,20 @@ def epoch_order(seed: int, epoch: int, bank_size: int, length: int) -> np.ndarra
     rng = np.random.default_rng([seed, _ORDER_STREAM, epoch])
     reps = -(-length // bank_size)
     return np.concatenate([rng.permutation(bank_size) for _ in range(reps)])[:length].astype(np.int64)
+
+
+def kept_classes(seed: int, epoch: int, index: int, num_classes: int, keep: float) -> np.ndarray:
+    """Sorted task-class indices one training episode keeps (a pure function of its arguments).
+
+    The count is uniform in ``[max(2, ceil(keep * C)), C]``, the classes a uniform subset of that
+    size; ``keep >= 1`` (or C <= 2) keeps all C classes.
+    """
+    if keep >= 1 or num_classes <= 2:
+        return np.arange(num_classes, dtype=np.int64)
+    rng = np.random.default_rng([seed, _CLASS_STREAM, epoch, index])
+    low = min(num_classes, max(2, int(np.ceil(keep * num_classes))))
+    size = int(rng.integers(low, num_classes + 1))
+    return np.sort(rng.choice(num_classes, size=size, replace=False)).astype(np.int64)
 
 
 class EpochBankSampler(Sampler):
@@ -107,10 +121,14 @@ class LabelledTaskDataset(_StoreUser, Dataset):
         models: PTM ids (column order of ``scores``), ``model_dims`` their feature dims.
         specific_models: S > 0 adds PTM-specific tokens of S random labelled PTMs per episode
             (a pure function of (seed, epoch, bank index)).
+        class_keep: < 1 draws, per episode, a subset of the task's classes (:func:`kept_classes`)
+            whose centres form its tokens; the labels stay the whole task's. A bank of a few dozen
+            labelled tasks otherwise shows the scorer the same token sets every epoch.
     """
 
     def __init__(self, store_root: str | os.PathLike, general: str, specs: Sequence[TaskSpec | str], scores: np.ndarray,
-                 models: Sequence[str], model_dims: Sequence[int], *, specific_models: int = 0, seed: int = 0) -> None:
+                 models: Sequence[str], model_dims: Sequence[int], *, specific_models: int = 0, seed: int = 0,
+                 class_keep: float = 1.0) -> None:
         super().__init__(store_root)
         self.general = general
         self.specs = list(specs)
@@ -119,6 +137,7 @@ class LabelledTaskDataset(_StoreUser, Dataset):
         self.model_dims = list(model_dims)
         self.specific_models = int(specific_models)
         self.seed = int(seed)
+        self.class_keep = float(class_keep)
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -127,6 +146,8 @@ class LabelledTaskDataset(_StoreUser, Dataset):
         epoch, j = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (0, int(key))
         spec = self.specs[j]
         spec = TaskSpec.from_json(spec) if isinstance(spec, str) else spec
+        if self.class_keep < 1:
+            spec = spec.select(kept_classes(self.seed, epoch, j, spec.num_classes, self.class_keep))
         labels = spec.labels()
         centres = class_centres(task_array(self.store, self.general, spec), labels, spec.num_classes)
         mask = np.isfinite(self.scores[j])

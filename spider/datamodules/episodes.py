@@ -60,6 +60,7 @@ from spider.datamodules.episode_datasets import (
     LabelledTaskDataset,
     collate_episodes,
     epoch_order,
+    kept_classes,
 )
 from spider.datamodules.label_sources import TrainingLabels, training_labels
 from spider.priors import PriorInputs
@@ -67,7 +68,7 @@ from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSp
 from spider.errors import ConfigError, StoreError
 
 __all__ = ["EpisodeDataModule", "EpochBankSampler", "EvalTaskDataset", "LabelledTaskDataset",
-           "collate_episodes", "epoch_order"]
+           "collate_episodes", "epoch_order", "kept_classes"]
 
 
 
@@ -92,6 +93,8 @@ class EpisodeDataModule(L.LightningDataModule):
             from it (same size ranges, one dataset).
         baselines / aggregator: label and baseline-table scores.
         specific_models: S > 0 adds PTM-specific tokens of S random PTMs per episode (re-ranker).
+        class_keep: in (0, 1]; < 1 builds each training episode's tokens from a random subset of at
+            least that fraction of its task's classes (``kept_classes``), labels unchanged.
         label_workers: processes for building labels; num_workers: DataLoader workers;
             label_device: where label baselines compute (default CPU).
         build_labels: False makes ``prepare_data`` only check that the cache is complete.
@@ -111,7 +114,7 @@ class EpisodeDataModule(L.LightningDataModule):
                  shard_size: int = 64, build_labels: bool = True, progress: bool = True,
                  label_device: str | None = None, label_source: str = "copeland",
                  finetune_bank: str | os.PathLike | None = None, mixed_weight: int = 1,
-                 selected_members: int = 3, labeller: Labeller | None = None) -> None:
+                 selected_members: int = 3, class_keep: float = 1.0, labeller: Labeller | None = None) -> None:
         super().__init__()
         if build_labels and labeller is None:
             raise ConfigError("build_labels: building labels needs a labeller (spider.pipeline.labelling.LABELLER); "
@@ -134,6 +137,9 @@ class EpisodeDataModule(L.LightningDataModule):
                             ("num_workers", num_workers), ("label_workers", label_workers)):
             if value < 0:
                 raise ConfigError(f"{name}: expected >= 0, got {value}")
+        if not 0 < class_keep <= 1:  # NaN fails too
+            raise ConfigError(f"class_keep: expected a float in (0, 1], got {class_keep}")
+        self.class_keep = float(class_keep)
         self.num_label_tasks = int(num_label_tasks)
         self.tasks_per_epoch = int(tasks_per_epoch or num_label_tasks)
         self.val_tasks_per_target = int(val_tasks_per_target)
@@ -311,7 +317,7 @@ class EpisodeDataModule(L.LightningDataModule):
             self.training_labels = labels
             self.train_dataset = LabelledTaskDataset(
                 self.store_root, self.general, labels.spec_texts, labels.scores, self._model_names,
-                self._model_dims, specific_models=self.specific_models, seed=self.seed)
+                self._model_dims, specific_models=self.specific_models, seed=self.seed, class_keep=self.class_keep)
         if stage in (None, "fit", "validate", "test") and self.eval_dataset is None and self._target_names:
             tasks, raw, aggregate = self._target_scores()
             truth = self.ground_truth.matrix(self._target_names, self._model_names)

@@ -111,6 +111,14 @@ class TaskSpec:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def select(self, classes: Any) -> TaskSpec:
+        """The task restricted to task classes ``classes`` (indices, kept in the order given)."""
+        idx = [int(k) for k in np.asarray(classes, dtype=np.int64).reshape(-1)]
+        if not idx or min(idx) < 0 or max(idx) >= self.num_classes or len(set(idx)) != len(idx):
+            raise SpiderError(f"TaskSpec.select: expected distinct class indices in [0, {self.num_classes}), got {idx}")
+        return TaskSpec(classes=tuple(self.classes[k] for k in idx), rows=tuple(self.rows[k] for k in idx),
+                        split=self.split)
+
     @property
     def num_samples(self) -> int:
         return sum(len(r) for r in self.rows)

@@ -10,7 +10,7 @@ from helpers.datamodules_support import FAST_BASELINES, tiny_zoo
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from spider.aggregate import copeland
-from spider.datamodules.episode_datasets import EpochBankSampler, collate_episodes, epoch_order
+from spider.datamodules.episode_datasets import EpochBankSampler, collate_episodes, epoch_order, kept_classes
 from spider.datamodules.episodes import EpisodeDataModule
 from spider.datamodules.ground_truth_csv import read_ground_truth
 from spider.datamodules.tasks import TaskConfig
@@ -148,6 +148,46 @@ def test_same_seed_same_batches_and_epochs_reshuffle(zoo, ready, tmp_path):
     assert not all(torch.equal(x["target_scores"], y["target_scores"]) for x, y in zip(a, c))
     assert sorted(torch.cat([x["target_scores"] for x in a]).sum(1).tolist()) == \
         sorted(torch.cat([x["target_scores"] for x in c]).sum(1).tolist())  # same bank, new order
+
+
+def test_kept_classes_draw_a_seeded_subset_of_at_least_the_fraction():
+    sizes = set()
+    for epoch in range(40):
+        kept = kept_classes(7, epoch, 3, 10, 0.5)
+        assert kept.tolist() == sorted(set(kept.tolist())) and 5 <= len(kept) <= 10 and kept.max() < 10
+        assert kept.tolist() == kept_classes(7, epoch, 3, 10, 0.5).tolist()  # a pure function
+        sizes.add(len(kept))
+    assert len(sizes) > 3  # the count varies, not only the members
+    assert kept_classes(7, 0, 3, 10, 1.0).tolist() == list(range(10))
+    assert kept_classes(7, 0, 3, 2, 0.1).tolist() == [0, 1]
+    assert min(len(kept_classes(7, e, 0, 6, 0.01)) for e in range(50)) == 2  # never a one-class task
+
+
+def test_class_keep_builds_tokens_from_a_class_subset_and_keeps_the_labels(zoo, ready):
+    cache = open_label_cache(ready.label_cache_dir, 12)
+    store = FeatureStore(zoo.store_root)
+    dm = _datamodule(zoo, ready.label_cache_dir, specific_models=2, build_labels=False, class_keep=0.3)
+    dm.prepare_data()
+    dm.setup("fit")
+    dataset, subsets = dm.train_dataset, 0
+    for epoch in (0, 1):
+        for j in range(12):
+            spec = cache.specs[j]
+            kept = kept_classes(0, epoch, j, spec.num_classes, 0.3)
+            item = dataset[(epoch, j)]
+            sub = spec.select(kept)
+            expected = class_centres(task_array(store, "general", sub), sub.labels(), len(kept))
+            torch.testing.assert_close(item["task_tokens"], expected)
+            np.testing.assert_allclose(item["target_scores"].numpy(), cache.scores[j], rtol=1e-6)
+            assert item["specific_tokens"].shape[1] == len(kept)  # the re-ranker sees the same classes
+            subsets += len(kept) < spec.num_classes
+    assert subsets > 0
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, float("nan")])
+def test_class_keep_outside_0_1_is_refused(zoo, tmp_path, value):
+    with pytest.raises(ConfigError, match="class_keep"):
+        _datamodule(zoo, tmp_path, class_keep=value)
 
 
 def test_validation_batches_carry_truth_and_baseline_scores(zoo, ready):

@@ -44,6 +44,16 @@ def test_spec_roundtrips_through_json_and_hashes_by_value():
     assert groups == {"b": ([5, 9, 7], [0, 1, 5]), "a": ([1, 2, 3], [2, 3, 4])}
 
 
+def test_select_keeps_the_chosen_classes_with_their_rows():
+    spec = TaskSpec(classes=(("b", 3), ("a", 1), ("b", 0)), rows=((5, 9), (1, 2, 3), (7,)), split="val")
+    sub = spec.select([0, 2])
+    assert sub == TaskSpec(classes=(("b", 3), ("b", 0)), rows=((5, 9), (7,)), split="val")
+    np.testing.assert_array_equal(sub.labels(), [0, 0, 1])
+    for bad in ([], [3], [1, 1], [-1]):
+        with pytest.raises(SpiderError, match="select"):
+            spec.select(bad)
+
+
 def test_spec_rejects_inconsistent_or_malformed_input():
     with pytest.raises(SpiderError, match="2 classes but 1 row lists"):
         TaskSpec(classes=(("a", 0), ("a", 1)), rows=((1,),))
