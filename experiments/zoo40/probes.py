@@ -12,7 +12,8 @@ Probes (3 seeds each; "reference" = the report's setting, fine-tuning labels):
   on validation), and + the Copeland-label Model Spider ensemble, over a grid of weights;
 * forward-fused re-ranking: the top k of the ensemble re-ordered by a fusion of its z-scores with a
   forward baseline's (LogME, GBC, NLEEP) within the top k (k PTM passes, like the ReRanker);
-* training changes: fewer or more epochs; bank labels of PTMs pre-trained on a task's source
+* training changes: ``data.class_keep`` (the share of a bank task's classes an episode shows at
+  least; 1 = every class, the paper's fixed tokens); fewer or more epochs; bank labels of PTMs pre-trained on a task's source
   datasets left out (they saw those classes, the targets' classes they never saw); the ImageNet
   MobileNet of the zoo as the general encoder instead of the recipe's.
 
@@ -210,6 +211,8 @@ def run(args: argparse.Namespace) -> None:
                     preds.append(pred)
                 p.val(f"re-rank top {k} with {baseline} (weight {w:g})", preds)
     p.val("single fits, 10 epochs (shipped)", p.fit("epochs10", {}))
+    for keep in (1.0, 0.25):
+        p.val(f"single fits, class_keep={keep:g}", p.fit(f"classkeep{keep:g}", {"data.class_keep": keep}))
     for epochs in (4, 30):
         p.val(f"single fits, {epochs} epochs", p.fit(f"epochs{epochs}", {"trainer.max_epochs": epochs}))
     for fraction, what in ((0.0, "any"), (0.5, "half or more")):
