@@ -12,6 +12,8 @@ Probes (3 seeds each; "reference" = the report's setting, fine-tuning labels):
   on validation), and + the Copeland-label Model Spider ensemble, over a grid of weights;
 * forward-fused re-ranking: the top k of the ensemble re-ordered by a fusion of its z-scores with a
   forward baseline's (LogME, GBC, NLEEP) within the top k (k PTM passes, like the ReRanker);
+* retrieval with nothing trained: the bank's accuracies on the pool tasks most like the target
+  (what a learned ranker must beat besides the static prior);
 * training changes: ``data.class_keep`` (the share of a bank task's classes an episode shows at
   least; 1 = every class, the paper's fixed tokens); fewer or more epochs; bank labels of PTMs pre-trained on a task's source
   datasets left out (they saw those classes, the targets' classes they never saw); the ImageNet
@@ -118,6 +120,30 @@ class Probes:
         return preds
 
 
+def bank_retrieval(zoo, k: int) -> np.ndarray:
+    """[T, M] scores with nothing trained: the mean fine-tuned accuracy of the ``k`` bank tasks whose
+    general-encoder class centres best match the target's (symmetric mean best-match cosine)."""
+    from spider.datamodules.finetune_bank import open_bank
+    from spider.datamodules.label_cache import task_array
+    from spider.datamodules.tasks import contiguous
+    from spider.datamodules.tokens import class_centres
+
+    def unit(centres) -> np.ndarray:
+        c = np.asarray(centres, dtype=np.float64)
+        return c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12)
+
+    bank = open_bank(zoo.root, zoo.models)
+    tasks = [unit(class_centres(task_array(zoo.store, zoo.general, s), s.labels(), s.num_classes)) for s in bank.specs]
+    out = []
+    for target in zoo.targets:
+        entry = zoo.store.entry(zoo.general, target)
+        labels = contiguous(entry.labels())
+        own = unit(class_centres(entry.features(), labels, int(labels.max()) + 1))
+        match = [0.5 * ((own @ t.T).max(1).mean() + (own @ t.T).max(0).mean()) for t in tasks]
+        out.append(bank.accuracy[np.argsort(match)[::-1][:k]].mean(0))
+    return np.array(out)
+
+
 @contextlib.contextmanager
 def labels_without_seen_sources(zoo, min_fraction: float):
     """Bank labels of a PTM on a task are dropped (NaN) when at least ``min_fraction`` (> 0: any)
@@ -211,6 +237,9 @@ def run(args: argparse.Namespace) -> None:
                         pred[i, top[np.argsort(-fused)]] = np.sort(e[i, top])[::-1]
                     preds.append(pred)
                 p.val(f"re-rank top {k} with {baseline} (weight {w:g})", preds)
+    for k in (3, 10):
+        p.val(f"retrieval, nothing trained: mean bank accuracy of the {k} bank tasks nearest in task tokens",
+              [bank_retrieval(zoo, k)])
     p.val("single fits, 10 epochs (shipped)", p.fit("epochs10", {}))
     # Single fits differ by a few hundredths between seeds: this comparison takes 8 seeds per setting.
     for keep in (1.0, 0.5, 0.25):
