@@ -60,7 +60,6 @@ from spider.datamodules.episode_datasets import (
     LabelledTaskDataset,
     collate_episodes,
     epoch_order,
-    kept_classes,
 )
 from spider.datamodules.label_sources import TrainingLabels, training_labels
 from spider.priors import PriorInputs
@@ -68,7 +67,7 @@ from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSp
 from spider.errors import ConfigError, StoreError
 
 __all__ = ["EpisodeDataModule", "EpochBankSampler", "EvalTaskDataset", "LabelledTaskDataset",
-           "collate_episodes", "epoch_order", "kept_classes"]
+           "collate_episodes", "epoch_order"]
 
 
 
@@ -94,7 +93,7 @@ class EpisodeDataModule(L.LightningDataModule):
         baselines / aggregator: label and baseline-table scores.
         specific_models: S > 0 adds PTM-specific tokens of S random PTMs per episode (re-ranker).
         class_keep: in (0, 1]; < 1 builds each training episode's tokens from a random subset of at
-            least that fraction of its task's classes (``kept_classes``), labels unchanged.
+            least that fraction of its task's classes (``episode_datasets.kept_classes``), labels unchanged.
         label_workers: processes for building labels; num_workers: DataLoader workers;
             label_device: where label baselines compute (default CPU).
         build_labels: False makes ``prepare_data`` only check that the cache is complete.
