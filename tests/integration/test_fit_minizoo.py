@@ -35,7 +35,7 @@ def test_default_config_trains_on_the_minizoo():
     assert cfg.run_dir == "runs/minizoo-token"
 
 
-@pytest.mark.parametrize(("config", "recipe"), [("minizoo", "minizoo"), ("minizoo_tiny", "tiny")])
+@pytest.mark.parametrize(("config", "recipe"), [("minizoo", "minizoo"), ("minizoo_tiny", "tiny"), ("zoo40", "zoo40")])
 def test_zoo_data_configs_match_their_recipes_label_settings(config, recipe):
     """Same task settings as the recipe, so a fit reuses the label cache the build made."""
     cfg = compose([f"data={config}"])
