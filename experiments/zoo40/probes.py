@@ -120,9 +120,10 @@ class Probes:
         return preds
 
 
-def bank_retrieval(zoo, k: int) -> np.ndarray:
+def bank_retrieval(zoo, k: int, limit: int | None = None) -> np.ndarray:
     """[T, M] scores with nothing trained: the mean fine-tuned accuracy of the ``k`` bank tasks whose
-    general-encoder class centres best match the target's (symmetric mean best-match cosine)."""
+    general-encoder class centres best match the target's (symmetric mean best-match cosine); only
+    the bank's first ``limit`` tasks when given."""
     from spider.datamodules.finetune_bank import open_bank
     from spider.datamodules.label_cache import task_array
     from spider.datamodules.tasks import contiguous
@@ -133,14 +134,15 @@ def bank_retrieval(zoo, k: int) -> np.ndarray:
         return c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12)
 
     bank = open_bank(zoo.root, zoo.models)
-    tasks = [unit(class_centres(task_array(zoo.store, zoo.general, s), s.labels(), s.num_classes)) for s in bank.specs]
+    specs, accuracy = bank.specs[:limit], bank.accuracy[:limit]
+    tasks = [unit(class_centres(task_array(zoo.store, zoo.general, s), s.labels(), s.num_classes)) for s in specs]
     out = []
     for target in zoo.targets:
         entry = zoo.store.entry(zoo.general, target)
         labels = contiguous(entry.labels())
         own = unit(class_centres(entry.features(), labels, int(labels.max()) + 1))
         match = [0.5 * ((own @ t.T).max(1).mean() + (own @ t.T).max(0).mean()) for t in tasks]
-        out.append(bank.accuracy[np.argsort(match)[::-1][:k]].mean(0))
+        out.append(accuracy[np.argsort(match)[::-1][:k]].mean(0))
     return np.array(out)
 
 

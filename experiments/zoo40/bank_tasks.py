@@ -1,0 +1,149 @@
+"""Which pool tasks should the fine-tuning bank hold? (issue 8) Judged on the VALIDATION targets only.
+
+The bank is the first ``bank.num_tasks`` tasks of the label cache, drawn with the recipe's task
+settings. Every target is one dataset's classes, while a training task draws its classes from 1 to
+3 pool datasets: most bank tasks mix domains (digits beside traffic signs) in a way no target does.
+This script builds the label cache and bank again with other task settings, in a sibling folder of
+the zoo that links the zoo's store, checkpoints and ground truth (nothing else is rebuilt), then
+compares single fits of the report's main setting (fine-tuning labels, 8 seeds each) and the
+retrieval probe (nothing trained) on every bank.
+
+One command, after the zoo's report (it reads the report's baseline scores and timings)::
+
+    python experiments/zoo40/bank_tasks.py [--zoo-dir artifacts/zoo40] [--out experiments/zoo40/bank_tasks.md]
+
+Variants (:data:`VARIANTS`): the bank of 48 tasks of 1 to 3 datasets, the same with 96 tasks, and
+one of 96 single-dataset tasks, also scored on its first 48 alone: they separate the effect of the
+task distribution from the effect of the bank's size. A variant equal to the recipe is the zoo itself; the others are
+built beside it. Resumable: a variant's build and fits
+are cached like the zoo's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+from probes import Probes, bank_retrieval, log  # noqa: E402
+
+from spider.errors import cli_main  # noqa: E402
+from spider.io import write_text_atomic  # noqa: E402
+
+SEEDS = tuple(range(8))
+# (min datasets per task, max datasets per task, bank tasks, first n bank tasks also scored alone):
+# the bank zoo40 shipped with until 2026-12-01, the same tasks and as many more, and single-dataset
+# tasks, twice as many.
+VARIANTS = ((1, 3, 48, ()), (1, 3, 96, ()), (1, 1, 96, (48,)))
+SHARED = ("store", "checkpoints", "ground_truth", "ground_truth.csv", "ground_truth_details.csv",
+          "alternatives", "ptm_params.json")
+REPORT_CACHES = ("baselines.json", "extraction_times.json")
+
+
+def variant_recipe(recipe, lo: int, hi: int, num_tasks: int):
+    task = dataclasses.replace(recipe.labels.task, min_datasets_per_task=lo, max_datasets_per_task=hi)
+    return dataclasses.replace(recipe, labels=dataclasses.replace(recipe.labels, task=task),
+                               bank=dataclasses.replace(recipe.bank, num_tasks=num_tasks))
+
+
+def build_variant(base: Probes, recipe, out: Path, work: Path) -> None:
+    """Labels and bank of ``recipe`` in ``out`` (the zoo's other parts linked), report caches in ``work``."""
+    from spider.pipeline.build import build_zoo
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SHARED:
+        if (base.zoo.root / name).exists() and not (out / name).exists():
+            (out / name).symlink_to((base.zoo.root / name).resolve())
+    if recipe.labels == base.zoo.recipe.labels and not (out / "bank").exists():
+        # Same label cache: the zoo's labels and bank runs are this variant's first tasks (each run is
+        # cached under its task's spec, so the build redoes none of them).
+        shutil.copytree(base.zoo.root / "labels", out / "labels", dirs_exist_ok=True)
+        shutil.copytree(base.zoo.root / "bank" / "runs", out / "bank" / "runs", copy_function=os.link)
+    log(f"{out.name}: labels and bank ({recipe.bank.num_tasks} tasks)")
+    build_zoo(recipe, out, stages=("labels", "bank"), progress=False, log=log)
+    work.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_CACHES:  # same store, targets and PTMs: the same baseline scores and timings
+        if not (work / name).exists():
+            shutil.copyfile(base.work / name, work / name)
+
+
+@contextlib.contextmanager
+def first_bank_tasks(n: int):
+    """Fits see only the bank's first ``n`` tasks (fine-tuning labels)."""
+    import spider.datamodules.episodes as episodes
+
+    real = episodes.training_labels
+
+    def head(source, cache, bank=None, **kwargs):
+        out = real(source, cache, bank, **kwargs)
+        return dataclasses.replace(out, spec_texts=out.spec_texts[:n], scores=out.scores[:n])
+
+    episodes.training_labels = head
+    try:
+        yield
+    finally:
+        episodes.training_labels = real
+
+
+def run(args: argparse.Namespace) -> None:
+    base = Probes(args.zoo_dir, args.work_dir)
+    recipe = base.zoo.recipe
+    rows = []
+    for lo, hi, num_tasks, heads in VARIANTS:
+        name = f"{lo}-{hi} datasets per task, {num_tasks} bank tasks"
+        variant = variant_recipe(recipe, lo, hi, num_tasks)
+        if variant.hash == recipe.hash:
+            p, tag = base, f"{name} (the recipe)"
+        else:
+            slug = f"tasks{lo}-{hi}x{num_tasks}"
+            out, work = base.zoo.root.parent / f"{base.zoo.root.name}-{slug}", base.work / "bank_tasks" / slug
+            build_variant(base, variant, out, work)
+            p, tag = Probes(str(out), str(work)), name
+        overrides = {"data.task": variant.labels.task}  # the label cache the variant's bank was drawn from
+        for head in (None, *heads):
+            label = tag if head is None else f"{name}: first {head} bank tasks only"
+            patches = () if head is None else (first_bank_tasks(head),)
+            fits = p.score(p.fit(f"banktasks{lo}-{hi}x{num_tasks}-first{head}", overrides, patches, seeds=SEEDS))
+            retrieval = p.score([bank_retrieval(p.zoo, 10, limit=head)])
+            rows.append((label, *fits, *retrieval))
+            log(f"{label}: fits {fits[0]:+.3f} (regret {fits[1]:.2f}), retrieval {retrieval[0]:+.3f}")
+
+    lines = [f"# Bank task settings: {base.zoo.name}", "", "Generated by one command (do not edit by hand):",
+             f"```bash\n{' '.join(['python', 'experiments/zoo40/bank_tasks.py', *args.argv])}\n```", "",
+             f"Validation targets only ({', '.join(base.zoo.val_targets)}). \"Single fits\": the report's main "
+             f"setting (fine-tuning labels), mean over {len(SEEDS)} seeds. \"Retrieval\": the mean bank accuracy "
+             "of the 10 bank tasks nearest to the target in general-encoder class centres (nothing trained).",
+             "", "| bank | single fits: val wtau_paper | top-1 regret | retrieval: val wtau_paper | top-1 regret |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {label} | {w:+.3f} | {r:.2f} | {rw:+.3f} | {rr:.2f} |" for label, w, r, rw, rr in rows]
+    write_text_atomic(args.out, "\n".join(lines) + "\n")
+    log(f"wrote {args.out}")
+
+
+@cli_main()
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo-dir", default=str(REPO / "artifacts" / "zoo40"))
+    parser.add_argument("--work-dir", default=None, help="the report's work folder (default artifacts/<zoo>-report)")
+    parser.add_argument("--out", default=str(HERE / "bank_tasks.md"))
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    run(args)
+    log(f"done in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
