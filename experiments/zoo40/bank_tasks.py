@@ -27,16 +27,12 @@ import dataclasses
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
-from probes import Probes, bank_retrieval, log  # noqa: E402
+from probes import Probes, bank_retrieval, log, probe_main  # noqa: E402
 
 from spider.errors import cli_main  # noqa: E402
 from spider.io import write_text_atomic  # noqa: E402
@@ -57,19 +53,19 @@ def variant_recipe(recipe, lo: int, hi: int, num_tasks: int):
                                bank=dataclasses.replace(recipe.bank, num_tasks=num_tasks))
 
 
-def build_variant(base: Probes, recipe, out: Path, work: Path) -> None:
-    """Labels and bank of ``recipe`` in ``out`` (the zoo's other parts linked), report caches in ``work``."""
+def build_variant(base: Probes, recipe, out: Path, work: Path, same_labels: Path | None) -> None:
+    """Labels and bank of ``recipe`` in ``out`` (the zoo's other parts linked), report caches in
+    ``work``; ``same_labels``: a built zoo folder with the same label cache, whose labels and bank runs
+    are reused (each run is cached under its task's spec, so the build redoes none of them)."""
     from spider.pipeline.build import build_zoo
 
     out.mkdir(parents=True, exist_ok=True)
     for name in SHARED:
         if (base.zoo.root / name).exists() and not (out / name).exists():
             (out / name).symlink_to((base.zoo.root / name).resolve())
-    if recipe.labels == base.zoo.recipe.labels and not (out / "bank").exists():
-        # Same label cache: the zoo's labels and bank runs are this variant's first tasks (each run is
-        # cached under its task's spec, so the build redoes none of them).
-        shutil.copytree(base.zoo.root / "labels", out / "labels", dirs_exist_ok=True)
-        shutil.copytree(base.zoo.root / "bank" / "runs", out / "bank" / "runs", copy_function=os.link)
+    if same_labels is not None and not (out / "bank").exists():
+        shutil.copytree(same_labels / "labels", out / "labels", dirs_exist_ok=True)
+        shutil.copytree(same_labels / "bank" / "runs", out / "bank" / "runs", copy_function=os.link)
     log(f"{out.name}: labels and bank ({recipe.bank.num_tasks} tasks)")
     build_zoo(recipe, out, stages=("labels", "bank"), progress=False, log=log)
     work.mkdir(parents=True, exist_ok=True)
@@ -99,7 +95,7 @@ def first_bank_tasks(n: int):
 def run(args: argparse.Namespace) -> None:
     base = Probes(args.zoo_dir, args.work_dir)
     recipe = base.zoo.recipe
-    rows = []
+    rows, built = [], {recipe.labels: base.zoo.root}  # label settings -> a zoo folder with that cache
     for lo, hi, num_tasks, heads in VARIANTS:
         name = f"{lo}-{hi} datasets per task, {num_tasks} bank tasks"
         variant = variant_recipe(recipe, lo, hi, num_tasks)
@@ -108,7 +104,8 @@ def run(args: argparse.Namespace) -> None:
         else:
             slug = f"tasks{lo}-{hi}x{num_tasks}"
             out, work = base.zoo.root.parent / f"{base.zoo.root.name}-{slug}", base.work / "bank_tasks" / slug
-            build_variant(base, variant, out, work)
+            build_variant(base, variant, out, work, built.get(variant.labels))
+            built.setdefault(variant.labels, out)
             p, tag = Probes(str(out), str(work)), name
         overrides = {"data.task": variant.labels.task}  # the label cache the variant's bank was drawn from
         for head in (None, *heads):
@@ -133,16 +130,7 @@ def run(args: argparse.Namespace) -> None:
 
 @cli_main()
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--zoo-dir", default=str(REPO / "artifacts" / "zoo40"))
-    parser.add_argument("--work-dir", default=None, help="the report's work folder (default artifacts/<zoo>-report)")
-    parser.add_argument("--out", default=str(HERE / "bank_tasks.md"))
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    started = time.perf_counter()
-    run(args)
-    log(f"done in {time.perf_counter() - started:.0f} s")
-    return 0
+    return probe_main(run, __doc__.splitlines()[0], "bank_tasks.md", argv)
 
 
 if __name__ == "__main__":

@@ -266,16 +266,23 @@ def run(args: argparse.Namespace) -> None:
     log(f"wrote {args.out}")
 
 
-@cli_main()
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_main(run_probes, description: str, out: str, argv=None) -> int:
+    """The command line of a probe script (this one and its siblings): parse, run, time."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--zoo-dir", default=str(REPO / "artifacts" / "zoo40"))
     parser.add_argument("--work-dir", default=None, help="the report's work folder (default artifacts/<zoo>-report)")
-    parser.add_argument("--out", default=str(HERE / "probes.md"))
+    parser.add_argument("--out", default=str(HERE / out))
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    run(args)
+    started = time.perf_counter()
+    run_probes(args)
+    log(f"done in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+@cli_main()
+def main(argv=None) -> int:
+    return probe_main(run, __doc__.splitlines()[0], "probes.md", argv)
 
 
 if __name__ == "__main__":
