@@ -33,16 +33,21 @@ METRICS = (*PROTOCOLS, "top1_regret")
 def task_metrics(preds: Any, target: Any, mask: Any = None) -> dict[str, torch.Tensor]:
     """``{metric: float64 [N]}`` per task for predictions ``preds`` [N, M] of ``target`` [N, M].
 
-    A non-finite prediction (a failed baseline) leaves that model out of the task's ranking,
-    as does a False entry of the optional bool ``mask`` [N, M].
+    A False entry of the optional bool ``mask`` [N, M] leaves that model out of the task. A
+    non-finite prediction (a baseline that failed on that model) ranks the model below every
+    scored one: it is a model the method does not recommend, and leaving it out instead would
+    judge the method on an easier, smaller zoo than the others (and measure its top-1 regret
+    against a worse best). A task with no finite prediction is undefined (NaN).
     """
     preds_t = torch.as_tensor(np.asarray(preds, dtype=np.float64)) if not isinstance(preds, torch.Tensor) \
         else preds.detach().to(torch.float64)
     target_t = torch.as_tensor(target, dtype=torch.float64, device=preds_t.device)
-    present = torch.isfinite(preds_t)
-    if mask is not None:
-        present = present & torch.as_tensor(mask, dtype=torch.bool, device=preds_t.device)
-    preds_t = torch.nan_to_num(preds_t, nan=0.0, posinf=0.0, neginf=0.0)
+    present = torch.ones_like(preds_t, dtype=torch.bool) if mask is None else \
+        torch.as_tensor(mask, dtype=torch.bool, device=preds_t.device).expand_as(preds_t)
+    scored = torch.isfinite(preds_t) & present
+    floor = torch.where(scored, preds_t, torch.inf).amin(-1, keepdim=True) - 1.0
+    preds_t = torch.where(scored, preds_t, floor.expand_as(preds_t))
+    present = present & scored.any(-1, keepdim=True)
     out = {name: weighted_tau(preds_t, target_t, rank=rank, mask=present) for name, rank in PROTOCOLS.items()}
     out["top1_regret"] = top1_regret(preds_t, target_t, mask=present)
     return out

@@ -23,9 +23,18 @@ def test_task_metrics_perfect_reversed_and_failed_predictions():
     reverse = task_metrics(-truth, truth)
     assert float(reverse["wtau_symmetric"][0]) == pytest.approx(-1.0)
     assert float(reverse["top1_regret"][0]) == pytest.approx(30.0)
-    # A failed baseline (NaN) on the best model leaves it out instead of ranking it last.
-    failed = task_metrics(np.array([[np.nan, 3.0, 2.0, 1.0]]), truth)
-    assert float(failed["wtau_paper"][0]) == pytest.approx(1.0)
+    # A failed baseline (NaN) on the best model ranks it last: the method never recommends it, so
+    # it is judged on the whole zoo (as if it had scored that model lowest) and its regret is real.
+    failed = task_metrics(np.array([[np.nan, 3.0, 2.0, 1.0], [np.nan] * 4]), np.vstack([truth, truth]))
+    last = task_metrics(np.array([[0.0, 3.0, 2.0, 1.0]]), truth)
+    for metric in METRICS:
+        assert float(failed[metric][0]) == pytest.approx(float(last[metric][0]))
+        assert math.isnan(float(failed[metric][1]))  # nothing scored: undefined, not a tie
+    assert float(failed["top1_regret"][0]) == pytest.approx(10.0)
+    assert float(failed["wtau_paper"][0]) < 0.5
+    # A masked model stays out of the task whatever its prediction.
+    masked = task_metrics(np.array([[np.nan, 3.0, 2.0, 1.0]]), truth, mask=np.array([[False, True, True, True]]))
+    assert float(masked["wtau_paper"][0]) == pytest.approx(1.0)
 
 
 def test_grouped_mean_skips_undefined_values_and_empty_groups():
@@ -75,5 +84,6 @@ def test_batched_rerank_equals_one_task_at_a_time():
     for b in range(3):
         one = scorer.rerank(tokens[b], mask[b], 3, lambda top, b=b: bank[b, top])
         assert batched.order[b].tolist() == one.order.tolist()
-        assert torch.allclose(batched.scores[b], one.scores, atol=1e-6)
+        # float32 kernels differ by batch shape (seen: 3e-6 apart): agreement to float32 precision
+        assert torch.allclose(batched.scores[b], one.scores, rtol=1e-5, atol=1e-5)
         assert batched.rescored[b].tolist() == one.rescored.tolist()
