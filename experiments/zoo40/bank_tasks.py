@@ -8,15 +8,18 @@ the zoo that links the zoo's store, checkpoints and ground truth (nothing else i
 compares single fits of the report's main setting (fine-tuning labels, 8 seeds each) and the
 retrieval probe (nothing trained) on every bank.
 
-One command, after the zoo's report (it reads the report's baseline scores and timings)::
+One command per zoo (it reads the report's baseline scores and timings, computed when missing)::
 
-    python experiments/zoo40/bank_tasks.py [--zoo-dir artifacts/zoo40] [--out experiments/zoo40/bank_tasks.md]
+    python experiments/zoo40/bank_tasks.py
+    python experiments/zoo40/bank_tasks.py --zoo-dir artifacts/minizoo --out experiments/minizoo/bank_tasks.md \
+        --variants 1-3x40 1-3x96 1-1x96:40
 
-Variants (:data:`VARIANTS`): the bank of 48 tasks of 1 to 3 datasets, the same with 96 tasks, and
-one of 96 single-dataset tasks, also scored on its first 48 alone: they separate the effect of the
-task distribution from the effect of the bank's size. A variant equal to the recipe is the zoo itself; the others are
-built beside it. Resumable: a variant's build and fits
-are cached like the zoo's.
+A variant ``LO-HIxN[:n]`` is a bank of ``N`` tasks of ``LO`` to ``HI`` pool datasets each, also scored
+on its first ``n`` tasks alone. zoo40's default variants (:data:`VARIANTS`): the bank of 48 tasks of
+1 to 3 datasets it shipped with until 2026-12-01, the same with 96 tasks, and 96 single-dataset
+tasks, also scored on their first 48: they separate the effect of the task distribution from the
+effect of the bank's size. A variant equal to the recipe is the zoo itself; the others are built
+beside it. Resumable: a variant's build and fits are cached like the zoo's.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -38,13 +42,23 @@ from spider.errors import cli_main  # noqa: E402
 from spider.io import write_text_atomic  # noqa: E402
 
 SEEDS = tuple(range(8))
-# (min datasets per task, max datasets per task, bank tasks, first n bank tasks also scored alone):
-# the bank zoo40 shipped with until 2026-12-01, the same tasks and as many more, and single-dataset
-# tasks, twice as many.
-VARIANTS = ((1, 3, 48, ()), (1, 3, 96, ()), (1, 1, 96, (48,)))
+VARIANTS = ("1-3x48", "1-3x96", "1-1x96:48")  # zoo40's; see the docstring
+VARIANT = re.compile(r"(\d+)-(\d+)x(\d+)(?::(\d+))?")
 SHARED = ("store", "checkpoints", "ground_truth", "ground_truth.csv", "ground_truth_details.csv",
           "alternatives", "ptm_params.json")
 REPORT_CACHES = ("baselines.json", "extraction_times.json")
+
+
+def parse_variant(text: str) -> tuple[int, int, int, tuple[int, ...]]:
+    """``"1-3x96:48"`` -> (1, 3, 96, (48,)): datasets per task, bank tasks, heads scored alone."""
+    match = VARIANT.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO-HIxN or LO-HIxN:n (e.g. 1-1x96:48)")
+    lo, hi, num_tasks = (int(g) for g in match.groups()[:3])
+    head = () if match[4] is None else (int(match[4]),)
+    if not 1 <= lo <= hi or num_tasks < 1 or any(not 1 <= h < num_tasks for h in head):
+        raise argparse.ArgumentTypeError(f"{text!r} needs 1 <= LO <= HI, N >= 1 and 1 <= n < N")
+    return lo, hi, num_tasks, head
 
 
 def variant_recipe(recipe, lo: int, hi: int, num_tasks: int):
@@ -96,7 +110,7 @@ def run(args: argparse.Namespace) -> None:
     base = Probes(args.zoo_dir, args.work_dir)
     recipe = base.zoo.recipe
     rows, built = [], {recipe.labels: base.zoo.root}  # label settings -> a zoo folder with that cache
-    for lo, hi, num_tasks, heads in VARIANTS:
+    for lo, hi, num_tasks, heads in args.variants:
         name = f"{lo}-{hi} datasets per task, {num_tasks} bank tasks"
         variant = variant_recipe(recipe, lo, hi, num_tasks)
         if variant.hash == recipe.hash:
@@ -130,7 +144,11 @@ def run(args: argparse.Namespace) -> None:
 
 @cli_main()
 def main(argv=None) -> int:
-    return probe_main(run, __doc__.splitlines()[0], "bank_tasks.md", argv)
+    def variants(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--variants", nargs="+", type=parse_variant, default=[parse_variant(v) for v in VARIANTS],
+                            metavar="LO-HIxN[:n]", help=f"banks to compare (default: {' '.join(VARIANTS)})")
+
+    return probe_main(run, __doc__.splitlines()[0], "bank_tasks.md", argv, variants)
 
 
 if __name__ == "__main__":

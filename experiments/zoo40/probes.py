@@ -2,7 +2,7 @@
 setting, each judged on the VALIDATION targets only (test targets are not even scored here).
 
 One command, after the zoo's report (it reuses the report's work folder: trained scorers,
-baseline scores, extraction times)::
+baseline scores, extraction times; the last two are computed here when missing)::
 
     python experiments/zoo40/probes.py [--zoo-dir artifacts/zoo40] [--out experiments/zoo40/probes.md]
 
@@ -70,10 +70,9 @@ class Probes:
         if not self.zoo.val_targets:
             raise ReportError(f"{zoo_dir}: no validation targets to judge probes on")
         self.work = Path(work_dir) if work_dir else REPO / "artifacts" / f"{self.zoo.root.resolve().name}-report"
+        # The report's caches, under the report's identity (1 thread): computed here when missing.
         identity = {"models": self.zoo.models, "threads": 1, "host": platform.node()}
-        for name in ("extraction_times.json", "baselines.json"):
-            if not (self.work / name).is_file():
-                raise ReportError(f"{self.work / name}: missing; run the zoo's report first")
+        self.work.mkdir(parents=True, exist_ok=True)
         self.extraction = time_extraction(self.zoo, JsonCache(self.work / "extraction_times.json", identity), log)
         self.scores, _ = forward.run_baselines(self.zoo, forward.applicable_baselines(),
                                                JsonCache(self.work / "baselines.json", identity), log)
@@ -266,12 +265,15 @@ def run(args: argparse.Namespace) -> None:
     log(f"wrote {args.out}")
 
 
-def probe_main(run_probes, description: str, out: str, argv=None) -> int:
-    """The command line of a probe script (this one and its siblings): parse, run, time."""
+def probe_main(run_probes, description: str, out: str, argv=None, add_arguments=None) -> int:
+    """The command line of a probe script (this one and its siblings): parse, run, time;
+    ``add_arguments(parser)`` adds a script's own options."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--zoo-dir", default=str(REPO / "artifacts" / "zoo40"))
     parser.add_argument("--work-dir", default=None, help="the report's work folder (default artifacts/<zoo>-report)")
     parser.add_argument("--out", default=str(HERE / out))
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
