@@ -7,13 +7,16 @@ the general encoder of the zoo the checkpoint was trained on (``data.zoo``, reco
 checkpoint) is run on them first. With ``rerank_topk = k > 0`` and a
 :class:`~spider.modules.ReRanker` checkpoint (or ``rerankers``: ReRanker checkpoints that re-score
 the top k of any ranker, e.g. a seed ensemble), the k best PTMs are re-scored from their own
-features of the task (for images: those k PTMs are run on the images).
+features of the task (for images: those k PTMs are run on the images). With ``rerank_baseline``
+(a registered forward baseline, any checkpoint) those k are re-ordered by a fusion of the ranking
+with the baseline's scores of their features (:func:`spider.modules.forward_rerank`).
 
 Command line::
 
     python -m spider.rank --images DIR [--checkpoint CKPT] [--rerank-topk 3] [--json out.json]
     python -m spider.rank --store STORE --dataset D [--split train] [--checkpoint CKPT] ...
     python -m spider.rank ... --checkpoint S0 S1 S2 --reranker R0 --reranker R1 --rerank-topk 3 [--rerank-weight W]
+    python -m spider.rank ... --rerank-baseline logme --rerank-topk 10 [--rerank-weight W]
 
 ``--checkpoint`` defaults to ``last.ckpt`` of the default ``python -m spider.fit`` run. Prints a
 table (rank, model, score, tokens used), the time of each stage, and writes the same as JSON
@@ -38,7 +41,16 @@ import torch
 
 from spider.errors import ConfigError, StoreError, cli_main
 from spider.io import write_text_atomic
-from spider.rank_core import RankResult, _check_task_dim, _load_ranker, _result, _score, default_checkpoint
+from spider.rank_core import (
+    RankResult,
+    _check_task_dim,
+    _forward_weight,
+    _load_ranker,
+    _result,
+    _score,
+    baseline_score,
+    default_checkpoint,
+)
 from spider.rank_images import image_source, rank_images, zoo_model_refs
 
 __all__ = ["RankResult", "default_checkpoint", "image_source", "main", "print_ranking", "rank_images", "rank_task",
@@ -93,6 +105,7 @@ def rank_task(
     rerank_topk: int = 0,
     rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (),
     rerank_weight: Optional[float] = None,
+    rerank_baseline: Optional[str] = None,
     device: str = "cpu",
 ) -> RankResult:
     """Rank every PTM of a trained scorer's zoo for the task ``dataset/split`` of ``store``.
@@ -108,6 +121,9 @@ def rank_task(
             checkpoint or ``rerankers``).
         rerankers, rerank_weight: ReRanker checkpoints that re-score the top k and their fusion
             weight (:func:`spider.rank_core.load_ranker`).
+        rerank_baseline: a registered forward baseline (e.g. ``logme``) that scores the top k from
+            their stored features instead, fused with weight ``rerank_weight`` (default
+            :data:`spider.modules.FORWARD_RERANK_WEIGHT`; :func:`spider.modules.forward_rerank`).
 
     Returns:
         A :class:`RankResult`.
@@ -116,7 +132,7 @@ def rank_task(
 
     timings: dict[str, float] = {}
     start = t0 = time.perf_counter()
-    model, info, names = _load_ranker(checkpoint, device, rerank_topk, rerankers, rerank_weight)
+    model, info, names = _load_ranker(checkpoint, device, rerank_topk, rerankers, rerank_weight, rerank_baseline)
     general = general or info.get("general") or "general"
     timings["load"] = time.perf_counter() - t0
 
@@ -136,7 +152,15 @@ def rank_task(
                              f"{names[m]} (drop --rerank-topk or store its features)")
         return task_tokens(store, names[m], dataset, split, labels=labels)[0]
 
-    scored = _score(model, tokens, rerank_topk, specific_tokens, timings)
+    def forward_score(m: int) -> float:
+        if not store.has(names[m], dataset, split):
+            raise StoreError(f"store {store.root}: no entry {names[m]}/{dataset}/{split} to re-rank "
+                             f"{names[m]} (drop --rerank-topk or store its features)")
+        entry = store.entry(names[m], dataset, split)
+        return baseline_score(rerank_baseline, labels, entry.features(), entry.logits() if entry.has_logits else None)
+
+    forward = None if rerank_baseline is None else (forward_score, _forward_weight(rerank_weight))
+    scored = _score(model, tokens, rerank_topk, specific_tokens, timings, forward)
     timings["total"] = time.perf_counter() - start
     return _result(scored, names, timings, dataset=dataset, split=split, num_classes=int(tokens.shape[0]),
                    num_samples=int(labels.shape[0]))
@@ -183,9 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reranker", action="append", default=[],
                         help="ReRanker checkpoint that re-scores the top k of --checkpoint's ranking (e.g. of a seed "
                              "ensemble); repeat for a seed ensemble of re-rankers; needs --rerank-topk")
+    parser.add_argument("--rerank-baseline", default=None, metavar="BASELINE",
+                        help="re-order the top k (--rerank-topk) by a fusion with this forward baseline's scores of "
+                             "their features (e.g. logme, gbc; `spider baselines --list`), instead of a ReRanker; "
+                             "k = the number of PTMs run on the task")
     parser.add_argument("--rerank-weight", type=float, default=None,
-                        help="fusion weight of --reranker's specific scores in [0, 1] (default: the first "
-                             "re-ranker's model.rerank_weight)")
+                        help="fusion weight in [0, 1] of --reranker's specific scores (default: the first "
+                             "re-ranker's model.rerank_weight) or of --rerank-baseline's scores (default 0.5)")
     parser.add_argument("--top", type=int, default=None, help="show only the first N rows of the table")
     parser.add_argument("--json", default=None, help="write the result as JSON to this file ('-': stdout)")
     parser.add_argument("--device", default="cpu")
@@ -208,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not Path(path).is_file():
             raise ConfigError(f"--reranker: no file {path}")
     checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints
-    reranking = {"rerank_topk": args.rerank_topk, "rerankers": args.reranker, "rerank_weight": args.rerank_weight}
+    reranking = {"rerank_topk": args.rerank_topk, "rerankers": args.reranker, "rerank_weight": args.rerank_weight,
+                 "rerank_baseline": args.rerank_baseline}
     if args.images:
         progress = not args.no_progress and args.json != "-" and sys.stdout.isatty()
         result = rank_images(args.images, checkpoint, zoo_dir=args.zoo_dir, batch_size=args.batch_size,
@@ -260,10 +289,18 @@ def _check_reranking(args: argparse.Namespace) -> None:
     """The re-ranking options of ``spider rank`` (``_check_options`` serves other ranking CLIs too)."""
     if args.reranker and args.rerank_topk < 1:
         raise ConfigError("--reranker: re-scores the top k of the ranking; pass --rerank-topk k (k >= 1)")
+    if args.rerank_baseline is not None:
+        from spider.baselines import get_baseline
+
+        get_baseline(args.rerank_baseline)  # names the unknown baseline and the known ones
+        if args.rerank_topk < 1:
+            raise ConfigError("--rerank-baseline: re-orders the top k of the ranking; pass --rerank-topk k (k >= 1)")
+        if args.reranker:
+            raise ConfigError("--rerank-baseline and --reranker: the top k are re-ranked by one or the other")
     if args.rerank_weight is not None:
-        if not args.reranker:
-            raise ConfigError("--rerank-weight: the fusion weight of --reranker; pass --reranker (a ReRanker "
-                              "--checkpoint fuses with its own model.rerank_weight)")
+        if not args.reranker and args.rerank_baseline is None:
+            raise ConfigError("--rerank-weight: the fusion weight of --reranker or --rerank-baseline; pass one (a "
+                              "ReRanker --checkpoint fuses with its own model.rerank_weight)")
         if not 0.0 <= args.rerank_weight <= 1.0:
             raise ConfigError(f"--rerank-weight: expected a number in [0, 1], got {args.rerank_weight}")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import numpy as np
 import torch
 
 from spider.errors import ConfigError, StoreError
@@ -114,21 +115,35 @@ def load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Un
 
 def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Union[str, os.PathLike]]],
                  device: str, rerank_topk: int, rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (),
-                 weight: float | None = None) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
-    """(:func:`load_ranker`'s ranker, its checkpoint info, PTM ids in model-index order)."""
+                 weight: float | None = None, baseline: str | None = None
+                 ) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
+    """(:func:`load_ranker`'s ranker, its checkpoint info, PTM ids in model-index order);
+    ``baseline``: the top k are re-ordered by that forward baseline instead of a ReRanker."""
     from spider.modules import ReRanker, ReRanking
 
     if rerank_topk < 0:
         raise ConfigError(f"rerank_topk: expected an integer >= 0, got {rerank_topk}")
-    if isinstance(checkpoint, (list, tuple)) and len(checkpoint) > 1 and rerank_topk > 0 and not rerankers:
+    if baseline is not None:
+        from spider.baselines import get_baseline
+
+        get_baseline(baseline)  # an unknown name fails before anything is loaded
+        if rerank_topk < 1:
+            raise ConfigError(f"rerank_baseline={baseline}: re-orders the top k of the ranking; pass rerank_topk "
+                              ">= 1 (the number of PTMs to run on the task)")
+        if rerankers:
+            raise ConfigError("rerank_baseline and rerankers: the top k are re-ranked by one or the other")
+        if weight is not None and not 0.0 <= weight <= 1.0:
+            raise ConfigError(f"rerank_weight: expected a number in [0, 1], got {weight}")
+    if isinstance(checkpoint, (list, tuple)) and len(checkpoint) > 1 and rerank_topk > 0 and not rerankers \
+            and baseline is None:
         raise ConfigError("--rerank-topk: re-ranking takes one checkpoint, not an ensemble (or re-rankers to "
                           "re-score the ensemble's top k: --reranker)")
-    model = load_ranker(checkpoint, rerankers, weight, device=device)
+    model = load_ranker(checkpoint, rerankers, None if baseline else weight, device=device)
     info = getattr(model, "spider_info", None) or {}
     names = list(info.get("model_names") or model.hparams.get("model_names") or [])
     if len(names) != model.num_models:
         names = [f"model{m}" for m in range(model.num_models)]
-    if rerank_topk > 0 and not isinstance(model, (ReRanker, ReRanking)):
+    if rerank_topk > 0 and baseline is None and not isinstance(model, (ReRanker, ReRanking)):
         raise ConfigError(f"rerank_topk={rerank_topk}: the checkpoint holds a {type(model).__name__}, "
                           "re-ranking needs a ReRanker (model=reranker)")
     return model, info, names
@@ -178,10 +193,13 @@ class _Scored:
 
 
 def _score(model: torch.nn.Module, tokens: torch.Tensor, rerank_topk: int,
-           specific_tokens: Callable[[int], torch.Tensor], timings: dict[str, float]) -> _Scored:
+           specific_tokens: Callable[[int], torch.Tensor], timings: dict[str, float],
+           forward: tuple[Callable[[int], float], float] | None = None) -> _Scored:
     """Score every PTM from ``tokens`` [C, Dg]; re-score the top k from ``specific_tokens(m)``
-    ([C, D_m] class centres under PTM m). Adds ``warmup``, ``score`` and ``rerank`` to ``timings``
-    (and ``index``, the one-off index build, for a hub-sized zoo)."""
+    ([C, D_m] class centres under PTM m), or with ``forward = (score, weight)`` re-order them by
+    :func:`spider.modules.forward_rerank` with a forward baseline's ``score(m)`` of PTM m. Adds
+    ``warmup``, ``score`` and ``rerank`` to ``timings`` (and ``index``, the one-off index build,
+    for a hub-sized zoo)."""
     from spider.datamodules.tokens import pad_last_dim
 
     mask = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
@@ -202,7 +220,16 @@ def _score(model: torch.nn.Module, tokens: torch.Tensor, rerank_topk: int,
     general_scores[ranking.models] = ranking.scores
     order = ranking.models
     scored = _Scored(order, general_scores, general_scores, torch.zeros_like(general_scores, dtype=torch.bool))
-    if rerank_topk > 0:
+    if rerank_topk > 0 and forward is not None:
+        from spider.modules import forward_rerank
+
+        t0 = time.perf_counter()
+        score_of, weight = forward
+        result = forward_rerank(general_scores[None], rerank_topk,
+                                lambda top: torch.tensor([[score_of(m) for m in top[0].tolist()]]), weight)
+        scored.order, scored.scores, scored.rescored = result.order[0], result.scores[0], result.rescored[0]
+        timings["rerank"] = time.perf_counter() - t0
+    elif rerank_topk > 0:
         t0 = time.perf_counter()
         max_dim = int(model.max_model_dim)
 
@@ -216,6 +243,22 @@ def _score(model: torch.nn.Module, tokens: torch.Tensor, rerank_topk: int,
         scored.order, scored.scores, scored.rescored = result.order, result.scores, result.rescored
         timings["rerank"] = time.perf_counter() - t0
     return scored
+
+
+def _forward_weight(weight: float | None) -> float:
+    from spider.modules import FORWARD_RERANK_WEIGHT
+
+    return FORWARD_RERANK_WEIGHT if weight is None else float(weight)
+
+
+def baseline_score(name: str, labels: np.ndarray, features: Any, source_logits: Any = None) -> float:
+    """Forward baseline ``name`` of one PTM on a task (NaN, with a warning, where it fails)."""
+    from spider.baselines import score_models
+
+    arrays = {"features": np.asarray(features, dtype=np.float32)}
+    if source_logits is not None:
+        arrays["source_logits"] = np.asarray(source_logits, dtype=np.float32)
+    return float(score_models(labels, {"ptm": arrays}, [name])[0, 0])
 
 
 def _result(scored: _Scored, names: list[str], timings: dict[str, float], **task: Any) -> RankResult:

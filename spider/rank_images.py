@@ -9,10 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 from spider.errors import ConfigError
-from spider.rank_core import RankResult, _check_task_dim, _load_ranker, _result, _score, default_checkpoint
+from spider.rank_core import (
+    RankResult,
+    _check_task_dim,
+    _forward_weight,
+    _load_ranker,
+    _result,
+    _score,
+    baseline_score,
+    default_checkpoint,
+)
 
 __all__ = ["image_source", "rank_images", "zoo_model_refs"]
 
@@ -61,6 +71,7 @@ def rank_images(
     rerank_topk: int = 0,
     rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (),
     rerank_weight: Optional[float] = None,
+    rerank_baseline: Optional[str] = None,
     zoo_dir: Union[str, os.PathLike, None] = None,
     data_dir: Union[str, os.PathLike, None] = None,
     batch_size: int = 128,
@@ -72,7 +83,8 @@ def rank_images(
     The general encoder of the zoo the checkpoint was trained on runs on every image; the class
     centres of its features are the task tokens. With ``rerank_topk = k``, the k best PTMs run on
     the images too and are re-scored from the class centres of their own features.
-    ``rerankers`` and ``rerank_weight`` are those of :func:`spider.rank.rank_task`.
+    ``rerankers``, ``rerank_weight`` and ``rerank_baseline`` are those of
+    :func:`spider.rank.rank_task` (a forward baseline scores the k PTMs' features of the images).
 
     Args:
         images: folder with one sub-folder of images per class (at least 2 classes).
@@ -85,7 +97,8 @@ def rank_images(
         A :class:`RankResult` (``timings_ms``: ``imports`` (one-off per process),
         ``check_images`` (every file's header),
         ``load`` (checkpoint, zoo record), ``extract_general``, ``warmup``,
-        ``score``, then with re-ranking ``extract_topk`` and ``rescore``; ``total``).
+        ``score``, then with re-ranking ``extract_topk`` and ``rescore`` (by a forward baseline:
+        ``forward_topk``, the k PTMs' extraction and scores); ``total``).
     """
     timings: dict[str, float] = {}
     start = t0 = time.perf_counter()
@@ -107,7 +120,7 @@ def rank_images(
         if not isinstance(path, torch.nn.Module) and not Path(path).is_file():
             raise ConfigError(f"checkpoint {path}: no such file (train one with `python -m spider.fit`, "
                               "or pass --checkpoint)")
-    model, info, names = _load_ranker(checkpoint, device, rerank_topk, rerankers, rerank_weight)
+    model, info, names = _load_ranker(checkpoint, device, rerank_topk, rerankers, rerank_weight, rerank_baseline)
     zoo = info.get("zoo") or {}
     zoo_dir = zoo_dir or zoo.get("dir")
     if not zoo_dir:
@@ -121,10 +134,16 @@ def rank_images(
                           "(another zoo than the one it was trained on?)")
     timings["load"] = time.perf_counter() - t0
 
+    def extracted(ref: Any) -> Any:
+        return extract(ref.load(data_dir), source, batch_size=batch_size, device=device, progress=progress,
+                       description=f"{ref.id} on {source.root.name}")
+
     def centres_of(ref: Any) -> torch.Tensor:
-        features = extract(ref.load(data_dir), source, batch_size=batch_size, device=device, progress=progress,
-                           description=f"{ref.id} on {source.root.name}").features
-        return class_centres(features, source.labels, len(source.class_names)).float()
+        return class_centres(extracted(ref).features, source.labels, len(source.class_names)).float()
+
+    def forward_score(m: int) -> float:
+        out = extracted(refs[names[m]])
+        return baseline_score(rerank_baseline, np.asarray(source.labels), out.features, out.logits)
 
     t0 = time.perf_counter()
     tokens = centres_of(general_ref)
@@ -132,8 +151,11 @@ def rank_images(
     tokens = tokens.to(device)
     timings["extract_general"] = time.perf_counter() - t0
 
-    scored = _score(model, tokens, rerank_topk, lambda m: centres_of(refs[names[m]]), timings)
-    if "rerank" in timings:
+    forward = None if rerank_baseline is None else (forward_score, _forward_weight(rerank_weight))
+    scored = _score(model, tokens, rerank_topk, lambda m: centres_of(refs[names[m]]), timings, forward)
+    if forward is not None and "rerank" in timings:  # the k PTMs' extraction and baseline scores
+        timings["forward_topk"] = timings.pop("rerank")
+    elif "rerank" in timings:
         timings["extract_topk"] = scored.specific_seconds
         timings["rescore"] = timings.pop("rerank") - scored.specific_seconds
     timings["total"] = time.perf_counter() - start

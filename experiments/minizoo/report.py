@@ -8,8 +8,8 @@ One command::
 reads a zoo built by ``spider zoo build <recipe>`` and writes into ``--out``:
 
 * ``report.md``     validation and test tables (per target and mean; wtau_paper, wtau_symmetric,
-                    top-1 regret) of Model Spider with general tokens and with re-ranking of the top
-                    k = 1, 3, 5, every forward baseline and their Copeland aggregate, every static
+                    top-1 regret) of Model Spider (general tokens, re-ranking of the top k = 1, 3, 5,
+                    forward re-ranking), every forward baseline and their Copeland aggregate, every static
                     prior, TransferGraph (fitted on the fine-tuning bank); costs per target and of
                     building the zoo (fine-tuning bank included); the bank's protocol agreement; the
                     label-source ablation (winner chosen on the validation targets only); the goal
@@ -45,7 +45,7 @@ import numpy as np
 
 from spider.benchmark import charts, costs, forward, goals, leave_one_out, lgc_rows, markdown as md
 from spider.benchmark.inputs import JsonCache, ReportError, open_zoo
-from spider.benchmark.methods import METRICS, method_result, pick_winner, prior_rows, summary
+from spider.benchmark.methods import METRICS, method_result, pick_winner, prior_rows, spider_row, summary
 from spider.benchmark.timing import time_extraction
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer
 from spider.benchmark.transfergraph import transfergraph_row
@@ -85,14 +85,6 @@ QUICK = Budget(seeds=(0,), ensembles=1, ensemble_size=2, max_epochs=2, specific_
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def spider_row(name: str, zoo, runs: Sequence[dict], ptm_passes: int, note: str):
-    """A Model Spider row from its per-seed rankings (:func:`rank_targets` records)."""
-    mean = lambda key: np.mean([np.asarray(r[key]) for r in runs], axis=0)  # noqa: E731
-    return method_result(name, "spider", zoo, [r["pred"] for r in runs], seconds=mean("seconds"),
-                         extract_seconds=mean("extract_seconds"), score_seconds=mean("score_seconds"),
-                         ptm_passes=ptm_passes, general_passes=1, note=note)
 
 
 def label_source_ablation(zoo, budget: Budget, work: Path, extraction) -> tuple[dict, list, FitSpec]:
@@ -204,7 +196,8 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     ensemble = spider_row(f"{SPIDER} ensemble", zoo, ensemble_runs, 0,
                           f"{size} seeds of the main setting, per-task standardised scores averaged")
     # Single scorer or seed ensemble: chosen on the validation targets like everything else.
-    main_name = pick_winner({general.name: general, ensemble.name: ensemble}, zoo)
+    by_main = {general.name: general, ensemble.name: ensemble}
+    main_name = pick_winner(by_main, zoo)
     # Re-ranking refines the main ranking: its top k are re-scored by a ReRanker and fused with it
     # (spider.modules.ReRanking); re-ranker seed i refines the main ranker's i-th ensemble (or seed).
     # One re-ranker per ensemble: seed ensembles of re-rankers did not help on the validation targets.
@@ -222,10 +215,14 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     spider_rows = [general, ensemble] + [spider_row(f"{SPIDER} rerank@{k}", zoo, [r[k] for r in rerank_runs], min(k, num),
                                           f"ReRanker: top {k} of {main_name} re-scored with their own "
                                           f"features, fused with its scores (weight {weight:g})") for k in RERANK_KS]
+    log("forward re-ranking: the main ranking's top k re-ordered with a forward baseline, chosen on validation")
+    forward_rows, forward_ablation = forward.rerank_ablation(zoo, by_main[main_name], rows, scores, seconds, extraction)
+    spider_rows += list(forward_rows.values())  # top-3 re-ranking: the ReRanker's or a baseline's, best on val
+    rerank3 = pick_winner({r.name: r for r in (spider_rows[2 + RERANK_KS.index(3)], forward_rows[3])}, zoo)
     order = [*spider_rows, *(rows[b] for b in baselines), *([rows["lgc"]] if "lgc" in rows else []), rows[AGGREGATE], *priors,
              tgraph]
     by_name = {r.name: r for r in order}
-    groups = {"model_spider": main_name, "model_spider_rerank3": f"{SPIDER} rerank@3",
+    groups = {"model_spider": main_name, "model_spider_rerank3": rerank3,
               "forward_baselines": [*baselines, AGGREGATE], "static_priors": [r.name for r in priors]}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -255,7 +252,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "goal": goals.goal_check(by_name, groups["model_spider"], groups["model_spider_rerank3"],
                                  groups["forward_baselines"], groups["static_priors"], zoo.test_targets),
         "ablation": ablation, "transfergraph": tgraph_info,
-        "rerank_weight": weight, "rerank_ablation": rerank_ablation,
+        "rerank_weight": weight, "rerank_ablation": rerank_ablation, "forward_rerank_ablation": forward_ablation,
         "build": {"stages": costs.build_stages(zoo), "bank": costs.bank_runs(zoo),
                   "ground_truth": costs.run_files(zoo.root / "ground_truth" / "runs")},
         "bank_agreement": costs.bank_agreement(zoo),
@@ -355,6 +352,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         f"main-ranking z-score + w x its specific z-score; w = 0 keeps the main ranking). The winner on the validation "
         f"targets' mean wtau_paper (w = {results['rerank_weight']:g}) is used for every `rerank@k` row; only its test "
         "score is looked at.", "", md.ablation_table(results["rerank_ablation"]),
+        *forward.rerank_section(results["forward_rerank_ablation"], results["groups"]["model_spider_rerank3"]),
         "", "## Spider charts: what the learned tokens say each PTM is good at",
         "Sampled tasks of each dataset scored by the main scorer (seed 0): a PTM's value is its mean percentile rank "
         "(1 = always first), datasets grouped by source domain (`spider.zoo.domains`; * = the pool datasets of that "
@@ -362,7 +360,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         "", "![spider charts](spider_charts.png)", *leave_one_out.section(results.get("incremental")),
     ]
     errors = results["baseline_errors"]
-    parts += ["", "## Notes", f"- Baseline failures (NaN, left out of that target's ranking): {len(errors)}"
+    parts += ["", "## Notes", f"- Baseline failures (NaN: the PTM is ranked last for that target, as a user of the method would never pick it): {len(errors)}"
               + ("" if not errors else "; " + "; ".join(errors[:10])),
               "- Re-ranked PTMs (top 3, seed 0): " + "; ".join(
                   f"{t}: {', '.join(m)}" for t, m in results["reranked_models"]["rerank@3"][0].items()),

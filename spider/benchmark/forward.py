@@ -13,8 +13,16 @@ from typing import Any, Callable
 import numpy as np
 
 from spider.benchmark.inputs import JsonCache, Zoo
+from spider.benchmark.markdown import ablation_table
+from spider.benchmark.methods import METRICS, MethodResult, method_result, pick_winner
 
-__all__ = ["applicable_baselines", "baseline_errors", "copeland_scores", "run_baselines"]
+__all__ = ["applicable_baselines", "baseline_errors", "copeland_scores", "rerank_ablation", "rerank_section", "run_baselines"]
+
+# Forward re-ranking: the main ranking's top k re-ordered by a fusion with one of the RERANK_CANDIDATES
+# forward baselines best on validation, weight in RERANK_WEIGHTS; k = 0 stands for every PTM.
+RERANK_KS = (3, 10, 0)
+RERANK_WEIGHTS = (0.25, 0.5, 0.75)
+RERANK_CANDIDATES = 3
 
 
 def applicable_baselines() -> list[str]:
@@ -97,3 +105,63 @@ def copeland_scores(scores: Mapping[str, np.ndarray], members: Sequence[str]) ->
         out.append(np.asarray(copeland(np.stack([scores[b][t] for b in members])).scores, dtype=np.float64))
         seconds.append(time.perf_counter() - start)
     return np.stack(out), np.asarray(seconds)
+
+
+def rerank_ablation(zoo: Zoo, main: MethodResult, rows: Mapping[str, MethodResult], scores: Mapping[str, np.ndarray],
+                    seconds: Mapping[str, np.ndarray], extraction: Mapping[str, Mapping[str, float]]) -> tuple[dict, list]:
+    """Forward re-ranking (:func:`spider.modules.forward_rerank`) of the ``main`` row's rankings (one
+    per seed or ensemble): every k of :data:`RERANK_KS`, weight of :data:`RERANK_WEIGHTS` and one of
+    the :data:`RERANK_CANDIDATES` baselines of ``scores`` best on validation (``rows``: their rows;
+    ``seconds``: their [T, M] times). Per k, the winner on the VALIDATION targets. Returns
+    ``({k: row}, ablation table entries)``; a row's time adds the k PTMs' extraction and scores."""
+    import torch
+
+    from spider.evaluate import rank_values
+    from spider.modules import forward_rerank
+
+    num = len(zoo.models)
+    candidates = sorted(scores, key=lambda b: -rows[b].mean("wtau_paper", zoo.val_targets))[:RERANK_CANDIDATES]
+    winners, entries = {}, []
+    for k in RERANK_KS:
+        top_k = num if k == 0 else min(k, num)
+        settings = {}
+        for b, w in ((b, w) for b in candidates for w in RERANK_WEIGHTS):
+            preds, total, extract_s = [], np.zeros(len(zoo.targets)), np.zeros(len(zoo.targets))
+            for pred in main.preds:
+                result = forward_rerank(torch.as_tensor(pred), top_k, lambda top: torch.as_tensor(
+                    np.take_along_axis(scores[b], top.numpy(), axis=1)), w)
+                preds.append(rank_values(result.order).numpy())
+                ran = result.rescored.numpy()
+                extract_s += [sum(extraction[m][t] for m, r in zip(zoo.models, ran[i]) if r)
+                              for i, t in enumerate(zoo.targets)]
+                total += (seconds[b] * ran).sum(axis=1)
+            n = len(main.preds)
+            extract_s = np.array([main.extract_seconds[t] for t in zoo.targets]) + extract_s / n
+            score_s = np.array([main.score_seconds[t] for t in zoo.targets]) + total / n
+            name = f"model_spider + {b} " + ("(every PTM)" if k == 0 else f"top {k}")
+            settings[(b, w)] = method_result(name, "spider", zoo, preds, seconds=extract_s + score_s,
+                                             extract_seconds=extract_s, score_seconds=score_s, ptm_passes=top_k,
+                                             general_passes=1, note=f"{main.name}'s top {top_k} re-ordered by a "
+                                             f"fusion with {b} (weight {w:g}; chosen on validation)")
+        by_label = {f"{b}, w = {w:g}": r for (b, w), r in settings.items()}
+        best = pick_winner(by_label, zoo)
+        winners[k] = by_label[best]
+        entries += [{"setting": f"top {'every PTM' if k == 0 else k}: {label}", "winner": label == best,
+                     "seeds": len(main.preds), "val": {m: r.mean(m, zoo.val_targets) for m in METRICS},
+                     "val_std": r.spread.get("val", {}),
+                     "test": {m: r.mean(m, zoo.test_targets) for m in METRICS} if label == best else None}
+                    for label, r in by_label.items()]
+    return winners, entries
+
+
+def rerank_section(ablation: Sequence[Mapping[str, Any]], rerank3: str) -> list[str]:
+    """The report's section on :func:`rerank_ablation` (``rerank3``: the goal check's top-3 row)."""
+    return ["", "## Forward re-ranking ablation: baseline, k and weight",
+            "`model_spider + <baseline>` rows: the main ranking's top k PTMs run on the target, and a forward "
+            "baseline's scores of their features re-order them (`spider rank --rerank-baseline B --rerank-topk k "
+            "--rerank-weight w`; `spider.modules.forward_rerank`: (1 - w) x main z-score + w x baseline z-score, both "
+            f"over the k). Candidates: the {RERANK_CANDIDATES} forward baselines best on the validation targets, w in "
+            f"{', '.join(f'{w:g}' for w in RERANK_WEIGHTS)}. Per k, the winner on the validation targets' mean "
+            "wtau_paper is the row in the tables above; only its test score is looked at. The goal check's top-3 "
+            f"re-ranking is whichever of this top-3 winner and `rerank@3` scores best on validation (`{rerank3}`).",
+            "", ablation_table(ablation)]

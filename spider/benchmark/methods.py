@@ -18,7 +18,7 @@ import numpy as np
 from spider.benchmark.inputs import Zoo
 from spider.evaluate import METRICS, evaluate, nanmean
 
-__all__ = ["METRICS", "MethodResult", "method_result", "pick_winner", "prior_rows", "summary"]
+__all__ = ["METRICS", "MethodResult", "method_result", "pick_winner", "prior_rows", "spider_row", "summary"]
 
 STAGES = ("val", "test")
 
@@ -75,6 +75,15 @@ def method_result(name: str, kind: str, zoo: Zoo, preds: Sequence[np.ndarray], *
     full = [np.broadcast_to(np.asarray(p, dtype=np.float64), zoo.truth.shape).copy() for p in preds]
     return MethodResult(name, kind, per_target, per(seconds), per(extract_seconds), per(score_seconds),
                         ptm_passes, general_passes, spread, note, full)
+
+
+def spider_row(name: str, zoo: Zoo, runs: Sequence[Mapping[str, Any]], ptm_passes: int, note: str) -> MethodResult:
+    """A Model Spider row from its per-seed rankings (:func:`spider.benchmark.training.rank_targets`
+    records: ``pred`` and the per-target ``seconds``, ``extract_seconds``, ``score_seconds``)."""
+    mean = lambda key: np.mean([np.asarray(r[key]) for r in runs], axis=0)  # noqa: E731
+    return method_result(name, "spider", zoo, [r["pred"] for r in runs], seconds=mean("seconds"),
+                         extract_seconds=mean("extract_seconds"), score_seconds=mean("score_seconds"),
+                         ptm_passes=ptm_passes, general_passes=1, note=note)
 
 
 def pick_winner(candidates: Mapping[str, MethodResult], zoo: Zoo, metric: str = "wtau_paper") -> str:

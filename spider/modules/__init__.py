@@ -16,10 +16,17 @@ from spider.modules.scorer_registry import (
     register_scorer,
 )
 from spider.modules.token_scorer import TokenScorer
-from spider.modules.reranker import RerankResult, ReRanker, ReRanking  # noqa: I001  (after TokenScorer)
+from spider.modules.reranker import (  # noqa: I001  (after TokenScorer)
+    FORWARD_RERANK_WEIGHT,
+    RerankResult,
+    ReRanker,
+    ReRanking,
+    forward_rerank,
+)
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "FORWARD_RERANK_WEIGHT",
     "SCORERS",
     "ReRanker",
     "ReRanking",
@@ -27,6 +34,7 @@ __all__ = [
     "ScorerInputError",
     "TokenScorer",
     "create_scorer",
+    "forward_rerank",
     "get_loss",
     "get_scorer",
     "list_losses",

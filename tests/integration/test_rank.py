@@ -153,3 +153,47 @@ def test_cli_reranks_an_ensemble_with_rerankers_like_the_python_api(trained, tok
     # The weight reaches the fusion: 0 keeps the ensemble's z-scores, 1 takes the re-rankers'.
     scores = {w: [row["score"] for row in cli("--rerank-weight", w)] for w in ("0", "1")}
     assert scores["0"] != scores["1"]
+
+
+def test_rerank_baseline_reorders_the_top_k_by_the_baseline_of_their_features(trained, token, capsys):
+    """Forward re-ranking: any checkpoint (a token scorer here); w = 1 puts the top k in the order of
+    the baseline's own scores, computed from the stored features like ``spider.baselines``."""
+    import numpy as np
+
+    from spider.baselines import score_models
+    from spider.store import FeatureStore
+
+    _, _, store = trained
+    plain = rank_task(token, store, "target0")
+    fused = rank_task(token, store, "target0", rerank_topk=3, rerank_baseline="logme", rerank_weight=1.0)
+    top = plain.models[:3]
+    assert set(fused.models[:3]) == set(top) and fused.models[3:] == plain.models[3:]
+    assert fused.tokens == ["specific"] * 3 + ["general"] * (len(plain.models) - 3)
+    entries = {m: FeatureStore(store).entry(m, "target0") for m in top}
+    labels = np.unique(entries[top[0]].labels(), return_inverse=True)[1].reshape(-1)
+    logme = score_models(labels, {m: {"features": e.features()} for m, e in entries.items()}, ["logme"])[0]
+    assert fused.models[:3] == [top[i] for i in np.argsort(-logme, kind="stable")]
+    assert "rerank" in fused.timings_ms
+    # w = 0 keeps the ranking; the CLI is the same call.
+    assert rank_task(token, store, "target0", rerank_topk=3, rerank_baseline="logme", rerank_weight=0.0).models \
+        == plain.models
+    assert main(["--checkpoint", str(token), "--store", store, "--dataset", "target0", "--rerank-topk", "3",
+                 "--rerank-baseline", "logme", "--rerank-weight", "1", "--json", "-"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [row["model"] for row in printed["ranking"]] == fused.models
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--rerank-baseline", "nope", "--rerank-topk", "2"], "unknown baseline 'nope'"),
+        (["--rerank-baseline", "logme"], "--rerank-topk"),
+        (["--rerank-baseline", "logme", "--rerank-topk", "2", "--rerank-weight", "2"], "[0, 1]"),
+        (["--rerank-baseline", "logme", "--rerank-topk", "2", "--reranker", "x.ckpt"], "one or the other"),
+    ],
+)
+def test_rerank_baseline_bad_options_exit_2(token, trained, capsys, extra, fragment):
+    _, _, store = trained
+    assert main(["--checkpoint", str(token), "--store", store, "--dataset", "target0", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and fragment in err

@@ -118,6 +118,33 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
     assert results["val"]["model_spider rerank@3"]["wtau_paper"] == pytest.approx(chosen["val"]["wtau_paper"])
     assert "## Re-ranking ablation: fusion weight" in text
 
+    # Forward re-ranking: per k, one winner on validation among every (baseline, weight); its row in
+    # every table, its time = the main ranking's + the k PTMs' extraction and baseline scores.
+    from spider.benchmark import forward
+
+    fwd = results["forward_rerank_ablation"]
+    candidates = min(forward.RERANK_CANDIDATES, len(report.QUICK.baselines))
+    assert len(fwd) == len(forward.RERANK_KS) * candidates * len(forward.RERANK_WEIGHTS)
+    assert [e["winner"] for e in fwd].count(True) == len(forward.RERANK_KS)
+    assert all(e["test"] is None for e in fwd if not e["winner"])
+    for k in forward.RERANK_KS:
+        label = "every PTM" if k == 0 else str(k)
+        entries = [e for e in fwd if e["setting"].startswith(f"top {label}:")]
+        best = max(entries, key=lambda e: e["val"]["wtau_paper"])
+        assert best["winner"]
+        baseline = best["setting"].split(": ")[1].split(",")[0]
+        name = f"model_spider + {baseline} " + ("(every PTM)" if k == 0 else f"top {k}")
+        assert text.count(f"| {name} |") == 7, name
+        assert results["val"][name]["wtau_paper"] == pytest.approx(best["val"]["wtau_paper"])
+        passes = results["ptms"] if k == 0 else min(k, results["ptms"])
+        assert results["methods"][name]["ptm_forward_passes"] == passes
+        assert results["test"][name]["seconds_per_target"] > results["test"][groups["model_spider"]]["seconds_per_target"]
+    rerank3 = groups["model_spider_rerank3"]
+    assert rerank3 in {"model_spider rerank@3"} | {n for n in results["val"] if n.endswith(" top 3")}
+    assert results["val"][rerank3]["wtau_paper"] == max(
+        results["val"][n]["wtau_paper"] for n in results["val"] if n == "model_spider rerank@3" or n.endswith(" top 3"))
+    assert "## Forward re-ranking ablation: baseline, k and weight" in text
+
     assert results["incremental"]["held_out"] == 1 and results["incremental"]["full_train_seconds"] == 9.0
     assert "## Adding a PTM without retraining (leave-one-PTM-out)" in text and "| full retrain | 0.500 |" in text
     assert {s["name"] for s in results["build"]["stages"]} >= {"groundtruth", "bank"}

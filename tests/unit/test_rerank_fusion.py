@@ -100,3 +100,49 @@ def test_reranking_batched_equals_one_task_at_a_time_and_defaults_to_the_members
         one = pipeline.rerank(tokens[b], mask[b], 2, lambda top, b=b: specific[b, top])
         assert batched.order[b].tolist() == one.order.tolist()
         assert torch.allclose(batched.scores[b], one.scores, atol=1e-6)
+
+
+# ------------------------------------------------------------------ forward re-ranking (a baseline)
+def test_forward_rerank_reorders_only_the_top_k_by_the_fused_z_scores():
+    from spider.modules import forward_rerank
+
+    coarse = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    forward = torch.tensor([[0.0, 0.0, 10.0, 0.0, 0.0, 99.0]])  # PTM 5 is best but never runs (k = 3)
+    seen = []
+
+    def fn(top):
+        seen.append(top.tolist())
+        return forward.gather(1, top)
+
+    result = forward_rerank(coarse, 3, fn, 1.0)
+    assert seen == [[[0, 1, 2]]]
+    assert result.order.tolist() == [[2, 0, 1, 3, 4, 5]] and result.rescored.tolist() == [[True] * 3 + [False] * 3]
+    assert torch.argsort(result.scores, descending=True, stable=True).tolist() == result.order.tolist()
+    assert result.general_scores.tolist() == coarse.tolist()
+    assert forward_rerank(coarse, 3, fn, 0.0).order.tolist() == [[0, 1, 2, 3, 4, 5]]  # w = 0: the coarse ranking
+    # w = 0.5: the mean of the two z-scores, each over the k.
+    half = forward_rerank(coarse, 3, fn, 0.5).order[0, :3].tolist()
+    zc, zf = z(coarse[0, :3]), z(forward[0, :3])
+    assert half == torch.argsort(0.5 * zc + 0.5 * zf, descending=True, stable=True).tolist()
+    # k >= M fuses the whole ranking.
+    assert forward_rerank(coarse, 10, lambda top: forward.gather(1, top), 1.0).order.tolist() == [[5, 2, 0, 1, 3, 4]]
+
+
+def test_forward_rerank_puts_failed_baseline_scores_last_and_skips_unranked_ptms():
+    from spider.modules import ScorerInputError, forward_rerank
+
+    nan = float("nan")
+    coarse = torch.tensor([[3.0, 2.0, 1.0, nan], [3.0, 2.0, 1.0, 0.0]])
+    forward = torch.tensor([[nan, 1.0, 2.0, 50.0], [nan, nan, nan, nan]])
+    result = forward_rerank(coarse, 4, lambda top: forward.gather(1, top), 1.0)
+    # Row 0: PTM 3 has no coarse score (left out by a two-stage search): never re-scored, last; k
+    # shrinks to the 3 ranked PTMs, and PTM 0's failed baseline score ranks it last of them.
+    assert result.order[0].tolist() == [2, 1, 0, 3] and not bool(result.rescored[0, 3])
+    # Row 1: the baseline failed everywhere: the coarse order stays.
+    assert result.order[1, :3].tolist() == [0, 1, 2]
+    for bad in ({"topk": -1}, {"weight": 1.5}, {"weight": True}):
+        args = {"topk": 2, "weight": 0.5, **bad}
+        with pytest.raises(ScorerInputError, match=next(iter(bad))):
+            forward_rerank(coarse, args["topk"], lambda top: forward.gather(1, top), args["weight"])
+    with pytest.raises(ScorerInputError, match="forward_fn"):
+        forward_rerank(coarse, 2, lambda top: torch.zeros(2, 3), 0.5)
