@@ -41,16 +41,8 @@ import torch
 
 from spider.errors import ConfigError, StoreError, cli_main
 from spider.io import write_text_atomic
-from spider.rank_core import (
-    RankResult,
-    _check_task_dim,
-    _forward_weight,
-    _load_ranker,
-    _result,
-    _score,
-    baseline_score,
-    default_checkpoint,
-)
+from spider.rank_core import (RankResult, _check_task_dim, _forward_weight, _load_ranker, _result, _score,
+                              baseline_score, default_checkpoint)
 from spider.rank_images import image_source, rank_images, zoo_model_refs
 
 __all__ = ["RankResult", "default_checkpoint", "image_source", "main", "print_ranking", "rank_images", "rank_task",

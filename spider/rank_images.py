@@ -13,16 +13,8 @@ import numpy as np
 import torch
 
 from spider.errors import ConfigError
-from spider.rank_core import (
-    RankResult,
-    _check_task_dim,
-    _forward_weight,
-    _load_ranker,
-    _result,
-    _score,
-    baseline_score,
-    default_checkpoint,
-)
+from spider.rank_core import (RankResult, _check_task_dim, _forward_weight, _load_ranker, _result, _score,
+                              baseline_score, default_checkpoint)
 
 __all__ = ["image_source", "rank_images", "zoo_model_refs"]
 
