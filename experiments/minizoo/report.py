@@ -43,7 +43,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spider.benchmark import charts, costs, forward, goals, leave_one_out, lgc_rows, markdown as md
+from spider.benchmark import charts, costs, forward, goals, leave_one_out, lgc_rows, markdown as md, retrieval
 from spider.benchmark.inputs import JsonCache, ReportError, open_zoo
 from spider.benchmark.methods import METRICS, method_result, pick_winner, prior_rows, spider_row, summary
 from spider.benchmark.timing import time_extraction
@@ -183,6 +183,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     rows.update({r.name: r for r in priors})
     log("transfergraph: fitting on the fine-tuning bank, hyperparameters chosen on validation")
     tgraph, tgraph_info = transfergraph_row(zoo, extraction, log=log)
+    retrieved, retrieval_info = retrieval.retrieval_row(zoo, extraction)  # nothing trained: the bar to clear
 
     log(f"label-source ablation: {len(LABEL_SOURCES) * 2} settings x {len(budget.seeds)} seed(s)")
     ablation_rows, ablation, main = label_source_ablation(zoo, budget, work, extraction)
@@ -220,7 +221,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     spider_rows += list(forward_rows.values())  # top-3 re-ranking: the ReRanker's or a baseline's, best on val
     rerank3 = pick_winner({r.name: r for r in (spider_rows[2 + RERANK_KS.index(3)], forward_rows[3])}, zoo)
     order = [*spider_rows, *(rows[b] for b in baselines), *([rows["lgc"]] if "lgc" in rows else []), rows[AGGREGATE], *priors,
-             tgraph]
+             tgraph, retrieved]
     by_name = {r.name: r for r in order}
     groups = {"model_spider": main_name, "model_spider_rerank3": rerank3,
               "forward_baselines": [*baselines, AGGREGATE], "static_priors": [r.name for r in priors]}
@@ -251,7 +252,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                              "seconds_per_target": r.seconds, "seed_std": r.spread} for r in order},
         "goal": goals.goal_check(by_name, groups["model_spider"], groups["model_spider_rerank3"],
                                  groups["forward_baselines"], groups["static_priors"], zoo.test_targets),
-        "ablation": ablation, "transfergraph": tgraph_info,
+        "ablation": ablation, "transfergraph": tgraph_info, "bank_retrieval": retrieval_info,
         "rerank_weight": weight, "rerank_ablation": rerank_ablation, "forward_rerank_ablation": forward_ablation,
         "build": {"stages": costs.build_stages(zoo), "bank": costs.bank_runs(zoo),
                   "ground_truth": costs.run_files(zoo.root / "ground_truth" / "runs")},
@@ -367,6 +368,8 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
               *(["- LGC was not run (`--no-lgc`): it back-propagates through every PTM on every target, "
                  "about 10x a forward baseline's time (the mini-zoo report has its row)."] if results["lgc_skipped"] else []),
               f"- {by_name['transfergraph'].note}; grid of {len(results['transfergraph']['settings'])} settings.",
+              f"- bank_retrieval: {by_name['bank_retrieval'].note}; validation wtau_paper by k: " + ", ".join(
+                  f"{e['setting']} {md.fmt(e['val'].get('wtau_paper'))}" for e in results["bank_retrieval"]["settings"]),
               "- Raw numbers: [results.json](results.json)."]
     return "\n".join(parts) + "\n"
 

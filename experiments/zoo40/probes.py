@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "experiments" / "minizoo"))
 
-from spider.benchmark import forward  # noqa: E402
+from spider.benchmark import forward, retrieval  # noqa: E402
 from spider.benchmark.inputs import JsonCache, ReportError, open_zoo  # noqa: E402
 from spider.benchmark.methods import method_result  # noqa: E402
 from spider.benchmark.timing import time_extraction  # noqa: E402
@@ -120,29 +120,8 @@ class Probes:
 
 
 def bank_retrieval(zoo, k: int, limit: int | None = None) -> np.ndarray:
-    """[T, M] scores with nothing trained: the mean fine-tuned accuracy of the ``k`` bank tasks whose
-    general-encoder class centres best match the target's (symmetric mean best-match cosine); only
-    the bank's first ``limit`` tasks when given."""
-    from spider.datamodules.finetune_bank import open_bank
-    from spider.datamodules.label_cache import task_array
-    from spider.datamodules.tasks import contiguous
-    from spider.datamodules.tokens import class_centres
-
-    def unit(centres) -> np.ndarray:
-        c = np.asarray(centres, dtype=np.float64)
-        return c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12)
-
-    bank = open_bank(zoo.root, zoo.models)
-    specs, accuracy = bank.specs[:limit], bank.accuracy[:limit]
-    tasks = [unit(class_centres(task_array(zoo.store, zoo.general, s), s.labels(), s.num_classes)) for s in specs]
-    out = []
-    for target in zoo.targets:
-        entry = zoo.store.entry(zoo.general, target)
-        labels = contiguous(entry.labels())
-        own = unit(class_centres(entry.features(), labels, int(labels.max()) + 1))
-        match = [0.5 * ((own @ t.T).max(1).mean() + (own @ t.T).max(0).mean()) for t in tasks]
-        out.append(accuracy[np.argsort(match)[::-1][:k]].mean(0))
-    return np.array(out)
+    """[T, M] scores with nothing trained (:func:`spider.benchmark.retrieval.bank_retrieval`)."""
+    return retrieval.bank_retrieval(zoo, (k,), limit)[0][k]
 
 
 @contextlib.contextmanager

@@ -91,7 +91,14 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
     assert text.count("| transfergraph |") == 7 and set(results["test"]["transfergraph"]) == METRIC_KEYS
     chosen = max(results["transfergraph"]["settings"], key=lambda s: s["val"]["wtau_paper"])
     assert results["transfergraph"]["chosen"] == chosen["hparams"]
+    # Bank retrieval (nothing trained): its row everywhere, k chosen on the validation targets.
+    assert text.count("| bank_retrieval |") == 7 and set(results["test"]["bank_retrieval"]) == METRIC_KEYS
+    chosen_k = max(results["bank_retrieval"]["settings"], key=lambda s: s["val"]["wtau_paper"])["setting"]
+    assert chosen_k == f"k = {results['bank_retrieval']['chosen_k']}"
+    assert results["val"]["bank_retrieval"]["wtau_paper"] == pytest.approx(
+        max(s["val"]["wtau_paper"] for s in results["bank_retrieval"]["settings"]))
     entry = results["methods"]
+    assert entry["bank_retrieval"]["ptm_forward_passes"] == 0
     assert entry["copeland"]["ptm_forward_passes"] == results["ptms"]
     assert entry["model_spider general"]["ptm_forward_passes"] == 0
     assert entry["finetune_mean"]["ptm_forward_passes"] == 0
