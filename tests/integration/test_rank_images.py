@@ -56,6 +56,17 @@ def test_an_ensemble_with_rerankers_ranks_images_as_the_store_does(fake_run):
     assert sorted(from_images.tokens) == ["general", "specific"]
 
 
+def test_forward_reranking_of_images_ranks_as_the_store_does(fake_run):
+    """--rerank-baseline on images: the top k PTMs run on the images and the baseline scores their
+    features, as it scores the features the build stored for the same images."""
+    zoo_dir, checkpoint, images = fake_run
+    options = dict(rerank_topk=2, rerank_baseline="logme", rerank_weight=1.0)
+    from_images = rank_images(images, checkpoint, **options)
+    from_store = rank_task(checkpoint, zoo_dir / "store", "usps", **options)
+    assert from_images.models == from_store.models and from_images.tokens == from_store.tokens
+    assert from_images.tokens.count("specific") == 2 and "forward_topk" in from_images.timings_ms
+
+
 def test_cli_table_and_json(fake_run, tmp_path, capsys):
     _, checkpoint, images = fake_run
     out = tmp_path / "ranking.json"
