@@ -183,6 +183,8 @@ def format_ranking(result: RankResult, top: Optional[int] = None) -> str:
 
 @cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
+    from spider.modules import FORWARD_RERANK_WEIGHT
+
     parser = argparse.ArgumentParser(prog="python -m spider.rank", description=__doc__.split("\n\n")[0])
     task = parser.add_mutually_exclusive_group(required=True)
     task.add_argument("--images", help="folder of the task's images, one sub-folder per class")
@@ -205,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "k = the number of PTMs run on the task")
     parser.add_argument("--rerank-weight", type=float, default=None,
                         help="fusion weight in [0, 1] of --reranker's specific scores (default: the first "
-                             "re-ranker's model.rerank_weight) or of --rerank-baseline's scores (default 0.5)")
+                             "re-ranker's model.rerank_weight) or of --rerank-baseline's scores (default "
+                             f"{FORWARD_RERANK_WEIGHT:g})")
     parser.add_argument("--top", type=int, default=None, help="show only the first N rows of the table")
     parser.add_argument("--json", default=None, help="write the result as JSON to this file ('-': stdout)")
     parser.add_argument("--device", default="cpu")
