@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 
 from probes import SEEDS, Probes, log, probe_main  # noqa: E402
 
+from spider.benchmark.forward import fused_ranking as fuse  # noqa: E402
 from spider.benchmark.methods import method_result  # noqa: E402
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer  # noqa: E402
 from spider.errors import cli_main  # noqa: E402
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
                      [without_domain(pool_domain, domain)]) if dropped else None
         row = (target.id, domain, dropped, per_target(p, seen_preds, target.id),
                per_target(p, held, target.id) if held else float("nan"),
-               per_target(p, [fuse(p, x, *fused) for x in held], target.id) if held and fused else float("nan"),
+               per_target(p, [fuse(x, p.scores[fused[0]], x.shape[1], fused[1])[0] for x in held], target.id) if held and fused else float("nan"),
                *(per_target(p, [p.scores[b]], target.id) for b in ("logme", "gbc")))
         rows.append(row)
         log(f"{target.id} ({domain}): {dropped} bank tasks left out; seen {row[3]:+.3f}, held out {row[4]:+.3f}")
@@ -123,19 +124,6 @@ def _report_fusion(results: Path) -> tuple[str, float] | None:
         return None
     baseline, weight = winner.split(": ", 1)[1].split(", w = ")
     return baseline, float(weight)
-
-
-def fuse(p: Probes, pred: np.ndarray, baseline: str, weight: float) -> np.ndarray:
-    """``pred`` [T, M] fused with ``baseline`` over every PTM (:func:`spider.modules.forward_rerank`)."""
-    import torch
-
-    from spider.evaluate import rank_values
-    from spider.modules import forward_rerank
-
-    scores = np.asarray(p.scores[baseline], dtype=np.float64)
-    result = forward_rerank(torch.as_tensor(pred), pred.shape[1],
-                            lambda top: torch.as_tensor(np.take_along_axis(scores, top.numpy(), axis=1)), weight)
-    return rank_values(result.order).numpy()
 
 
 @cli_main()

@@ -16,7 +16,8 @@ from spider.benchmark.inputs import JsonCache, Zoo
 from spider.benchmark.markdown import ablation_table
 from spider.benchmark.methods import METRICS, MethodResult, method_result, pick_winner
 
-__all__ = ["applicable_baselines", "baseline_errors", "copeland_scores", "rerank_ablation", "rerank_section", "run_baselines"]
+__all__ = ["applicable_baselines", "baseline_errors", "copeland_scores", "fused_ranking", "rerank_ablation",
+           "rerank_section", "run_baselines"]
 
 # Forward re-ranking: the main ranking's top k re-ordered by a fusion with one of the RERANK_CANDIDATES
 # forward baselines best on validation, weight in RERANK_WEIGHTS; k = 0 stands for every PTM.
@@ -107,6 +108,19 @@ def copeland_scores(scores: Mapping[str, np.ndarray], members: Sequence[str]) ->
     return np.stack(out), np.asarray(seconds)
 
 
+def fused_ranking(pred: np.ndarray, scores: np.ndarray, topk: int, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`spider.modules.forward_rerank` of a ranking ``pred`` [T, M] with a baseline's cached
+    ``scores`` [T, M]: (rank-valued predictions [T, M], bool [T, M] of the PTMs that ran)."""
+    import torch
+
+    from spider.evaluate import rank_values
+    from spider.modules import forward_rerank
+
+    result = forward_rerank(torch.as_tensor(pred), topk, lambda top: torch.as_tensor(
+        np.take_along_axis(scores, top.numpy(), axis=1)), weight)
+    return rank_values(result.order).numpy(), result.rescored.numpy()
+
+
 def rerank_ablation(zoo: Zoo, main: MethodResult, rows: Mapping[str, MethodResult], scores: Mapping[str, np.ndarray],
                     seconds: Mapping[str, np.ndarray], extraction: Mapping[str, Mapping[str, float]]) -> tuple[dict, list]:
     """Forward re-ranking (:func:`spider.modules.forward_rerank`) of the ``main`` row's rankings (one
@@ -114,11 +128,6 @@ def rerank_ablation(zoo: Zoo, main: MethodResult, rows: Mapping[str, MethodResul
     the :data:`RERANK_CANDIDATES` baselines of ``scores`` best on validation (``rows``: their rows;
     ``seconds``: their [T, M] times). Per k, the winner on the VALIDATION targets. Returns
     ``({k: row}, ablation table entries)``; a row's time adds the k PTMs' extraction and scores."""
-    import torch
-
-    from spider.evaluate import rank_values
-    from spider.modules import forward_rerank
-
     num = len(zoo.models)
     candidates = sorted(scores, key=lambda b: -rows[b].mean("wtau_paper", zoo.val_targets))[:RERANK_CANDIDATES]
     winners, entries = {}, []
@@ -128,10 +137,8 @@ def rerank_ablation(zoo: Zoo, main: MethodResult, rows: Mapping[str, MethodResul
         for b, w in ((b, w) for b in candidates for w in RERANK_WEIGHTS):
             preds, total, extract_s = [], np.zeros(len(zoo.targets)), np.zeros(len(zoo.targets))
             for pred in main.preds:
-                result = forward_rerank(torch.as_tensor(pred), top_k, lambda top: torch.as_tensor(
-                    np.take_along_axis(scores[b], top.numpy(), axis=1)), w)
-                preds.append(rank_values(result.order).numpy())
-                ran = result.rescored.numpy()
+                fused, ran = fused_ranking(pred, scores[b], top_k, w)
+                preds.append(fused)
                 extract_s += [sum(extraction[m][t] for m, r in zip(zoo.models, ran[i]) if r)
                               for i, t in enumerate(zoo.targets)]
                 total += (seconds[b] * ran).sum(axis=1)
