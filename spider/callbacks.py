@@ -103,11 +103,18 @@ class FiniteLoss(L.Callback):
 
 class SpiderCheckpointInfo(L.Callback):
     """Adds ``checkpoint["spider"]``: the scorer's registry name and module, its constructor
-    arguments, the zoo's model ids and dims and the general encoder id, as plain values
+    arguments, the zoo's model ids and dims and the general encoder id, as plain values, and
+    ``reference``: the training tasks' class centres (:class:`spider.familiarity.TaskReference`,
+    plain tensors), by which ``spider rank`` tells a task unlike every training task
     (``weights_only`` safe)."""
 
     def __init__(self, info: Mapping[str, Any]) -> None:
         self.info = dict(info)
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        reference = getattr(trainer.datamodule, "training_reference", None)
+        if stage == "fit" and reference is not None and "reference" not in self.info:
+            self.info["reference"] = reference().to_dict()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.info

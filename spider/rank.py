@@ -42,7 +42,7 @@ import torch
 from spider.errors import ConfigError, StoreError, cli_main
 from spider.io import write_text_atomic
 from spider.rank_core import (RankResult, _check_task_dim, _forward_weight, _load_ranker, _result, _score,
-                              baseline_score, default_checkpoint)
+                              baseline_score, default_checkpoint, task_familiarity)
 from spider.rank_images import image_source, rank_images, zoo_model_refs
 
 __all__ = ["RankResult", "default_checkpoint", "image_source", "main", "print_ranking", "rank_images", "rank_task",
@@ -151,11 +151,12 @@ def rank_task(
         entry = store.entry(names[m], dataset, split)
         return baseline_score(rerank_baseline, labels, entry.features(), entry.logits() if entry.has_logits else None)
 
-    forward = None if rerank_baseline is None else (forward_score, _forward_weight(rerank_weight))
+    familiarity = task_familiarity(info, tokens)
+    forward = None if rerank_baseline is None else (forward_score, _forward_weight(rerank_weight, familiarity))
     scored = _score(model, tokens, rerank_topk, specific_tokens, timings, forward)
     timings["total"] = time.perf_counter() - start
-    return _result(scored, names, timings, dataset=dataset, split=split, num_classes=int(tokens.shape[0]),
-                   num_samples=int(labels.shape[0]))
+    return _result(scored, names, timings, familiarity, dataset=dataset, split=split,
+                   num_classes=int(tokens.shape[0]), num_samples=int(labels.shape[0]))
 
 
 # ------------------------------------------------------------------------------ image folders
@@ -178,7 +179,11 @@ def format_ranking(result: RankResult, top: Optional[int] = None) -> str:
     buffer = StringIO()
     Console(file=buffer, width=120, force_terminal=False, color_system=None).print(table)
     stages = ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items())
-    return buffer.getvalue() + f"time: {stages}\n"
+    known = result.familiarity
+    familiar = "" if known is None else (
+        f"familiarity: similarity {known['similarity']:.3f} to the nearest training task "
+        f"({'novel' if known['novel'] else 'familiar'}: novel at or below {known['threshold']:.3f})\n")
+    return buffer.getvalue() + familiar + f"time: {stages}\n"
 
 
 @cli_main()
@@ -252,6 +257,11 @@ def print_ranking(result: RankResult, json_out: Optional[str], top: Optional[int
     """What a ranking CLI prints: the JSON (``json_out == "-"``), or the table (``top`` rows) and,
     with a ``json_out`` file, the JSON written there atomically."""
     text = json.dumps(result.to_dict(), indent=2)
+    if result.familiarity is not None and result.familiarity["novel"]:
+        print(f"warning: the task is unlike every training task of this ranker (similarity "
+              f"{result.familiarity['similarity']:.3f}, novel at or below {result.familiarity['threshold']:.3f}): "
+              "its general-token ranking is weak evidence; run PTMs on it (--rerank-baseline B --rerank-topk k "
+              "orders them by the baseline alone)", file=sys.stderr)
     if json_out == "-":
         print(text)
         return

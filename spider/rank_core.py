@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
 from spider.errors import ConfigError, StoreError
+from spider.familiarity import Familiarity, TaskReference
 from spider.modules.zoo_index import IndexRanking, ZooIndex, supports
 
 # Above this many PTMs the index's two-stage search ranks (exact forward: ~0.3 s at 5*10^4 on this
@@ -51,6 +52,8 @@ class RankResult:
         num_models: PTMs in the zoo; more than ``len(models)`` when a hub-sized zoo was ranked
             by the two-stage search (``models`` then lists the PTMs it scored exactly, and
             ``general_scores`` only those).
+        familiarity: the task against the ranker's training tasks
+            (:meth:`spider.familiarity.Familiarity.as_dict`); None for a checkpoint without them.
     """
 
     models: list[str]
@@ -65,10 +68,12 @@ class RankResult:
     images: str = ""
     class_names: list[str] = field(default_factory=list)
     num_models: int = 0
+    familiarity: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **({"num_models": self.num_models} if self.num_models > len(self.models) else {}),
+            **({"familiarity": self.familiarity} if self.familiarity is not None else {}),
             **({"images": self.images, "class_names": self.class_names} if self.images else {}),
             "dataset": self.dataset,
             "split": self.split,
@@ -245,9 +250,21 @@ def _score(model: torch.nn.Module, tokens: torch.Tensor, rerank_topk: int,
     return scored
 
 
-def _forward_weight(weight: float | None) -> float:
-    from spider.modules import FORWARD_RERANK_WEIGHT
+def task_familiarity(info: Mapping[str, Any], tokens: torch.Tensor) -> Familiarity | None:
+    """The task's class centres ``tokens`` [C, Dg] against the training tasks stored in the
+    checkpoint ``info`` (None for a checkpoint written before they were stored)."""
+    if info.get("reference") is None:
+        return None
+    return TaskReference.from_dict(info["reference"], "checkpoint entry 'reference'").familiarity(tokens)
 
+
+def _forward_weight(weight: float | None, familiarity: Familiarity | None = None) -> float:
+    """The forward baseline's fusion weight: ``weight`` (default FORWARD_RERANK_WEIGHT), or
+    NOVEL_RERANK_WEIGHT for a task unlike every training task of the ranker."""
+    from spider.modules import FORWARD_RERANK_WEIGHT, NOVEL_RERANK_WEIGHT
+
+    if familiarity is not None and familiarity.novel:
+        return NOVEL_RERANK_WEIGHT
     return FORWARD_RERANK_WEIGHT if weight is None else float(weight)
 
 
@@ -261,7 +278,8 @@ def baseline_score(name: str, labels: np.ndarray, features: Any, source_logits: 
     return float(score_models(labels, {"ptm": arrays}, [name])[0, 0])
 
 
-def _result(scored: _Scored, names: list[str], timings: dict[str, float], **task: Any) -> RankResult:
+def _result(scored: _Scored, names: list[str], timings: dict[str, float], familiarity: Familiarity | None = None,
+            **task: Any) -> RankResult:
     order = scored.order.tolist()
     listed = range(len(names)) if len(order) == len(names) else order
     return RankResult(
@@ -271,6 +289,7 @@ def _result(scored: _Scored, names: list[str], timings: dict[str, float], **task
         general_scores={names[m]: float(scored.general[m]) for m in listed},
         timings_ms={k: v * 1000.0 for k, v in timings.items()},
         num_models=len(names),
+        familiarity=None if familiarity is None else familiarity.as_dict(),
         **task,
     )
 

@@ -14,7 +14,7 @@ import torch
 
 from spider.errors import ConfigError
 from spider.rank_core import (RankResult, _check_task_dim, _forward_weight, _load_ranker, _result, _score,
-                              baseline_score, default_checkpoint)
+                              baseline_score, default_checkpoint, task_familiarity)
 
 __all__ = ["image_source", "rank_images", "zoo_model_refs"]
 
@@ -143,7 +143,8 @@ def rank_images(
     tokens = tokens.to(device)
     timings["extract_general"] = time.perf_counter() - t0
 
-    forward = None if rerank_baseline is None else (forward_score, _forward_weight(rerank_weight))
+    familiarity = task_familiarity(info, tokens)
+    forward = None if rerank_baseline is None else (forward_score, _forward_weight(rerank_weight, familiarity))
     scored = _score(model, tokens, rerank_topk, lambda m: centres_of(refs[names[m]]), timings, forward)
     if forward is not None and "rerank" in timings:  # the k PTMs' extraction and baseline scores
         timings["forward_topk"] = timings.pop("rerank")
@@ -151,6 +152,6 @@ def rank_images(
         timings["extract_topk"] = scored.specific_seconds
         timings["rescore"] = timings.pop("rerank") - scored.specific_seconds
     timings["total"] = time.perf_counter() - start
-    return _result(scored, names, timings, dataset=source.root.name, split="images",
+    return _result(scored, names, timings, familiarity, dataset=source.root.name, split="images",
                    num_classes=len(source.class_names), num_samples=len(source), images=str(source.root),
                    class_names=list(source.class_names))

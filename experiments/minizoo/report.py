@@ -182,8 +182,9 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     priors = prior_rows(zoo, work)
     rows.update({r.name: r for r in priors})
     log("transfergraph: fitting on the fine-tuning bank, hyperparameters chosen on validation")
-    tgraph, tgraph_info = transfergraph_row(zoo, extraction, log=log)
+    tgraph, tgraph_info = transfergraph_row(zoo, extraction, log=log, seeds=budget.seeds)
     retrieved, retrieval_info = retrieval.retrieval_row(zoo, extraction)  # nothing trained: the bar to clear
+    familiar = retrieval.target_familiarity(zoo)  # each target against the bank tasks the scorers train on
 
     log(f"label-source ablation: {len(LABEL_SOURCES) * 2} settings x {len(budget.seeds)} seed(s)")
     ablation_rows, ablation, main = label_source_ablation(zoo, budget, work, extraction)
@@ -217,7 +218,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                                           f"ReRanker: top {k} of {main_name} re-scored with their own "
                                           f"features, fused with its scores (weight {weight:g})") for k in RERANK_KS]
     log("forward re-ranking: the main ranking's top k re-ordered with a forward baseline, chosen on validation")
-    forward_rows, forward_ablation = forward.rerank_ablation(zoo, by_main[main_name], rows, scores, seconds, extraction)
+    forward_rows, forward_ablation = forward.rerank_ablation(zoo, by_main[main_name], rows, scores, seconds, extraction, familiar)
     spider_rows += list(forward_rows.values())  # top-3 re-ranking: the ReRanker's or a baseline's, best on val
     rerank3 = pick_winner({r.name: r for r in (spider_rows[2 + RERANK_KS.index(3)], forward_rows[3])}, zoo)
     order = [*spider_rows, *(rows[b] for b in baselines), *([rows["lgc"]] if "lgc" in rows else []), rows[AGGREGATE], *priors,
@@ -252,7 +253,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                              "seconds_per_target": r.seconds, "seed_std": r.spread} for r in order},
         "goal": goals.goal_check(by_name, groups["model_spider"], groups["model_spider_rerank3"],
                                  groups["forward_baselines"], groups["static_priors"], zoo.test_targets),
-        "ablation": ablation, "transfergraph": tgraph_info, "bank_retrieval": retrieval_info,
+        "ablation": ablation, "transfergraph": tgraph_info, "bank_retrieval": retrieval_info, "familiarity": {t: f.as_dict() for t, f in familiar.items()},
         "rerank_weight": weight, "rerank_ablation": rerank_ablation, "forward_rerank_ablation": forward_ablation,
         "build": {"stages": costs.build_stages(zoo), "bank": costs.bank_runs(zoo),
                   "ground_truth": costs.run_files(zoo.root / "ground_truth" / "runs")},
@@ -370,7 +371,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
               f"- {by_name['transfergraph'].note}; grid of {len(results['transfergraph']['settings'])} settings.",
               f"- bank_retrieval: {by_name['bank_retrieval'].note}; validation wtau_paper by k: " + ", ".join(
                   f"{e['setting']} {md.fmt(e['val'].get('wtau_paper'))}" for e in results["bank_retrieval"]["settings"]),
-              "- Raw numbers: [results.json](results.json)."]
+              retrieval.familiarity_note(results["familiarity"]), "- Raw numbers: [results.json](results.json)."]
     return "\n".join(parts) + "\n"
 
 

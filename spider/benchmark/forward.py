@@ -15,6 +15,7 @@ import numpy as np
 from spider.benchmark.inputs import JsonCache, Zoo
 from spider.benchmark.markdown import ablation_table
 from spider.benchmark.methods import METRICS, MethodResult, method_result, pick_winner
+from spider.familiarity import Familiarity
 
 __all__ = ["applicable_baselines", "baseline_errors", "copeland_scores", "fused_ranking", "rerank_ablation",
            "rerank_section", "run_baselines"]
@@ -108,27 +109,40 @@ def copeland_scores(scores: Mapping[str, np.ndarray], members: Sequence[str]) ->
     return np.stack(out), np.asarray(seconds)
 
 
-def fused_ranking(pred: np.ndarray, scores: np.ndarray, topk: int, weight: float) -> tuple[np.ndarray, np.ndarray]:
+def fused_ranking(pred: np.ndarray, scores: np.ndarray, topk: int, weight: float,
+                  novel: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`spider.modules.forward_rerank` of a ranking ``pred`` [T, M] with a baseline's cached
-    ``scores`` [T, M]: (rank-valued predictions [T, M], bool [T, M] of the PTMs that ran)."""
+    ``scores`` [T, M]: (rank-valued predictions [T, M], bool [T, M] of the PTMs that ran). Targets
+    marked in ``novel`` (bool [T]: unlike every training task, :mod:`spider.familiarity`) take
+    :data:`spider.modules.NOVEL_RERANK_WEIGHT`, as ``spider rank`` does."""
     import torch
 
     from spider.evaluate import rank_values
-    from spider.modules import forward_rerank
+    from spider.modules import NOVEL_RERANK_WEIGHT, forward_rerank
 
-    result = forward_rerank(torch.as_tensor(pred), topk, lambda top: torch.as_tensor(
-        np.take_along_axis(scores, top.numpy(), axis=1)), weight)
-    return rank_values(result.order).numpy(), result.rescored.numpy()
+    def fuse(w: float) -> tuple[np.ndarray, np.ndarray]:
+        result = forward_rerank(torch.as_tensor(pred), topk, lambda top: torch.as_tensor(
+            np.take_along_axis(scores, top.numpy(), axis=1)), w)
+        return rank_values(result.order).numpy(), result.rescored.numpy()
+
+    ranks, ran = fuse(weight)
+    if novel is not None and np.any(novel):
+        rows = np.asarray(novel, dtype=bool)
+        ranks[rows], ran[rows] = (x[rows] for x in fuse(NOVEL_RERANK_WEIGHT))
+    return ranks, ran
 
 
 def rerank_ablation(zoo: Zoo, main: MethodResult, rows: Mapping[str, MethodResult], scores: Mapping[str, np.ndarray],
-                    seconds: Mapping[str, np.ndarray], extraction: Mapping[str, Mapping[str, float]]) -> tuple[dict, list]:
+                    seconds: Mapping[str, np.ndarray], extraction: Mapping[str, Mapping[str, float]],
+                    familiar: Mapping[str, Familiarity] | None = None) -> tuple[dict, list]:
     """Forward re-ranking (:func:`spider.modules.forward_rerank`) of the ``main`` row's rankings (one
     per seed or ensemble): every k of :data:`RERANK_KS`, weight of :data:`RERANK_WEIGHTS` and one of
     the :data:`RERANK_CANDIDATES` baselines of ``scores`` best on validation (``rows``: their rows;
-    ``seconds``: their [T, M] times). Per k, the winner on the VALIDATION targets. Returns
-    ``({k: row}, ablation table entries)``; a row's time adds the k PTMs' extraction and scores."""
+    ``seconds``: their [T, M] times; ``familiar``: each target's familiarity, a novel one is fused as
+    :func:`fused_ranking` says). Per k, the winner on the VALIDATION targets. Returns ``({k: row}, ablation table entries)``; a row's time adds the k
+    PTMs' extraction and scores."""
     num = len(zoo.models)
+    novel = None if familiar is None else np.array([familiar[t].novel for t in zoo.targets])
     candidates = sorted(scores, key=lambda b: -rows[b].mean("wtau_paper", zoo.val_targets))[:RERANK_CANDIDATES]
     winners, entries = {}, []
     for k in RERANK_KS:
@@ -137,7 +151,7 @@ def rerank_ablation(zoo: Zoo, main: MethodResult, rows: Mapping[str, MethodResul
         for b, w in ((b, w) for b in candidates for w in RERANK_WEIGHTS):
             preds, total, extract_s = [], np.zeros(len(zoo.targets)), np.zeros(len(zoo.targets))
             for pred in main.preds:
-                fused, ran = fused_ranking(pred, scores[b], top_k, w)
+                fused, ran = fused_ranking(pred, scores[b], top_k, w, novel)
                 preds.append(fused)
                 extract_s += [sum(extraction[m][t] for m, r in zip(zoo.models, ran[i]) if r)
                               for i, t in enumerate(zoo.targets)]
@@ -170,5 +184,7 @@ def rerank_section(ablation: Sequence[Mapping[str, Any]], rerank3: str) -> list[
             f"over the k). Candidates: the {RERANK_CANDIDATES} forward baselines best on the validation targets, w in "
             f"{', '.join(f'{w:g}' for w in RERANK_WEIGHTS)}. Per k, the winner on the validation targets' mean "
             "wtau_paper is the row in the tables above; only its test score is looked at. The goal check's top-3 "
-            f"re-ranking is whichever of this top-3 winner and `rerank@3` scores best on validation (`{rerank3}`).",
+            f"re-ranking is whichever of this top-3 winner and `rerank@3` scores best on validation (`{rerank3}`). "
+            "A target unlike every training task (`spider.familiarity`, see the notes) is ordered by the baseline "
+            "alone (`NOVEL_RERANK_WEIGHT`), as `spider rank` does.",
             "", ablation_table(ablation)]

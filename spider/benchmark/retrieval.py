@@ -12,41 +12,65 @@ from typing import Any
 import numpy as np
 
 from spider.benchmark.inputs import Zoo
+from spider.familiarity import Familiarity, TaskReference
 from spider.benchmark.methods import METRICS, MethodResult, method_result, pick_winner
 
-__all__ = ["KS", "bank_retrieval", "retrieval_row"]
+__all__ = ["KS", "bank_reference", "bank_retrieval", "familiarity_note", "retrieval_row", "target_centres", "target_familiarity"]
 
 NAME = "bank_retrieval"
 KS = (3, 5, 10)  # bank tasks averaged; searched on the validation targets
 
 
-def _unit(centres: Any) -> np.ndarray:
-    c = np.asarray(centres, dtype=np.float64)
-    return c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12)
+def bank_reference(zoo: Zoo, limit: int | None = None) -> TaskReference:
+    """The fine-tuning bank's tasks (the first ``limit``) as a :class:`~spider.familiarity.TaskReference`:
+    the training tasks of the report's scorers (fine-tuning labels), built as training builds it."""
+    from spider.datamodules.episodes import training_reference
+    from spider.datamodules.finetune_bank import open_bank
+
+    return training_reference(zoo.store, zoo.general, open_bank(zoo.root, zoo.models).specs[:limit])
+
+
+def target_centres(zoo: Zoo, target: str) -> np.ndarray:
+    """A target's class centres [C, Dg] under the general encoder (its stored ranking split)."""
+    from spider.datamodules.tasks import contiguous
+    from spider.datamodules.tokens import class_centres
+
+    entry = zoo.store.entry(zoo.general, target)
+    labels = contiguous(entry.labels())
+    return class_centres(entry.features(), labels, int(labels.max()) + 1).numpy()
+
+
+def target_familiarity(zoo: Zoo, reference: TaskReference | None = None) -> dict[str, Familiarity]:
+    """Every target against ``reference`` (default: the whole bank, :func:`bank_reference`)."""
+    reference = bank_reference(zoo) if reference is None else reference
+    return {t: reference.familiarity(target_centres(zoo, t)) for t in zoo.targets}
+
+
+def familiarity_note(familiar: Mapping[str, Mapping[str, Any]]) -> str:
+    """The report's note on :func:`target_familiarity` (``familiar``: target -> ``Familiarity.as_dict()``)."""
+    novel = [t for t, f in familiar.items() if f["novel"]]
+    threshold = next(iter(familiar.values()))["threshold"] if familiar else float("nan")
+    return ("- Familiarity (`spider.familiarity`): each target's similarity to its nearest bank task, general-encoder "
+            f"class centres; novel at or below {threshold:.3f}, the closest any bank task comes to a bank task of "
+            "other pool datasets: " + ", ".join(f"{t} {f['similarity']:.3f}" for t, f in familiar.items())
+            + f". Novel: {', '.join(novel) if novel else 'none'}.")
 
 
 def bank_retrieval(zoo: Zoo, ks: Sequence[int], limit: int | None = None) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """``({k: [T, M] scores}, [T] seconds per target)`` over ``zoo.targets``: the mean bank accuracy
     of the ``k`` bank tasks best matching the target (only the bank's first ``limit`` tasks when
-    given). Seconds: the target's class centres and its match against every bank task (the bank
-    tasks' centres are a one-off cost of the zoo, not counted)."""
+    given; :meth:`~spider.familiarity.TaskReference.similarities`). Seconds: the target's class
+    centres and its match against every bank task (the bank tasks' centres are a one-off cost of
+    the zoo, not counted)."""
     from spider.datamodules.finetune_bank import open_bank
-    from spider.datamodules.label_cache import task_array
-    from spider.datamodules.tasks import contiguous
-    from spider.datamodules.tokens import class_centres
 
-    bank = open_bank(zoo.root, zoo.models)
-    specs, accuracy = bank.specs[:limit], np.asarray(bank.accuracy[:limit], dtype=np.float64)
-    tasks = [_unit(class_centres(task_array(zoo.store, zoo.general, s), s.labels(), s.num_classes)) for s in specs]
+    reference = bank_reference(zoo, limit)
+    accuracy = np.asarray(open_bank(zoo.root, zoo.models).accuracy[:limit], dtype=np.float64)
     out: dict[int, list[np.ndarray]] = {k: [] for k in ks}
     seconds = []
     for target in zoo.targets:
-        entry = zoo.store.entry(zoo.general, target)
         start = time.perf_counter()
-        labels = contiguous(entry.labels())
-        own = _unit(class_centres(entry.features(), labels, int(labels.max()) + 1))
-        match = np.array([0.5 * ((own @ t.T).max(1).mean() + (own @ t.T).max(0).mean()) for t in tasks])
-        nearest = np.argsort(-match, kind="stable")
+        nearest = np.argsort(-reference.similarities(target_centres(zoo, target)), kind="stable")
         seconds.append(time.perf_counter() - start)
         for k in ks:
             out[k].append(np.nanmean(accuracy[nearest[:k]], axis=0))

@@ -35,6 +35,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -50,6 +51,7 @@ from spider.datamodules.label_cache import (
     LabelConfig,
     Labeller,
     open_label_cache,
+    task_array,
     read_target_scores,
     resolve_label_config,
 )
@@ -63,12 +65,26 @@ from spider.datamodules.episode_datasets import (
 )
 from spider.datamodules.label_sources import TrainingLabels, training_labels
 from spider.priors import PriorInputs
+from spider.familiarity import TaskReference
+from spider.datamodules.tokens import class_centres
 from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec
 from spider.errors import ConfigError, StoreError
 
 __all__ = ["EpisodeDataModule", "EpochBankSampler", "EvalTaskDataset", "LabelledTaskDataset",
-           "collate_episodes", "epoch_order"]
+           "collate_episodes", "epoch_order", "training_reference"]
 
+
+
+def training_reference(store: Any, general: str, specs: Sequence[TaskSpec | str]) -> TaskReference:
+    """The training tasks ``specs`` (TaskSpecs or their JSON, in order) as a
+    :class:`spider.familiarity.TaskReference`: class centres under ``general`` in ``store`` (a
+    root or an opened store) and the pool datasets each task draws from."""
+    from spider.store import FeatureStore
+
+    store = FeatureStore(store) if isinstance(store, (str, os.PathLike)) else store
+    tasks = [TaskSpec.from_json(s) if isinstance(s, str) else s for s in specs]
+    return TaskReference([class_centres(task_array(store, general, s), s.labels(), s.num_classes) for s in tasks],
+                         [sorted({d for d, _ in s.classes}) for s in tasks])
 
 
 class EpisodeDataModule(L.LightningDataModule):
@@ -260,6 +276,13 @@ class EpisodeDataModule(L.LightningDataModule):
         """Dg, the general encoder's feature dim (task token width)."""
         self._resolve()
         return self._general_dim
+
+    def training_reference(self) -> TaskReference:
+        """:func:`training_reference` of the tasks this datamodule trains on (each distinct task
+        once: the ``mixed`` label source repeats the bank's)."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        return training_reference(self.store_root, self.general, list(dict.fromkeys(self.training_labels.spec_texts)))
 
     # ------------------------------------------------------------------ data
 

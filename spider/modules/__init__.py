@@ -18,6 +18,7 @@ from spider.modules.scorer_registry import (
 from spider.modules.token_scorer import TokenScorer
 from spider.modules.reranker import (  # noqa: I001  (after TokenScorer)
     FORWARD_RERANK_WEIGHT,
+    NOVEL_RERANK_WEIGHT,
     RerankResult,
     ReRanker,
     ReRanking,
@@ -27,6 +28,7 @@ from spider.modules.reranker import (  # noqa: I001  (after TokenScorer)
 __all__ = [
     "CHECKPOINT_KEY",
     "FORWARD_RERANK_WEIGHT",
+    "NOVEL_RERANK_WEIGHT",
     "SCORERS",
     "ReRanker",
     "ReRanking",

@@ -197,3 +197,62 @@ def test_rerank_baseline_bad_options_exit_2(token, trained, capsys, extra, fragm
     assert main(["--checkpoint", str(token), "--store", store, "--dataset", "target0", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and fragment in err
+
+
+def test_checkpoint_holds_its_training_tasks_and_ranking_reports_familiarity(trained, token, capsys):
+    """Training writes the training tasks' class centres into the checkpoint (weights_only safe);
+    a ranking reports the task's familiarity to them, exactly as ``spider.familiarity`` computes it."""
+    from spider.familiarity import TaskReference
+    from spider.rank import task_tokens
+
+    cfg, _, store = trained
+    info = torch.load(token, map_location="cpu", weights_only=True)["spider"]
+    reference = TaskReference.from_dict(info["reference"])
+    dm = build_datamodule(cfg, prepare_store(cfg))
+    dm.setup("fit")
+    assert reference.num_tasks == len(set(dm.training_labels.spec_texts)) > 1
+    result = rank_task(token, store, "target0")
+    expected = reference.familiarity(task_tokens(store, info["general"], "target0")[0])
+    assert result.familiarity == expected.as_dict() and result.to_dict()["familiarity"] == expected.as_dict()
+    assert main(["--checkpoint", str(token), "--store", store, "--dataset", "target0"]) == 0
+    out = capsys.readouterr()
+    assert f"familiarity: similarity {expected.similarity:.3f}" in out.out
+    assert ("warning: the task is unlike every training task" in out.err) == expected.novel
+
+
+def test_a_novel_task_is_ordered_by_the_forward_baseline_alone(trained, token, tmp_path, capsys):
+    """A checkpoint whose training tasks are all unlike the task (two 'datasets' of one identical
+    task: nothing but that task is familiar): the forward baseline alone orders the top k, whatever
+    the weight asked for, and the CLI warns; the general ranking itself is unchanged."""
+    from spider.familiarity import TaskReference
+
+    _, _, store = trained
+    state = torch.load(token, map_location="cpu", weights_only=True)
+    dim = state["spider"]["reference"]["centres"].shape[1]
+    centre = torch.zeros(1, dim)
+    centre[0, 0] = 1.0
+    state["spider"]["reference"] = TaskReference([centre, centre], [["x"], ["y"]]).to_dict()
+    novel_ckpt = tmp_path / "novel.ckpt"
+    torch.save(state, novel_ckpt)
+    plain = rank_task(token, store, "target0")
+    novel = rank_task(novel_ckpt, store, "target0")
+    assert novel.familiarity["novel"] and novel.models == plain.models
+    alone = rank_task(token, store, "target0", rerank_topk=3, rerank_baseline="logme", rerank_weight=1.0)
+    gated = rank_task(novel_ckpt, store, "target0", rerank_topk=3, rerank_baseline="logme", rerank_weight=0.0)
+    assert gated.models == alone.models != plain.models  # weight 0 would have kept the plain order
+    assert main(["--checkpoint", str(novel_ckpt), "--store", store, "--dataset", "target0", "--json", "-"]) == 0
+    out = capsys.readouterr()
+    assert "warning: the task is unlike every training task of this ranker" in out.err
+    assert json.loads(out.out)["familiarity"]["novel"] is True
+
+
+def test_a_checkpoint_without_training_tasks_still_ranks(trained, token, tmp_path):
+    """Checkpoints written before the reference was stored rank as before, without familiarity."""
+    _, _, store = trained
+    state = torch.load(token, map_location="cpu", weights_only=True)
+    del state["spider"]["reference"]
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    result = rank_task(old, store, "target0")
+    assert result.familiarity is None and "familiarity" not in result.to_dict()
+    assert result.models == rank_task(token, store, "target0").models

@@ -65,6 +65,9 @@ def test_forward_reranking_of_images_ranks_as_the_store_does(fake_run):
     from_store = rank_task(checkpoint, zoo_dir / "store", "usps", **options)
     assert from_images.models == from_store.models and from_images.tokens == from_store.tokens
     assert from_images.tokens.count("specific") == 2 and "forward_topk" in from_images.timings_ms
+    # The images' familiarity to the training tasks is the stored features' (same images).
+    assert from_images.familiarity is not None and from_images.familiarity["novel"] == from_store.familiarity["novel"]
+    assert from_images.familiarity["similarity"] == pytest.approx(from_store.familiarity["similarity"], abs=1e-4)
 
 
 def test_cli_table_and_json(fake_run, tmp_path, capsys):

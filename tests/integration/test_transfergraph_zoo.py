@@ -80,3 +80,21 @@ def test_benchmark_row_is_chosen_on_validation(tiny_zoo):
     best = max(info["settings"], key=lambda s: s["val"]["wtau_paper"])
     assert info["chosen"] == best["hparams"] and len(info["settings"]) == 2
     assert "chosen on validation" in row.note and info["train_seconds"] > 0
+
+
+def test_benchmark_row_averages_its_seeds_like_model_spiders_rows(tiny_zoo):
+    """With several seeds each setting is fitted once per seed and judged on the mean over them."""
+    from spider.benchmark.inputs import open_zoo
+    from spider.benchmark.transfergraph import transfergraph_row
+
+    zoo = open_zoo(tiny_zoo)
+    extraction = {zoo.general: {t: 0.5 for t in zoo.targets}}
+    grid = {"dim": (8,), "layers": (1,), "topk": (1,), "predictor": ("linear",), "steps": (30,)}
+    row, info = transfergraph_row(zoo, extraction, grid, seeds=(0, 1))
+    single = [transfergraph_row(zoo, extraction, grid, seeds=(s,))[0] for s in (0, 1)]
+    assert len(row.preds) == 2 and not np.allclose(row.preds[0], row.preds[1])
+    assert np.allclose(row.preds[0], single[0].preds[0]) and np.allclose(row.preds[1], single[1].preds[0])
+    for t in zoo.targets:
+        assert row.per_target["wtau_paper"][t] == pytest.approx(
+            np.mean([r.per_target["wtau_paper"][t] for r in single]))
+    assert info["chosen"]["seed"] == [0, 1] and "mean over 2 seed(s)" in row.note

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("spider", "spider.errors", "spider.registry", "spider.io", "spider.paths", "spider._procs",
               "spider.progress", "spider.schedules")),
     ("library", ("spider.store", "spider.store_versions", "spider.store_checks", "spider.metrics",
-                 "spider.baselines", "spider.aggregate", "spider.priors", "spider.reference", "spider.zoo",
+                 "spider.baselines", "spider.aggregate", "spider.priors", "spider.familiarity", "spider.reference", "spider.zoo",
                  "spider.modules", "spider.evaluate", "spider.synthetic", "spider.transfergraph")),
     ("data", ("spider.datamodules",)),
     ("pipeline", ("spider.pipeline",)),

@@ -146,3 +146,23 @@ def test_forward_rerank_puts_failed_baseline_scores_last_and_skips_unranked_ptms
             forward_rerank(coarse, args["topk"], lambda top: forward.gather(1, top), args["weight"])
     with pytest.raises(ScorerInputError, match="forward_fn"):
         forward_rerank(coarse, 2, lambda top: torch.zeros(2, 3), 0.5)
+
+
+def test_fused_ranking_orders_a_novel_target_by_the_baseline_alone():
+    """``spider.benchmark.forward.fused_ranking``: a target marked novel takes NOVEL_RERANK_WEIGHT
+    (the baseline's own order of the k), the others the weight given."""
+    import numpy as np
+
+    from spider.benchmark.forward import fused_ranking
+    from spider.modules import NOVEL_RERANK_WEIGHT
+
+    rng = np.random.default_rng(0)
+    pred, scores = rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
+    novel = np.array([False, True, False])
+    gated, ran = fused_ranking(pred, scores, 6, 0.25, novel)
+    plain, plain_ran = fused_ranking(pred, scores, 6, 0.25)
+    alone, _ = fused_ranking(pred, scores, 6, NOVEL_RERANK_WEIGHT)
+    assert NOVEL_RERANK_WEIGHT == 1.0
+    assert gated[[0, 2]].tolist() == plain[[0, 2]].tolist() and gated[1].tolist() == alone[1].tolist()
+    assert np.argsort(-gated[1]).tolist() == np.argsort(-scores[1]).tolist()  # the baseline's order
+    assert gated[1].tolist() != plain[1].tolist() and ran.all() and plain_ran.all()
