@@ -39,6 +39,7 @@ from spider.benchmark.retrieval import bank_reference, target_centres  # noqa: E
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer  # noqa: E402
 from spider.errors import cli_main  # noqa: E402
 from spider.io import write_text_atomic  # noqa: E402
+from spider.priors import PriorInputs, prior_scores  # noqa: E402
 from spider.zoo.domains import source_domain  # noqa: E402
 
 
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> None:
     pool_domain = {s.id: source_domain(s.source) for s in recipe.pool}
     from spider.datamodules.finetune_bank import open_bank
 
-    bank_specs = open_bank(p.zoo.root, p.zoo.models).specs
+    bank = open_bank(p.zoo.root, p.zoo.models)
+    bank_specs = bank.specs
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.override)}  # "4" -> 4
@@ -100,6 +102,9 @@ def run(args: argparse.Namespace) -> None:
                per_target(p, held, target.id) if held else float("nan"),
                per_target(p, [fuse(x, p.scores[fused[0]], x.shape[1], fused[1])[0] for x in held], target.id) if held and fused else float("nan"),
                per_target(p, [fuse(x, p.scores[fused[0]], x.shape[1], fused[1], novel)[0] for x in held], target.id) if held and fused else float("nan"),
+               # The fine-tuning-history prior of the kept bank tasks: what falling back to it gives.
+               per_target(p, [np.tile(prior_scores("finetune_mean", PriorInputs(p.zoo.models, bank_accuracy=np.asarray(
+                   bank.accuracy)[kept])), (len(p.zoo.targets), 1))], target.id) if dropped else float("nan"),
                *(per_target(p, [p.scores[b]], target.id) for b in ("logme", "gbc")))
         rows.append(row)
         log(f"{target.id} ({domain}): {dropped} bank tasks left out; seen {row[4]:+.3f}, held out {row[5]:+.3f}")
@@ -113,10 +118,12 @@ def run(args: argparse.Namespace) -> None:
                 "the report's forward re-ranking over every PTM; \"gated\": the same, but a target that "
                 "`spider.familiarity` calls novel against the held-out fits' training tasks (the kept bank tasks) is "
                 "ordered by the baseline alone, as `spider rank` does. \"Familiarity\": the target's similarity to its "
-                "nearest kept bank task / the novelty threshold of those tasks." if fused else ""),
+                "nearest kept bank task / the novelty threshold of those tasks." if fused else "")
+             + " \"Prior, held out\": the static prior `finetune_mean` of the kept bank tasks (mean fine-tuned "
+             "accuracy per PTM), the fallback that needs no PTM run.",
              "", "| target | domain | bank tasks left out | familiarity, held out | Model Spider, seen | "
-             "Model Spider, held out | held out, fused | held out, gated | LogME | GBC |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Model Spider, held out | held out, fused | held out, gated | prior, held out | LogME | GBC |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "n/a" if not np.isfinite(v) else f"{v:+.3f}"  # noqa: E731
     known = lambda f: "n/a" if f is None else f"{f.similarity:.3f} / {f.threshold:.3f}" + (" novel" if f.novel else "")  # noqa: E731
     lines += [f"| {t} | {d} | {n} | {known(f)} | " + " | ".join(fmt(v) for v in values) + " |" for t, d, n, f, *values in rows]
