@@ -5,10 +5,10 @@ validation targets, scorers trained without the bank tasks of the target's domai
 to +0.283 wtau on zoo40 (``experiments/zoo40/held_out_domain.md``). This module says when a task is
 that far out, from the general-encoder class centres alone (no PTM runs on it):
 
-* :func:`task_similarity` - the symmetric mean best-match cosine of two tasks' class centres (for
-  each class of one task the best cosine to a class of the other, averaged, both ways, halved).
 * :class:`TaskReference` - the training tasks' unit class centres and the pool datasets each task
-  draws from. Its ``threshold`` is the highest similarity any training task has to its nearest
+  draws from. :meth:`~TaskReference.similarities`: a task's similarity to each of them, the
+  symmetric mean best-match cosine of class centres (for each class of one task the best cosine to
+  a class of the other, averaged, both ways, halved). Its ``threshold`` is the highest similarity any training task has to its nearest
   training task sharing no pool dataset with it: as close as a task of a dataset the ranker never
   trained on came, inside the bank itself. Nothing is tuned on targets.
 * :meth:`TaskReference.familiarity` - a task's similarity to its nearest training task, the
@@ -32,7 +32,7 @@ import torch
 
 from spider.errors import SpiderError
 
-__all__ = ["Familiarity", "TaskReference", "task_similarity", "unit_centres"]
+__all__ = ["Familiarity", "TaskReference", "unit_centres"]
 
 
 def unit_centres(centres: Any) -> np.ndarray:
@@ -45,12 +45,6 @@ def unit_centres(centres: Any) -> np.ndarray:
     return c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12)
 
 
-def task_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Symmetric mean best-match cosine of two tasks' UNIT class centres [Ca, D] and [Cb, D]."""
-    cos = a @ b.T
-    return float(0.5 * (cos.max(1).mean() + cos.max(0).mean()))
-
-
 @dataclass(frozen=True)
 class Familiarity:
     """A task against a :class:`TaskReference`."""
@@ -61,8 +55,9 @@ class Familiarity:
     novel: bool  # similarity <= threshold
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain JSON values (a threshold of -inf, training tasks of one pool dataset, is None)."""
         return {"similarity": self.similarity, "nearest_training_task": self.nearest,
-                "threshold": self.threshold, "novel": self.novel}
+                "threshold": self.threshold if math.isfinite(self.threshold) else None, "novel": self.novel}
 
 
 class TaskReference:
@@ -71,9 +66,12 @@ class TaskReference:
     Args:
         centres: one [C_k, D] array of class centres per training task (general encoder).
         datasets: the pool datasets each task draws classes from (same length as ``centres``).
+        threshold: the novelty threshold when already known (a checkpoint stores it: computing it
+            compares every pair of tasks); None computes it.
     """
 
-    def __init__(self, centres: Sequence[Any], datasets: Sequence[Sequence[str]]) -> None:
+    def __init__(self, centres: Sequence[Any], datasets: Sequence[Sequence[str]],
+                 threshold: float | None = None) -> None:
         if len(centres) < 1 or len(centres) != len(datasets):
             raise SpiderError(f"task reference: expected one dataset list per task and at least one task, "
                               f"got {len(centres)} tasks and {len(datasets)} dataset lists")
@@ -85,7 +83,9 @@ class TaskReference:
         names = sorted({d for ds in datasets for d in ds})
         self.datasets = names
         self.membership = np.array([[d in set(ds) for d in names] for ds in datasets], dtype=bool)
-        self.threshold = self._threshold()
+        if threshold is not None and (math.isnan(threshold) or threshold == math.inf):
+            raise SpiderError(f"task reference: expected a threshold below +inf, got {threshold}")
+        self.threshold = self._threshold() if threshold is None else float(threshold)
 
     @property
     def num_tasks(self) -> int:
@@ -134,7 +134,8 @@ class TaskReference:
     # -- checkpoint form: plain tensors and strings (torch.load(weights_only=True)) ----------------
     def to_dict(self) -> dict[str, Any]:
         return {"centres": torch.from_numpy(self.centres.copy()), "offsets": torch.from_numpy(self.offsets.copy()),
-                "datasets": list(self.datasets), "membership": torch.from_numpy(self.membership.copy())}
+                "datasets": list(self.datasets), "membership": torch.from_numpy(self.membership.copy()),
+                "threshold": self.threshold}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "task reference") -> TaskReference:
@@ -144,6 +145,7 @@ class TaskReference:
             offsets = np.asarray(values["offsets"], dtype=np.int64)
             membership = np.asarray(values["membership"], dtype=bool)
             names = [str(d) for d in values["datasets"]]
+            threshold = None if values.get("threshold") is None else float(values["threshold"])
         except (KeyError, TypeError, ValueError) as err:
             raise SpiderError(f"{where}: expected centres, offsets, datasets and membership ({err})") from None
         ok = (centres.ndim == 2 and offsets.ndim == 1 and len(offsets) >= 2 and offsets[0] == 0
@@ -154,6 +156,6 @@ class TaskReference:
                               f"membership {membership.shape}, {len(names)} datasets)")
         parts = [centres[offsets[k]:offsets[k + 1]] for k in range(len(offsets) - 1)]
         try:
-            return cls(parts, [[d for d, m in zip(names, row) if m] for row in membership])
+            return cls(parts, [[d for d, m in zip(names, row) if m] for row in membership], threshold)
         except SpiderError as err:
             raise SpiderError(f"{where}: {err}") from None

@@ -182,7 +182,8 @@ def format_ranking(result: RankResult, top: Optional[int] = None) -> str:
     known = result.familiarity
     familiar = "" if known is None else (
         f"familiarity: similarity {known['similarity']:.3f} to the nearest training task "
-        f"({'novel' if known['novel'] else 'familiar'}: novel at or below {known['threshold']:.3f})\n")
+        f"({'novel' if known['novel'] else 'familiar'}: novel at or below "
+        f"{'n/a (one pool dataset)' if known['threshold'] is None else format(known['threshold'], '.3f')})\n")
     return buffer.getvalue() + familiar + f"time: {stages}\n"
 
 

@@ -139,8 +139,8 @@ def rerank_ablation(zoo: Zoo, main: MethodResult, rows: Mapping[str, MethodResul
     per seed or ensemble): every k of :data:`RERANK_KS`, weight of :data:`RERANK_WEIGHTS` and one of
     the :data:`RERANK_CANDIDATES` baselines of ``scores`` best on validation (``rows``: their rows;
     ``seconds``: their [T, M] times; ``familiar``: each target's familiarity, a novel one is fused as
-    :func:`fused_ranking` says). Per k, the winner on the VALIDATION targets. Returns ``({k: row}, ablation table entries)``; a row's time adds the k
-    PTMs' extraction and scores."""
+    :func:`fused_ranking` says). Per k, the winner on the VALIDATION targets. Returns ``({k: row},
+    ablation table entries)``; a row's time adds the k PTMs' extraction and scores."""
     num = len(zoo.models)
     novel = None if familiar is None else np.array([familiar[t].novel for t in zoo.targets])
     candidates = sorted(scores, key=lambda b: -rows[b].mean("wtau_paper", zoo.val_targets))[:RERANK_CANDIDATES]

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from spider.benchmark.inputs import Zoo
-from spider.familiarity import Familiarity, TaskReference
 from spider.benchmark.methods import METRICS, MethodResult, method_result, pick_winner
+from spider.familiarity import Familiarity, TaskReference
 
-__all__ = ["KS", "bank_reference", "bank_retrieval", "familiarity_note", "retrieval_row", "target_centres", "target_familiarity"]
+__all__ = ["KS", "bank_reference", "bank_retrieval", "familiarity_note", "retrieval_row", "target_centres",
+           "target_familiarity"]
 
 NAME = "bank_retrieval"
 KS = (3, 5, 10)  # bank tasks averaged; searched on the validation targets
@@ -49,9 +50,10 @@ def target_familiarity(zoo: Zoo, reference: TaskReference | None = None) -> dict
 def familiarity_note(familiar: Mapping[str, Mapping[str, Any]]) -> str:
     """The report's note on :func:`target_familiarity` (``familiar``: target -> ``Familiarity.as_dict()``)."""
     novel = [t for t, f in familiar.items() if f["novel"]]
-    threshold = next(iter(familiar.values()))["threshold"] if familiar else float("nan")
+    threshold = next(iter(familiar.values()))["threshold"] if familiar else None
     return ("- Familiarity (`spider.familiarity`): each target's similarity to its nearest bank task, general-encoder "
-            f"class centres; novel at or below {threshold:.3f}, the closest any bank task comes to a bank task of "
+            f"class centres; novel at or below {'n/a' if threshold is None else format(threshold, '.3f')}, the "
+            "closest any bank task comes to a bank task of "
             "other pool datasets: " + ", ".join(f"{t} {f['similarity']:.3f}" for t, f in familiar.items())
             + f". Novel: {', '.join(novel) if novel else 'none'}.")
 

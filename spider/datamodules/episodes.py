@@ -51,9 +51,9 @@ from spider.datamodules.label_cache import (
     LabelConfig,
     Labeller,
     open_label_cache,
-    task_array,
     read_target_scores,
     resolve_label_config,
+    task_array,
 )
 from spider.datamodules.episode_datasets import (
     EVAL_EPOCH,
@@ -65,10 +65,10 @@ from spider.datamodules.episode_datasets import (
 )
 from spider.datamodules.label_sources import TrainingLabels, training_labels
 from spider.priors import PriorInputs
-from spider.familiarity import TaskReference
-from spider.datamodules.tokens import class_centres
 from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec
+from spider.datamodules.tokens import class_centres
 from spider.errors import ConfigError, StoreError
+from spider.familiarity import TaskReference
 
 __all__ = ["EpisodeDataModule", "EpochBankSampler", "EvalTaskDataset", "LabelledTaskDataset",
            "collate_episodes", "epoch_order", "training_reference"]

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from spider.errors import SpiderError
-from spider.familiarity import TaskReference, task_similarity, unit_centres
+from spider.familiarity import TaskReference, unit_centres
+
+
+def task_similarity(a, b):
+    """The definition, pair by pair: symmetric mean best-match cosine of two tasks' unit centres."""
+    cos = a @ b.T
+    return float(0.5 * (cos.max(1).mean() + cos.max(0).mean()))
 
 
 def _tasks(seed=0, num=6, dim=8):
@@ -21,14 +27,13 @@ def _tasks(seed=0, num=6, dim=8):
     return centres, datasets
 
 
-def test_task_similarity_is_symmetric_and_one_for_the_same_classes():
-    a = unit_centres(np.eye(3)[:2])
-    b = unit_centres(np.array([[0.0, 2.0, 0.0], [5.0, 0.0, 0.0]]))  # same directions, other order and norms
-    assert task_similarity(a, b) == pytest.approx(1.0)
-    c = unit_centres(np.eye(3)[2:])
-    assert task_similarity(a, c) == pytest.approx(0.0)
-    d = unit_centres(np.array([[1.0, 1.0, 0.0]]))
-    assert task_similarity(a, d) == pytest.approx(task_similarity(d, a))
+def test_similarity_is_one_for_the_same_classes_and_zero_for_orthogonal_ones():
+    ref = TaskReference([np.eye(3)[:2], np.eye(3)[2:]], [["a"], ["b"]])
+    same = np.array([[0.0, 2.0, 0.0], [5.0, 0.0, 0.0]])  # task 0's directions, other order and norms
+    assert ref.similarities(same) == pytest.approx([1.0, 0.0], abs=1e-6)
+    mixed = np.array([[1.0, 1.0, 0.0]])
+    expected = 0.5 * (1 / np.sqrt(2) + 1 / np.sqrt(2))  # both ways: the one class matches each at 45 degrees
+    assert ref.similarities(mixed)[0] == pytest.approx(expected, abs=1e-6)
 
 
 def test_similarities_equal_the_pairwise_definition():
@@ -62,6 +67,7 @@ def test_novel_only_at_or_below_the_threshold():
     # One dataset only: no task of another dataset to compare with, so nothing is called novel.
     single = TaskReference([np.stack([x]), np.stack([y])], [["a"], ["a"]])
     assert single.threshold == -math.inf and not single.familiarity(np.stack([-x])).novel
+    assert single.familiarity(np.stack([x])).as_dict()["threshold"] is None  # JSON has no -inf
 
 
 def test_subset_recomputes_the_threshold():
@@ -80,9 +86,14 @@ def test_checkpoint_form_round_trips_through_weights_only_load():
     buffer = io.BytesIO()
     torch.save({"reference": ref.to_dict()}, buffer)
     buffer.seek(0)
-    back = TaskReference.from_dict(torch.load(buffer, weights_only=True)["reference"])
+    stored = torch.load(buffer, weights_only=True)["reference"]
+    back = TaskReference.from_dict(stored)
     q = np.random.default_rng(3).normal(size=(4, 8))
     assert back.threshold == pytest.approx(ref.threshold) and back.familiarity(q) == ref.familiarity(q)
+    # The stored threshold is read, not recomputed; without one it is computed.
+    assert TaskReference.from_dict({**stored, "threshold": 0.25}).threshold == 0.25
+    assert TaskReference.from_dict({k: v for k, v in stored.items() if k != "threshold"}).threshold \
+        == pytest.approx(ref.threshold)
 
 
 @pytest.mark.parametrize(
@@ -92,6 +103,8 @@ def test_checkpoint_form_round_trips_through_weights_only_load():
         (lambda d: d.update(offsets=torch.tensor([0, 2, 1])), "inconsistent shapes"),
         (lambda d: d.update(membership=torch.ones(1, 1, dtype=torch.bool)), "inconsistent shapes"),
         (lambda d: d["centres"].__setitem__((0, 0), float("nan")), "non-finite"),
+        (lambda d: d.update(threshold=float("nan")), "threshold below +inf"),
+        (lambda d: d.update(threshold="high"), "expected centres, offsets"),
     ],
 )
 def test_bad_checkpoint_entry_is_one_line_naming_it(change, fragment):
