@@ -151,7 +151,7 @@ def rank_task(
         entry = store.entry(names[m], dataset, split)
         return baseline_score(rerank_baseline, labels, entry.features(), entry.logits() if entry.has_logits else None)
 
-    familiarity = task_familiarity(info, tokens)
+    familiarity = task_familiarity(model, info, tokens)
     forward = None if rerank_baseline is None else (forward_score, _forward_weight(rerank_weight, familiarity))
     scored = _score(model, tokens, rerank_topk, specific_tokens, timings, forward)
     timings["total"] = time.perf_counter() - start

@@ -143,7 +143,7 @@ def rank_images(
     tokens = tokens.to(device)
     timings["extract_general"] = time.perf_counter() - t0
 
-    familiarity = task_familiarity(info, tokens)
+    familiarity = task_familiarity(model, info, tokens)
     forward = None if rerank_baseline is None else (forward_score, _forward_weight(rerank_weight, familiarity))
     scored = _score(model, tokens, rerank_topk, lambda m: centres_of(refs[names[m]]), timings, forward)
     if forward is not None and "rerank" in timings:  # the k PTMs' extraction and baseline scores

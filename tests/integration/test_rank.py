@@ -214,6 +214,12 @@ def test_checkpoint_holds_its_training_tasks_and_ranking_reports_familiarity(tra
     result = rank_task(token, store, "target0")
     expected = reference.familiarity(task_tokens(store, info["general"], "target0")[0])
     assert result.familiarity == expected.as_dict() and result.to_dict()["familiarity"] == expected.as_dict()
+    # A loaded scorer builds its reference once and reuses it for every task it ranks.
+    scorer = load_scorer(token)
+    first = rank_task(scorer, store, "target0").familiarity
+    kept = scorer._spider_task_reference[1]
+    assert rank_task(scorer, store, "target1").familiarity is not None and scorer._spider_task_reference[1] is kept
+    assert first == expected.as_dict()
     assert main(["--checkpoint", str(token), "--store", store, "--dataset", "target0"]) == 0
     out = capsys.readouterr()
     assert f"familiarity: similarity {expected.similarity:.3f}" in out.out
