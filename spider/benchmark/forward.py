@@ -13,18 +13,20 @@ from typing import Any, Callable
 import numpy as np
 
 from spider.benchmark.inputs import JsonCache, Zoo
-from spider.benchmark.markdown import ablation_table
+from spider.benchmark.markdown import ablation_table, fmt, table
 from spider.benchmark.methods import METRICS, MethodResult, method_result, pick_winner
 from spider.familiarity import Familiarity
 
 __all__ = ["applicable_baselines", "baseline_errors", "copeland_scores", "fused_ranking", "rerank_ablation",
-           "rerank_section", "run_baselines"]
+           "rerank_ceiling", "rerank_section", "run_baselines"]
 
 # Forward re-ranking: the main ranking's top k re-ordered by a fusion with one of the RERANK_CANDIDATES
 # forward baselines best on validation, weight in RERANK_WEIGHTS; k = 0 stands for every PTM.
 RERANK_KS = (3, 10, 0)
 RERANK_WEIGHTS = (0.25, 0.5, 0.75)
 RERANK_CANDIDATES = 3
+# Top-k re-ranking's ceiling (rerank_ceiling): the main ranking's top k ordered by the ground truth.
+CEILING_KS = (3, 5, 10)
 
 
 def applicable_baselines() -> list[str]:
@@ -175,9 +177,26 @@ def rerank_ablation(zoo: Zoo, main: MethodResult, rows: Mapping[str, MethodResul
     return winners, entries
 
 
-def rerank_section(ablation: Sequence[Mapping[str, Any]], rerank3: str) -> list[str]:
-    """The report's section on :func:`rerank_ablation` (``rerank3``: the goal check's top-3 row)."""
-    return ["", "## Forward re-ranking ablation: baseline, k and weight",
+def rerank_ceiling(zoo: Zoo, main: MethodResult) -> list[dict[str, Any]]:
+    """What any top-k re-ranker of the ``main`` row's rankings could reach at best: its top k PTMs
+    ordered by their fine-tuned accuracy itself (the ground truth), the other PTMs left in place,
+    for every k of :data:`CEILING_KS`. Not a method and not a decision: it bounds the gain that
+    re-ordering the top k among themselves (:func:`fused_ranking`) can add to the main ranking. ``[{"k", "val", "test"}]`` (metric means
+    over the main row's seeds; ``main``'s own means as ``k = 0``)."""
+    out = [{"k": 0, **{s: {m: main.mean(m, zoo.stage_targets(s)) for m in METRICS} for s in ("val", "test")}}]
+    for k in CEILING_KS:
+        r = method_result("ceiling", "spider", zoo, [fused_ranking(p, zoo.truth, min(k, len(zoo.models)), 1.0)[0]
+                                                      for p in main.preds],
+                          seconds=0, extract_seconds=0, score_seconds=0, ptm_passes=k, general_passes=1)
+        out.append({"k": k, **{s: {m: r.mean(m, zoo.stage_targets(s)) for m in METRICS} for s in ("val", "test")}})
+    return out
+
+
+def rerank_section(ablation: Sequence[Mapping[str, Any]], rerank3: str,
+                   ceiling: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The report's section on :func:`rerank_ablation` (``rerank3``: the goal check's top-3 row) and,
+    where given, :func:`rerank_ceiling`."""
+    lines = ["", "## Forward re-ranking ablation: baseline, k and weight",
             "`model_spider + <baseline>` rows: the main ranking's top k PTMs run on the target, and a forward "
             "baseline's scores of their features re-order them (`spider rank --rerank-baseline B --rerank-topk k "
             "--rerank-weight w`; `spider.modules.forward_rerank`: (1 - w) x main z-score + w x baseline z-score, both "
@@ -188,3 +207,18 @@ def rerank_section(ablation: Sequence[Mapping[str, Any]], rerank3: str) -> list[
             "A target unlike every training task (`spider.familiarity`, see the notes) is ordered by the baseline "
             "alone (`NOVEL_RERANK_WEIGHT`), as `spider rank` does.",
             "", ablation_table(ablation)]
+    if ceiling:
+        base = next(c for c in ceiling if c["k"] == 0)
+        lines += ["", "## Ceiling of top-k re-ranking",
+                  "What any re-ranker with a budget of k PTM runs could reach at best: the main Model Spider "
+                  "ranking's top k ordered by their fine-tuned accuracy itself, the other PTMs left in place "
+                  "(`spider.benchmark.forward.rerank_ceiling`; mean over the main ranking's seeds). It is not a "
+                  "method and decides nothing: it bounds what re-ordering the top k among themselves (as every "
+                  "`model_spider + <baseline>` row does) can add to the main ranking.", "",
+                  table(["k", "val wtau_paper", "gain", "val top-1 regret", "test wtau_paper", "gain",
+                         "test top-1 regret"],
+                        [["main ranking" if c["k"] == 0 else c["k"],
+                          *(x for s in ("val", "test") for x in (
+                              fmt(c[s]["wtau_paper"]), fmt(c[s]["wtau_paper"] - base[s]["wtau_paper"]),
+                              fmt(c[s]["top1_regret"], 2, False)))] for c in ceiling])]
+    return lines

@@ -28,8 +28,10 @@ def _best(rows: Sequence[MethodResult], targets: Sequence[str]) -> MethodResult 
 
 
 def goal_check(rows: Mapping[str, MethodResult], general: str, rerank3: str, forward: Sequence[str],
-               priors: Sequence[str], targets: Sequence[str]) -> dict[str, Any]:
-    """Verdicts (``goals``: name -> bool) and one sentence per goal (``text``) on ``targets``."""
+               priors: Sequence[str], targets: Sequence[str], ceiling3: float | None = None) -> dict[str, Any]:
+    """Verdicts (``goals``: name -> bool) and one sentence per goal (``text``) on ``targets``;
+    ``ceiling3``: the best wtau_paper any top-3 re-ranking of the main ranking could reach there
+    (:func:`spider.benchmark.forward.rerank_ceiling`), quoted beside goal 2."""
     g, r3 = rows[general], rows[rerank3]
     best_fwd = _best([rows[n] for n in forward], targets)
     best_prior = _best([rows[n] for n in priors], targets)
@@ -55,7 +57,9 @@ def goal_check(rows: Mapping[str, MethodResult], general: str, rerank3: str, for
     goals["rerank3_vs_both"] = beats(r3, best_fwd, need) and beats(r3, best_prior, need)
     text.append(f"2. Re-rank top-3 {tau(r3):+.3f}{spread(r3)}: margin {tau(r3) - tau(best_fwd):+.3f} over "
                 f"{name(best_fwd)} and {tau(r3) - tau(best_prior):+.3f} over {name(best_prior)}, needed +{need:.2f} "
-                f"over both: {yes(goals['rerank3_vs_both'])}.")
+                f"over both: {yes(goals['rerank3_vs_both'])}."
+                + (f" Ceiling: ordering the main ranking's top 3 by their true fine-tuned accuracy gives {ceiling3:+.3f} "
+                   f"({ceiling3 - tau(best_fwd):+.3f} over {name(best_fwd)})." if ceiling3 is not None else ""))
     regrets = {n: r.mean("top1_regret", targets) for n, r in rows.items()
                if math.isfinite(r.mean("top1_regret", targets))}
     lowest = min(regrets, key=regrets.get) if regrets else general

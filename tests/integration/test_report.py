@@ -146,6 +146,12 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
         passes = results["ptms"] if k == 0 else min(k, results["ptms"])
         assert results["methods"][name]["ptm_forward_passes"] == passes
         assert results["test"][name]["seconds_per_target"] > results["test"][groups["model_spider"]]["seconds_per_target"]
+    # The ceiling of top-k re-ranking: k = 0 is the main ranking; ordering its top k by the truth never hurts.
+    ceiling = results["rerank_ceiling"]
+    assert [c["k"] for c in ceiling] == [0, *forward.CEILING_KS] and "## Ceiling of top-k re-ranking" in text
+    assert ceiling[0]["val"]["wtau_paper"] == pytest.approx(results["val"][groups["model_spider"]]["wtau_paper"])
+    assert all(c["val"]["top1_regret"] <= ceiling[0]["val"]["top1_regret"] for c in ceiling)
+    assert "Ceiling: ordering the main ranking's top 3" in text
     rerank3 = groups["model_spider_rerank3"]
     assert rerank3 in {"model_spider rerank@3"} | {n for n in results["val"] if n.endswith(" top 3")}
     assert results["val"][rerank3]["wtau_paper"] == max(

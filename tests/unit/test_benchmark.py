@@ -151,6 +151,32 @@ def test_forward_helpers():
     assert int(np.argmin(agg[0])) == 1  # last in both members' rankings
 
 
+def test_rerank_ceiling_orders_the_top_k_by_the_truth_and_leaves_the_rest(tmp_path):
+    """The ceiling of top-k re-ranking: the main ranking's top k take their true order, the others
+    keep their places, so k = every PTM is the truth itself and a smaller k can only help."""
+    zoo = fake_zoo(tmp_path)
+    reverse = -TRUTH  # the worst possible ranking of every target
+    main = row(zoo, "ms", [reverse, reverse + 0.0])
+    ceiling = forward.rerank_ceiling(zoo, main)
+    assert [c["k"] for c in ceiling] == [0, *forward.CEILING_KS]
+    assert ceiling[0]["val"]["wtau_paper"] == pytest.approx(main.mean("wtau_paper", zoo.val_targets))
+    # 4 PTMs: a k >= 4 re-orders all of them into the truth; k = 3 leaves the true best last
+    assert all(c["val"]["wtau_paper"] == pytest.approx(1.0) and c["test"]["top1_regret"] == 0.0
+               for c in ceiling if c["k"] >= 4)
+    three = next(c for c in ceiling if c["k"] == 3)
+    assert three["val"]["top1_regret"] == 10.0 and ceiling[0]["val"]["wtau_paper"] < three["val"]["wtau_paper"] < 1
+    # top 2 of [d, c, b, a] on val0 (truth a > b > c > d): c, d swap; a, b stay last
+    ranks, ran = forward.fused_ranking(reverse, TRUTH, 2, 1.0)
+    assert ran[0].tolist() == [False, False, True, True]
+    assert np.argsort(-ranks[0]).tolist() == [2, 3, 1, 0]
+    lines = forward.rerank_section([], "ms3", ceiling)
+    assert "## Ceiling of top-k re-ranking" in lines and any(line.startswith("| main ranking |") for line in "\n".join(lines).splitlines())
+    text = goals.goal_check({"ms": main, "ms3": main, "logme": row(zoo, "logme", [TRUTH], kind="baseline"),
+                             "prior": row(zoo, "prior", [TRUTH], kind="prior")},
+                            "ms", "ms3", ["logme"], ["prior"], zoo.test_targets, ceiling3=0.5)["text"][1]
+    assert "Ceiling: ordering the main ranking's top 3 by their true fine-tuned accuracy gives +0.500 (-0.500 over logme)" in text
+
+
 def test_group_axes_merges_dataset_families():
     values = np.array([[0.0, 1.0, 0.5, np.nan]])
     axes, merged = charts.group_axes(["mnist", "omniglot_eval0", "omniglot_eval1", "usps"], values)
