@@ -15,6 +15,7 @@ One command per zoo, after its report (it reuses the report's scorers and caches
 
     python experiments/zoo40/held_out_domain.py [--zoo-dir artifacts/zoo40] [--out experiments/zoo40/held_out_domain.md]
         [--override data.label_source=copeland ...]   # another setting, fitted fresh
+        [--general keras_mobilenet_v1_025_imagenet]   # a zoo PTM's stored features as the general encoder
 """
 
 from __future__ import annotations
