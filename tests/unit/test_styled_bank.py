@@ -44,3 +44,27 @@ def test_twins_point_at_the_styled_datasets_and_keep_rows():
     twin = styled_bank.twin(spec, "edges")
     assert twin.classes == (("mnist.edges", 3), ("mnist.edges", 1)) and twin.rows == spec.rows
     assert json.loads(twin.to_json())["classes"][0][0] == "mnist.edges"
+
+
+def test_training_appends_the_twins_reads_the_linked_store_and_restores(tmp_path, monkeypatch):
+    import types
+
+    import spider.datamodules.episodes as episodes
+    import spider.run_inputs as run_inputs
+    from spider.datamodules.label_sources import TrainingLabels
+
+    labels = TrainingLabels(["a", "b"], np.zeros((2, 3)), "finetune")
+    monkeypatch.setattr(episodes, "training_labels", lambda *a, **k: labels)
+    monkeypatch.setattr(run_inputs, "_zoo_inputs", lambda cfg: {"store": "zoo/store", "label_cache": "zoo/labels"})
+    real_labels, real_inputs = episodes.training_labels, run_inputs._zoo_inputs
+    bank = object.__new__(styled_bank.StyledBank)
+    bank.p, bank.store = types.SimpleNamespace(_store=None), tmp_path / "store"
+    bank.twins = {"negative": (["a.neg", "b.neg"], np.ones((2, 3))), "edges": (["a.edg", "b.edg"], np.full((2, 3), 2.0))}
+    with bank.training(("edges",)):
+        out = episodes.training_labels("finetune", None)
+        assert out.spec_texts == ["a", "b", "a.edg", "b.edg"] and out.scores[:, 0].tolist() == [0, 0, 2, 2]
+        assert run_inputs._zoo_inputs(None) == {"store": str(tmp_path / "store"), "label_cache": "zoo/labels-styled"}
+        assert bank.p._store is not None
+        with pytest.raises(ValueError, match="fine-tuning labels only"):
+            episodes.training_labels("copeland", None)
+    assert episodes.training_labels is real_labels and run_inputs._zoo_inputs is real_inputs and bank.p._store is None
