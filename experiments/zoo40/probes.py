@@ -204,32 +204,27 @@ def metadata_features(zoo) -> list[list[float]]:
             + [float(logp[i])] for i, m in enumerate(zoo.models)]
 
 
-@contextlib.contextmanager
-def general_encoder_from(probes: Probes, model: str):
-    """Fits and rankings read a store whose ``general`` entries are ``model``'s features (hard links
-    into ``<work>/probes/store-<model>``, the other PTMs' folders linked)."""
-    import spider.run_inputs as run_inputs
-    from spider.store import FeatureStore
-
-    src = probes.zoo.store.root
-    alt = probes.work / "probes" / f"store-{model}"
-    for ptm in src.iterdir():
+def link_ptm_folders(probes: Probes, alt: Path) -> None:
+    """``alt`` (another store) sees every folder of the zoo's store but the general encoder's through
+    symlinks; the caller fills ``alt/<general>``."""
+    for ptm in probes.zoo.store.root.iterdir():
         if ptm.is_dir() and ptm.name != probes.zoo.general and not (alt / ptm.name).exists():
             alt.mkdir(parents=True, exist_ok=True)
             (alt / ptm.name).symlink_to(ptm.resolve(), target_is_directory=True)
-    for split in (p for d in (src / model).iterdir() if d.is_dir() for p in d.iterdir() if p.is_dir()):
-        out = alt / probes.zoo.general / split.parent.name / split.name
-        out.mkdir(parents=True, exist_ok=True)
-        for f in split.iterdir():
-            if f.name == "manifest.json":
-                write_text_atomic(out / f.name, json.dumps(dict(json.loads(f.read_text()), model=probes.zoo.general)))
-            elif not (out / f.name).exists():
-                os.link(f, out / f.name)
+
+
+@contextlib.contextmanager
+def reading_store(probes: Probes, alt: Path, tag: str):
+    """Fits (``spider.run_inputs._zoo_inputs``) and the probes' rankings read the store ``alt``; fits
+    keep their label cache apart (``<label cache>-<tag>``)."""
+    import spider.run_inputs as run_inputs
+    from spider.store import FeatureStore
+
     real = run_inputs._zoo_inputs
 
     def patched(cfg):
         out = real(cfg)
-        return dict(out, store=str(alt), label_cache=f"{out['label_cache']}-{model}")
+        return dict(out, store=str(alt), label_cache=f"{out['label_cache']}-{tag}")
 
     run_inputs._zoo_inputs = patched
     probes._store = FeatureStore(alt)
@@ -238,6 +233,23 @@ def general_encoder_from(probes: Probes, model: str):
     finally:
         run_inputs._zoo_inputs = real
         probes._store = None
+
+
+def general_encoder_from(probes: Probes, model: str):
+    """Fits and rankings read a store whose ``general`` entries are ``model``'s features (hard links
+    into ``<work>/probes/store-<model>``, the other PTMs' folders linked)."""
+    src = probes.zoo.store.root
+    alt = probes.work / "probes" / f"store-{model}"
+    link_ptm_folders(probes, alt)
+    for split in (p for d in (src / model).iterdir() if d.is_dir() for p in d.iterdir() if p.is_dir()):
+        out = alt / probes.zoo.general / split.parent.name / split.name
+        out.mkdir(parents=True, exist_ok=True)
+        for f in split.iterdir():
+            if f.name == "manifest.json":
+                write_text_atomic(out / f.name, json.dumps(dict(json.loads(f.read_text()), model=probes.zoo.general)))
+            elif not (out / f.name).exists():
+                os.link(f, out / f.name)
+    return reading_store(probes, alt, model)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from held_out_domain import per_target, without_domain  # noqa: E402
-from probes import SEEDS, Probes, log, probe_main  # noqa: E402
+from probes import SEEDS, Probes, link_ptm_folders, log, probe_main, reading_store  # noqa: E402
 
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer  # noqa: E402
 from spider.errors import cli_main  # noqa: E402
@@ -140,13 +140,10 @@ class StyledBank:
     def _link_store(self) -> None:
         """``<work>/styled/store``: every PTM folder of the zoo's store linked, the general encoder's
         datasets linked one by one beside the styled ones written here."""
-        src, general = self.p.zoo.store.root, self.p.zoo.general
-        for entry in src.iterdir():
-            if entry.is_dir() and entry.name != general and not (self.store / entry.name).exists():
-                self.store.mkdir(parents=True, exist_ok=True)
-                (self.store / entry.name).symlink_to(entry.resolve(), target_is_directory=True)
-        for dataset in (src / general).iterdir():
-            link = self.store / general / dataset.name
+        link_ptm_folders(self.p, self.store)
+        src = self.p.zoo.store.root / self.p.zoo.general
+        for dataset in src.iterdir():
+            link = self.store / self.p.zoo.general / dataset.name
             if dataset.is_dir() and not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(dataset.resolve(), target_is_directory=True)
@@ -168,31 +165,24 @@ class StyledBank:
     def training(self, styles):
         """Fits train on the bank plus the twins of ``styles`` and read the linked store."""
         import spider.datamodules.episodes as episodes
-        import spider.run_inputs as run_inputs
-        from spider.store import FeatureStore
 
-        real_labels, real_inputs = episodes.training_labels, run_inputs._zoo_inputs
+        real = episodes.training_labels
         texts = [t for s in styles for t in self.twins[s][0]]
         scores = [self.twins[s][1] for s in styles]
 
         def labels(source, cache, bank=None, **kwargs):
-            out = real_labels(source, cache, bank, **kwargs)
+            out = real(source, cache, bank, **kwargs)
             if source != "finetune":
                 raise ValueError(f"styled twins carry fine-tuning labels only, not {source!r}")
             return dataclasses.replace(out, spec_texts=list(out.spec_texts) + texts,
                                        scores=np.concatenate([out.scores, *scores]))
 
-        def inputs(cfg):
-            out = real_inputs(cfg)
-            return dict(out, store=str(self.store), label_cache=f"{out['label_cache']}-styled")
-
-        episodes.training_labels, run_inputs._zoo_inputs = labels, inputs
-        self.p._store = FeatureStore(self.store)
+        episodes.training_labels = labels
         try:
-            yield
+            with reading_store(self.p, self.store, "styled"):
+                yield
         finally:
-            episodes.training_labels, run_inputs._zoo_inputs = real_labels, real_inputs
-            self.p._store = None
+            episodes.training_labels = real
 
 
 def run(args: argparse.Namespace) -> None:
