@@ -17,7 +17,7 @@ other PTM by its covariance with them (:func:`propagate`). Two kinds of observat
 
 Rows: for k in 3, 5, 10, the main ranking, the ceiling, and the best propagation of each kind over
 the grid (``shrink`` 0.1 / 0.5, ``c`` 0.5 / 1; forward: also LogME, GBC or NLEEP, ``w`` 0.5 / 1) beside
-the report's forward re-ordering without propagation. The best of a grid on the validation targets
+the report's forward re-ordering without propagation (here without its novelty gate, for both). The best of a grid on the validation targets
 flatters it: these are bounds. Nothing is trained; the report's main scorers (single fits, 3 seeds)
 are reused, so it runs in a minute after the zoo's report::
 
