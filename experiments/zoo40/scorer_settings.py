@@ -1,11 +1,11 @@
-"""Does another ranking loss or scorer size rank better? (issue 8) VALIDATION targets only.
+"""Does another ranking loss, scorer size or learning rate rank better? (issue 8) VALIDATION targets only.
 
-The scorer's loss and size (``configs/model/token.yaml``: the paper's listwise loss, width 64, one
-Transformer layer, dropout 0.1) are what the sweep files search on the synthetic zoo. This probe
-measures them on a real zoo's validation targets, one change at a time, the fine-tuning labels and everything
-else as the report's main setting, and scores single fits over 8 seeds (single fits differ by a few
-hundredths between seeds). A setting replaces the shipped one only if it wins on the validation
-targets of both zoos by more than the seeds' spread.
+The scorer's loss, size and learning rate (``configs/model/token.yaml``: the paper's listwise loss,
+width 64, one Transformer layer, dropout 0.1, learning rate 1e-3) are what the sweep files search
+on the synthetic zoo. This probe measures them on a real zoo's validation targets, one change at a
+time, the fine-tuning labels and everything else as the report's main setting, and scores single
+fits over 8 seeds (single fits differ by a few hundredths between seeds). A setting replaces the
+shipped one only if it wins on the validation targets of both zoos by more than the seeds' spread.
 
 One command per zoo, after its report (it reuses the report's caches)::
 
@@ -41,6 +41,8 @@ SETTINGS = (
     ("2 layers", {"model.depth": 2}),
     ("dropout 0", {"model.dropout": 0.0}),
     ("dropout 0.3", {"model.dropout": 0.3}),
+    ("learning rate 3e-4", {"model.lr": 3.0e-4}),
+    ("learning rate 3e-3", {"model.lr": 3.0e-3}),
 )
 
 
