@@ -237,10 +237,16 @@ def reading_store(probes: Probes, alt: Path, tag: str):
 
 def general_encoder_from(probes: Probes, model: str):
     """Fits and rankings read a store whose ``general`` entries are ``model``'s features (hard links
-    into ``<work>/probes/store-<model>``, the other PTMs' folders linked)."""
+    into ``<work>/probes/store-<model>``, the other PTMs' folders linked). ``model`` may name several
+    comma-separated stored encoders (``general`` is the recipe's own): their features side by side,
+    each divided by its mean feature norm over the pool datasets so that every view weighs alike."""
     src = probes.zoo.store.root
-    alt = probes.work / "probes" / f"store-{model}"
+    views = model.split(",")
+    alt = probes.work / "probes" / f"store-{model if len(views) == 1 else 'views-' + '+'.join(views)}"
     link_ptm_folders(probes, alt)
+    if len(views) > 1:
+        _write_views(probes, views, alt)
+        return reading_store(probes, alt, f"views-{'+'.join(views)}")
     for split in (p for d in (src / model).iterdir() if d.is_dir() for p in d.iterdir() if p.is_dir()):
         out = alt / probes.zoo.general / split.parent.name / split.name
         out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +256,30 @@ def general_encoder_from(probes: Probes, model: str):
             elif not (out / f.name).exists():
                 os.link(f, out / f.name)
     return reading_store(probes, alt, model)
+
+
+def _write_views(probes: Probes, views: list[str], alt: Path) -> None:
+    """``alt/<general>``: every (dataset, split) of the general encoder with the ``views``' features
+    concatenated (atomic entries, skipped when present, so an interrupted probe resumes)."""
+    from spider.store import FeatureStore, StoreError
+
+    store, out = probes.zoo.store, FeatureStore(alt)
+    general = probes.zoo.general
+    pool = [s.id for s in probes.zoo.recipe.pool]
+    scale = {v: float(np.mean([np.linalg.norm(store.entry(v, d).features(), axis=1).mean() for d in pool]))
+             for v in views}
+    for dataset in store.datasets(general):
+        for split in store.splits(general, dataset):
+            if out.has(general, dataset, split):
+                continue
+            base = store.entry(general, dataset, split)
+            entries = [store.entry(v, dataset, split) for v in views]
+            for v, e in zip(views, entries):
+                if not np.array_equal(e.sample_ids(), base.sample_ids()):
+                    raise StoreError(f"{e.path}: samples differ from the general encoder's; cannot join views")
+            out.write(general, dataset, split, labels=base.labels(), sample_ids=base.sample_ids(),
+                      class_names=base.class_names, info={"views": views},
+                      features=np.concatenate([e.features() / scale[v] for v, e in zip(views, entries)], axis=1))
 
 
 def run(args: argparse.Namespace) -> None:
