@@ -61,3 +61,17 @@ def test_views_of_other_samples_are_refused(tmp_path):
     p, _ = _zoo(tmp_path, np.random.default_rng(0), shuffle_b=True)
     with pytest.raises(StoreError, match="samples differ"):
         probes._write_views(p, ["general", "b"], tmp_path / "alt")
+
+
+PROBE_REPORTS = sorted(p for d in ("zoo40", "minizoo") for p in (paths.REPO_ROOT / "experiments" / d).glob("*.md")
+                       if "experiments/zoo40/" in p.read_text().split("\n")[4])
+
+
+@pytest.mark.parametrize("report", PROBE_REPORTS, ids=[f"{p.parent.name}/{p.name}" for p in PROBE_REPORTS])
+def test_every_probe_report_opens_with_the_command_that_wrote_it(report):
+    lines = report.read_text().split("\n")
+    python, script, *argv = lines[4].split(" ")
+    assert lines[3] == "```bash" and python == "python"
+    head = probes.report_head(lines[0][2:], script.removeprefix("experiments/zoo40/"), SimpleNamespace(argv=argv))
+    assert "\n".join(head).split("\n") == lines[:7]
+    assert (paths.REPO_ROOT / script).is_file()
