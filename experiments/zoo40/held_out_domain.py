@@ -16,6 +16,7 @@ One command per zoo, after its report (it reuses the report's scorers and caches
     python experiments/zoo40/held_out_domain.py [--zoo-dir artifacts/zoo40] [--out experiments/zoo40/held_out_domain.md]
         [--override data.label_source=copeland ...]   # another setting, fitted fresh
         [--general keras_mobilenet_v1_025_imagenet]   # a zoo PTM's stored features as the general encoder
+        [--general general,test_vit.gtsrb]            # several encoders' features side by side
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def main(argv=None) -> int:
         parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                             help="a config override of every fit (e.g. data.label_source=copeland); repeatable")
         parser.add_argument("--general", metavar="PTM", default=None,
-                            help="a zoo PTM whose stored features replace the general encoder's (fits and familiarity)")
+                            help="a zoo PTM whose stored features replace the general encoder's (fits and familiarity); "
+                                 "several, comma-separated (general = the recipe's own): their features side by side")
 
     return probe_main(run, __doc__.splitlines()[0], "held_out_domain.md", argv, options)
 
