@@ -36,10 +36,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from probes import Probes, bank_retrieval, log, probe_main, report_head  # noqa: E402
+from probes import Probes, bank_retrieval, log, probe_main, report_head, write_report  # noqa: E402
 
 from spider.errors import cli_main  # noqa: E402
-from spider.io import write_text_atomic  # noqa: E402
 
 SEEDS = tuple(range(8))
 VARIANTS = ("1-3x48", "1-3x96", "1-1x96:48")  # zoo40's; see the docstring
@@ -137,8 +136,7 @@ def run(args: argparse.Namespace) -> None:
              "", "| bank | single fits: val wtau_paper | top-1 regret | retrieval: val wtau_paper | top-1 regret |",
              "|---|---|---|---|---|"]
     lines += [f"| {label} | {w:+.3f} | {r:.2f} | {rw:+.3f} | {rr:.2f} |" for label, w, r, rw, rr in rows]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
-    log(f"wrote {args.out}")
+    write_report(args.out, lines)
 
 
 @cli_main()

@@ -33,14 +33,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from probes import SEEDS, Probes, general_encoder_from, log, probe_main, report_head  # noqa: E402
+from probes import SEEDS, Probes, general_encoder_from, log, probe_main, report_head, write_report  # noqa: E402
 
 from spider.benchmark.forward import fused_ranking as fuse  # noqa: E402
 from spider.benchmark.methods import method_result  # noqa: E402
 from spider.benchmark.retrieval import bank_reference, target_centres  # noqa: E402
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer  # noqa: E402
 from spider.errors import cli_main  # noqa: E402
-from spider.io import write_text_atomic  # noqa: E402
 from spider.priors import PriorInputs, prior_scores  # noqa: E402
 from spider.zoo.domains import source_domain  # noqa: E402
 
@@ -146,8 +145,7 @@ def _run(args: argparse.Namespace, p: Probes) -> None:
     if held_rows:
         mean = np.mean([r[4:] for r in held_rows], axis=0)
         lines += [f"| **mean of the {len(held_rows)} held-out targets** | | | | " + " | ".join(fmt(v) for v in mean) + " |"]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
-    log(f"wrote {args.out}")
+    write_report(args.out, lines)
 
 
 def _report_fusion(results: Path) -> tuple[str, float] | None:

@@ -25,11 +25,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from held_out_domain import measure  # noqa: E402
-from probes import SEEDS, Probes, log, probe_main, report_head  # noqa: E402
+from probes import SEEDS, Probes, log, probe_main, report_head, write_report  # noqa: E402
 from scorer_settings import SETTINGS  # noqa: E402
 
 from spider.errors import cli_main  # noqa: E402
-from spider.io import write_text_atomic  # noqa: E402
 
 EXTRA = (("4 epochs (shipped 10)", {"trainer.max_epochs": 4}),
          ("class_keep 0.25 (shipped 0.5)", {"data.class_keep": 0.25}))
@@ -54,8 +53,7 @@ def run(args) -> None:
              "`held_out_domain.py`). The script's docstring gives the rule.", "",
              "| setting | seen | held out | " + " | ".join(targets) + " |", "|---" * (3 + len(targets)) + "|"]
     lines += [f"| {n} | {s:+.3f} | {h:+.3f} | " + " | ".join(f"{v:+.3f}" for v in per) + " |" for n, s, h, _, per in rows]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
-    log(f"wrote {args.out}")
+    write_report(args.out, lines)
 
 
 @cli_main()

@@ -72,6 +72,13 @@ def report_head(title: str, script: str, args: argparse.Namespace) -> list[str]:
             f"```bash\n{' '.join(['python', f'experiments/zoo40/{script}', *args.argv])}\n```", ""]
 
 
+def write_report(out: str, lines: list[str]) -> None:
+    """Write a probe's markdown ``lines`` to ``out`` atomically (its folder made if missing)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    log(f"wrote {out}")
+
+
 def zscore(pred: np.ndarray) -> np.ndarray:
     return (pred - pred.mean(-1, keepdims=True)) / (pred.std(-1, keepdims=True) + 1e-12)
 
@@ -338,9 +345,7 @@ def run(args: argparse.Namespace) -> None:
              "ensemble rows: over the report's 3 ensembles of 3 seeds). See the script's docstring for each probe.",
              "", "| probe | val wtau_paper | val top-1 regret |", "|---|---|---|"]
     lines += [f"| {name} | {w:+.3f} | {r:.2f} |" for name, w, r in p.rows]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
-    log(f"wrote {args.out}")
+    write_report(args.out, lines)
 
 
 def probe_main(run_probes, description: str, out: str, argv=None, add_arguments=None) -> int:

@@ -36,12 +36,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from probes import SEEDS, Probes, log, probe_main, report_head, zscore  # noqa: E402
+from probes import SEEDS, Probes, log, probe_main, report_head, write_report, zscore  # noqa: E402
 
 from spider.benchmark.forward import fused_ranking  # noqa: E402
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer  # noqa: E402
 from spider.errors import cli_main  # noqa: E402
-from spider.io import write_text_atomic  # noqa: E402
 
 KS = (3, 5, 10)
 SHRINKS = (0.1, 0.5)
@@ -130,11 +129,10 @@ def run(args: argparse.Namespace) -> None:
         rows.append((k, ceiling, oracle, reorder, fwd))
         log(f"k={k}: ceiling {ceiling[0]:+.3f}, oracle propagation {oracle[1][0]:+.3f} ({oracle[0]}), "
             f"forward re-ordering {reorder[1][0]:+.3f}, forward propagation {fwd[1][0]:+.3f} ({fwd[0]})")
-    write_text_atomic(args.out, render(p, args, main, rows))
-    log(f"wrote {args.out}")
+    write_report(args.out, render(p, args, main, rows))
 
 
-def render(p: Probes, args, main, rows) -> str:
+def render(p: Probes, args, main, rows) -> list[str]:
     lines = [*report_head(f"Propagating a top-k budget to every PTM: {p.zoo.name}", "propagation.py", args),
              f"Validation targets only ({', '.join(p.zoo.val_targets)}); wtau_paper (top-1 regret), mean over the "
              f"report's {len(SEEDS)} main scorers. Main ranking: {main[0]:+.3f} ({main[1]:.2f}). \"Ceiling\": the "
@@ -147,7 +145,7 @@ def render(p: Probes, args, main, rows) -> str:
     for k, ceiling, (on, o), (rn, r), (fn, f) in rows:
         lines.append(f"| {k} | {ceiling[0]:+.3f} ({ceiling[1]:.2f}) | {o[0]:+.3f} ({o[1]:.2f}; {on}) | "
                      f"{r[0]:+.3f} ({r[1]:.2f}; {rn}) | {f[0]:+.3f} ({f[1]:.2f}; {fn}) |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 @cli_main()

@@ -24,10 +24,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from probes import CLASS_KEEP_SEEDS, Probes, log, probe_main, report_head  # noqa: E402
+from probes import CLASS_KEEP_SEEDS, Probes, log, probe_main, report_head, write_report  # noqa: E402
 
 from spider.errors import cli_main  # noqa: E402
-from spider.io import write_text_atomic  # noqa: E402
 
 SEEDS = CLASS_KEEP_SEEDS  # 8
 #: (row, config overrides): the shipped setting first, then one change each.
@@ -62,8 +61,7 @@ def run(args: argparse.Namespace) -> None:
              "over targets). See the script's docstring.", "",
              "| setting | val wtau_paper | val top-1 regret |", "|---|---|---|"]
     lines += [f"| {name} | {w:+.3f} ± {s:.3f} | {r:.2f} |" for name, w, s, r in rows]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
-    log(f"wrote {args.out}")
+    write_report(args.out, lines)
 
 
 @cli_main()

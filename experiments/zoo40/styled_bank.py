@@ -42,11 +42,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from held_out_domain import per_target, without_domain  # noqa: E402
-from probes import SEEDS, Probes, link_ptm_folders, log, probe_main, reading_store, report_head  # noqa: E402
+from probes import SEEDS, Probes, link_ptm_folders, log, probe_main, reading_store, report_head, write_report  # noqa: E402
 
 from spider.benchmark.training import FitSpec, rank_targets, train_scorer  # noqa: E402
 from spider.errors import cli_main  # noqa: E402
-from spider.io import write_text_atomic  # noqa: E402
 from spider.zoo.domains import source_domain  # noqa: E402
 
 
@@ -217,11 +216,10 @@ def run(args: argparse.Namespace) -> None:
         held_rows.append((target.id, domain, values))
         log(f"{target.id} ({domain}) held out: " + ", ".join(f"{v:+.3f}" for v in values))
     header = ["bank"] + [name(subset) for subset in subsets]
-    write_text_atomic(args.out, render(p, args, val_rows, header, held_rows, styled))
-    log(f"wrote {args.out}")
+    write_report(args.out, render(p, args, val_rows, header, held_rows, styled))
 
 
-def render(p: Probes, args, val_rows, header, held_rows, styled: StyledBank) -> str:
+def render(p: Probes, args, val_rows, header, held_rows, styled: StyledBank) -> list[str]:
     runs = sum(a.size for _, a in styled.twins.values())
     lines = [*report_head(f"Styled twins of the bank: {p.zoo.name}", "styled_bank.py", args),
              f"Validation targets only; wtau_paper, mean over {len(SEEDS)} seeds. Every one of the bank's "
@@ -238,7 +236,7 @@ def render(p: Probes, args, val_rows, header, held_rows, styled: StyledBank) -> 
     if held_rows:
         mean = np.mean([values for _, _, values in held_rows], axis=0)
         lines += [f"| **mean of the {len(held_rows)} held-out targets** | | " + " | ".join(f"{v:+.3f}" for v in mean) + " |"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 @cli_main()

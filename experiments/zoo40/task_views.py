@@ -28,10 +28,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from probes import CLASS_KEEP_SEEDS, Probes, general_encoder_from, log, probe_main, report_head  # noqa: E402
+from probes import CLASS_KEEP_SEEDS, Probes, general_encoder_from, log, probe_main, report_head, write_report  # noqa: E402
 
 from spider.errors import cli_main  # noqa: E402
-from spider.io import write_text_atomic  # noqa: E402
 from spider.zoo.domains import source_domains  # noqa: E402
 
 BUDGET = 0.01  # of a forward baseline's extraction time: the time goal
@@ -90,8 +89,7 @@ def run(args) -> None:
              f"(the general encoder alone: {100 * cost[zoo.general] / total:.2f} %).", "",
              "| task token | val wtau_paper | val top-1 regret |", "|---|---|---|"]
     lines += [f"| {n} | {w:+.3f} ± {s:.3f} | {r:.2f} |" for n, w, r, s in rows]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
-    log(f"wrote {args.out}")
+    write_report(args.out, lines)
 
 
 @cli_main()
