@@ -159,6 +159,7 @@ def _check_numbers(cfg: DictConfig) -> None:
         ("model.mlp_ratio", m.mlp_ratio, 0 < m.mlp_ratio < math.inf, "a finite float > 0"),
         ("model.prior_scale", m.prior_scale, math.isfinite(m.prior_scale), "a finite float"),
         ("data.class_keep", d.class_keep, 0 < d.class_keep <= 1, "a float in (0, 1]"),
+        ("data.rank_prior_weight", d.rank_prior_weight, 0 <= d.rank_prior_weight < 1, "a float in [0, 1)"),
         ("model.rerank_weight", m.rerank_weight, m.rerank_weight is None or 0 <= m.rerank_weight <= 1,
          "a float in [0, 1] or null"),
         ("trainer.gradient_clip_val", t.gradient_clip_val,

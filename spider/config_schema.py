@@ -124,6 +124,10 @@ class DataConfig:
     mixed_weight: int = MISSING
     # selected: how many of the best-agreeing baselines are aggregated.
     selected_members: int = MISSING
+    # Static prior (spider.priors) the trained scorer's rankings are shrunk towards, never trained
+    # with: (1 - w) z(scores) + w z(prior), w = rank_prior_weight in [0, 1); null -> none.
+    rank_prior: Optional[str] = None
+    rank_prior_weight: float = MISSING
     seed: int = MISSING
     # Generated demo zoo, used when ``store`` and ``zoo`` are null; null -> none.
     synthetic: Optional[SyntheticConfig] = None

@@ -332,17 +332,20 @@ def _extend_bank(recipe: Any, zoo_dir: Path, bank: Path, names: list[str], ref: 
 
 
 def _prior_value(scorer: Any, cfg: DictConfig, datamodule: Any, params: dict, ref: Any, data_dir) -> float | None:
-    """The new PTM's raw prior on the scale of the checkpoint's ``model_prior`` (None without one).
+    """The new PTM's raw prior on the scale of the checkpoint's ``model_prior`` or ``rank_prior``
+    (None without one).
 
     The prior is computed over the M+1 PTMs (for ``label_mean`` the Copeland labels change with
     the model set), then mapped affinely so that the old PTMs' values have the checkpoint's mean
     and std (the identity for ``finetune_mean``, whose old values do not change).
     """
-    if not hasattr(scorer, "model_prior"):
+    key = next((k for k in ("model_prior", "rank_prior") if hasattr(scorer, k)), None)
+    if key is None:
         return None
-    name = cfg.model.prior
+    config_key = "model.prior" if key == "model_prior" else "data.rank_prior"
+    name = OmegaConf.select(cfg, config_key)
     if name is None:
-        raise ConfigError("config: model.prior is null but the checkpoint has a static prior (another run's config?)")
+        raise ConfigError(f"config: {config_key} is null but the checkpoint has a static prior (another run's config?)")
     from spider.priors import prior_scores
 
     params = dict(params)
@@ -351,8 +354,8 @@ def _prior_value(scorer: Any, cfg: DictConfig, datamodule: Any, params: dict, re
     try:
         raw = prior_scores(name, datamodule.prior_inputs(params))
     except SpiderError as err:
-        raise ConfigError(f"config key 'model.prior': {err}") from None
-    old = np.asarray([float(v) for v in scorer.hparams.model_prior], dtype=np.float64)
+        raise ConfigError(f"config key '{config_key}': {err}") from None
+    old = np.asarray([float(v) for v in scorer.hparams[key]], dtype=np.float64)
     now = raw[:-1]
     scale = now.std() if now.std() > 0 else 1.0
     return float(old.mean() + (raw[-1] - now.mean()) / scale * (old.std() if now.std() > 0 else 1.0))

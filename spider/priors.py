@@ -10,6 +10,9 @@ Registered like the baselines (``register_prior`` + ``prior_scores(name, inputs)
 * ``label_mean`` - mean training label of each PTM over the label cache's tasks (Copeland).
 * ``finetune_mean`` - mean fine-tuned accuracy over the fine-tuning bank's pool tasks (the
   "fine-tuning history" prior).
+* ``finetune_ood_mean`` - the same mean over the bank tasks outside the PTM's own source domains:
+  what its history says about a domain it was not pre-trained on (a specialist's home tasks would
+  otherwise lift it everywhere).
 * ``param_count`` - number of parameters (bigger first).
 """
 
@@ -32,13 +35,19 @@ class PriorInputs:
     """What the priors may use; any part may be missing (that prior is then unavailable).
 
     ``labels`` [N, M] training labels in ``models`` order (NaN = none); ``bank_accuracy`` [K, M]
-    fine-tuned accuracies (%) on pool tasks; ``params`` PTM id -> parameter count.
+    fine-tuned accuracies (%) on pool tasks; ``params`` PTM id -> parameter count;
+    ``bank_datasets`` the pool datasets each of the K bank tasks draws classes from;
+    ``dataset_domains`` pool dataset id -> its source domain and ``model_domains`` PTM id -> its
+    source domains (:mod:`spider.zoo.domains`).
     """
 
     models: Sequence[str]
     labels: np.ndarray | None = None
     bank_accuracy: np.ndarray | None = None
     params: Mapping[str, int] = field(default_factory=dict)
+    bank_datasets: Sequence[Sequence[str]] | None = None
+    dataset_domains: Mapping[str, str] = field(default_factory=dict)
+    model_domains: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 def register_prior(name: str, **meta: Any):
@@ -95,6 +104,27 @@ def label_mean(inputs: PriorInputs) -> np.ndarray:
 @register_prior("finetune_mean")
 def finetune_mean(inputs: PriorInputs) -> np.ndarray:
     return _column_means(inputs.bank_accuracy, "fine-tuning bank")
+
+
+@register_prior("finetune_ood_mean")
+def finetune_ood_mean(inputs: PriorInputs) -> np.ndarray:
+    # A PTM pre-trained on every domain of the bank has no task outside them: all its tasks count.
+    if inputs.bank_accuracy is None:
+        raise ConfigError("static prior: no fine-tuning bank")
+    accuracy = np.asarray(inputs.bank_accuracy, dtype=np.float64)
+    datasets = inputs.bank_datasets
+    if datasets is None or len(datasets) != accuracy.shape[0]:
+        raise ConfigError(f"static prior 'finetune_ood_mean': expected the pool datasets of each of the "
+                          f"{accuracy.shape[0]} bank tasks, got {None if datasets is None else len(datasets)}")
+    unknown = sorted({d for ds in datasets for d in ds} - set(inputs.dataset_domains))
+    if unknown:
+        raise ConfigError(f"static prior 'finetune_ood_mean': no source domain for pool datasets {unknown[:3]}")
+    task_domains = [{inputs.dataset_domains[d] for d in ds} for ds in datasets]
+    # A PTM of unknown sources (e.g. one added to a trained ranker) has no home tasks to leave out.
+    outside = np.array([[not (t & set(inputs.model_domains.get(m, ()))) for m in inputs.models]
+                        for t in task_domains])
+    outside[:, ~outside.any(0)] = True
+    return _column_means(np.where(outside, accuracy, np.nan), "fine-tuning bank")
 
 
 @register_prior("param_count")

@@ -98,6 +98,7 @@ def rank_task(
     rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (),
     rerank_weight: Optional[float] = None,
     rerank_baseline: Optional[str] = None,
+    rank_prior_weight: Optional[float] = None,
     device: str = "cpu",
 ) -> RankResult:
     """Rank every PTM of a trained scorer's zoo for the task ``dataset/split`` of ``store``.
@@ -116,6 +117,8 @@ def rank_task(
         rerank_baseline: a registered forward baseline (e.g. ``logme``) that scores the top k from
             their stored features instead, fused with weight ``rerank_weight`` (default
             :data:`spider.modules.FORWARD_RERANK_WEIGHT`; :func:`spider.modules.forward_rerank`).
+        rank_prior_weight: shrink the ranking towards the scorer's rank prior with this weight
+            in [0, 1) instead of its trained one (``data.rank_prior_weight``).
 
     Returns:
         A :class:`RankResult`.
@@ -124,7 +127,8 @@ def rank_task(
 
     timings: dict[str, float] = {}
     start = t0 = time.perf_counter()
-    model, info, names = _load_ranker(checkpoint, device, rerank_topk, rerankers, rerank_weight, rerank_baseline)
+    model, info, names = _load_ranker(checkpoint, device, rerank_topk, rerankers, rerank_weight, rerank_baseline,
+                                      rank_prior_weight)
     general = general or info.get("general") or "general"
     timings["load"] = time.perf_counter() - t0
 
@@ -215,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="fusion weight in [0, 1] of --reranker's specific scores (default: the first "
                              "re-ranker's model.rerank_weight) or of --rerank-baseline's scores (default "
                              f"{FORWARD_RERANK_WEIGHT:g})")
+    parser.add_argument("--rank-prior-weight", type=float, default=None, metavar="W",
+                        help="shrink the ranking towards the scorer's rank prior (data.rank_prior) with weight W in "
+                             "[0, 1) instead of the trained data.rank_prior_weight")
     parser.add_argument("--top", type=int, default=None, help="show only the first N rows of the table")
     parser.add_argument("--json", default=None, help="write the result as JSON to this file ('-': stdout)")
     parser.add_argument("--device", default="cpu")
@@ -238,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--reranker: no file {path}")
     checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints
     reranking = {"rerank_topk": args.rerank_topk, "rerankers": args.reranker, "rerank_weight": args.rerank_weight,
-                 "rerank_baseline": args.rerank_baseline}
+                 "rerank_baseline": args.rerank_baseline, "rank_prior_weight": args.rank_prior_weight}
     if args.images:
         progress = not args.no_progress and args.json != "-" and sys.stdout.isatty()
         result = rank_images(args.images, checkpoint, zoo_dir=args.zoo_dir, batch_size=args.batch_size,
@@ -309,6 +316,8 @@ def _check_reranking(args: argparse.Namespace) -> None:
                               "ReRanker --checkpoint fuses with its own model.rerank_weight)")
         if not 0.0 <= args.rerank_weight <= 1.0:
             raise ConfigError(f"--rerank-weight: expected a number in [0, 1], got {args.rerank_weight}")
+    if args.rank_prior_weight is not None and not 0.0 <= args.rank_prior_weight < 1.0:
+        raise ConfigError(f"--rank-prior-weight: expected a number in [0, 1), got {args.rank_prior_weight}")
 
 
 if __name__ == "__main__":

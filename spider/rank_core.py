@@ -90,13 +90,14 @@ class RankResult:
 
 def load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Union[str, os.PathLike]]],
                 rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (), weight: float | None = None, *,
-                device: str = "cpu") -> torch.nn.Module:
+                device: str = "cpu", rank_prior_weight: float | None = None) -> torch.nn.Module:
     """The ranker of ``checkpoint`` (a path or a loaded scorer; several paths: one
     :class:`~spider.modules.ensemble.ScorerEnsemble`), in eval mode on ``device``. With
     ``rerankers`` (ReRanker checkpoints, e.g. a seed ensemble) it is the coarse ranker of a
     :class:`~spider.modules.ReRanking` whose top k they re-score (``weight``: their fusion weight,
-    None = the first re-ranker's ``rerank_weight``)."""
-    from spider.modules import ReRanker, ReRanking
+    None = the first re-ranker's ``rerank_weight``). ``rank_prior_weight``: rank with this
+    shrinkage towards the scorers' rank prior instead of their own (``TokenScorer.set_rank_prior_weight``)."""
+    from spider.modules import ReRanker, ReRanking, TokenScorer
     from spider.modules.ensemble import ScorerEnsemble
     from spider.modules.scorer_registry import load_scorer
 
@@ -115,12 +116,16 @@ def load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Un
                 raise ConfigError(f"reranker {source}: holds a {type(reranker).__name__}, expected a ReRanker "
                                   "(trained with model=reranker)")
         model = ReRanking(model, loaded, weight)
+    if rank_prior_weight is not None:
+        for scorer in model.modules():
+            if isinstance(scorer, TokenScorer):
+                scorer.set_rank_prior_weight(rank_prior_weight)
     return model.to(device).eval()
 
 
 def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Union[str, os.PathLike]]],
                  device: str, rerank_topk: int, rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (),
-                 weight: float | None = None, baseline: str | None = None
+                 weight: float | None = None, baseline: str | None = None, rank_prior_weight: float | None = None
                  ) -> tuple[torch.nn.Module, dict[str, Any], list[str]]:
     """(:func:`load_ranker`'s ranker, its checkpoint info, PTM ids in model-index order);
     ``baseline``: the top k are re-ordered by that forward baseline instead of a ReRanker."""
@@ -143,7 +148,8 @@ def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[U
             and baseline is None:
         raise ConfigError("--rerank-topk: re-ranking takes one checkpoint, not an ensemble (or re-rankers to "
                           "re-score the ensemble's top k: --reranker)")
-    model = load_ranker(checkpoint, rerankers, None if baseline else weight, device=device)
+    model = load_ranker(checkpoint, rerankers, None if baseline else weight, device=device,
+                        rank_prior_weight=rank_prior_weight)
     info = getattr(model, "spider_info", None) or {}
     names = list(info.get("model_names") or model.hparams.get("model_names") or [])
     if len(names) != model.num_models:
@@ -156,8 +162,10 @@ def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[U
 
 def zoo_index(model: torch.nn.Module) -> ZooIndex:
     """The :class:`ZooIndex` of ``model``, built on first use and kept on the module while its
-    weights (every parameter and buffer, by storage and in-place version) stay the same."""
-    key = (model.training, *((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers())))
+    weights (every parameter and buffer, by storage and in-place version) and its rank-prior weight
+    stay the same."""
+    key = (model.training, getattr(model, "rank_prior_weight", None),
+           *((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers())))
     cached = getattr(model, "_spider_zoo_index", None)
     if cached is None or cached[0] != key:
         cached = (key, ZooIndex(model))

@@ -64,6 +64,7 @@ def rank_images(
     rerankers: Sequence[Union[str, os.PathLike, torch.nn.Module]] = (),
     rerank_weight: Optional[float] = None,
     rerank_baseline: Optional[str] = None,
+    rank_prior_weight: Optional[float] = None,
     zoo_dir: Union[str, os.PathLike, None] = None,
     data_dir: Union[str, os.PathLike, None] = None,
     batch_size: int = 128,
@@ -75,7 +76,7 @@ def rank_images(
     The general encoder of the zoo the checkpoint was trained on runs on every image; the class
     centres of its features are the task tokens. With ``rerank_topk = k``, the k best PTMs run on
     the images too and are re-scored from the class centres of their own features.
-    ``rerankers``, ``rerank_weight`` and ``rerank_baseline`` are those of
+    ``rerankers``, ``rerank_weight``, ``rerank_baseline`` and ``rank_prior_weight`` are those of
     :func:`spider.rank.rank_task` (a forward baseline scores the k PTMs' features of the images).
 
     Args:
@@ -112,7 +113,8 @@ def rank_images(
         if not isinstance(path, torch.nn.Module) and not Path(path).is_file():
             raise ConfigError(f"checkpoint {path}: no such file (train one with `python -m spider.fit`, "
                               "or pass --checkpoint)")
-    model, info, names = _load_ranker(checkpoint, device, rerank_topk, rerankers, rerank_weight, rerank_baseline)
+    model, info, names = _load_ranker(checkpoint, device, rerank_topk, rerankers, rerank_weight, rerank_baseline,
+                                      rank_prior_weight)
     zoo = info.get("zoo") or {}
     zoo_dir = zoo_dir or zoo.get("dir")
     if not zoo_dir:

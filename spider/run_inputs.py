@@ -100,7 +100,8 @@ def build_datamodule(cfg: DictConfig, inputs: Mapping[str, Any], *, progress: bo
     from spider.datamodules.tasks import TaskConfig
 
     options = OmegaConf.to_container(cfg.data, resolve=True)
-    for key in ("name", "zoo", "zoo_dir", "cache_dir", "synthetic", "store", "label_cache", "ground_truth"):
+    for key in ("name", "zoo", "zoo_dir", "cache_dir", "synthetic", "store", "label_cache", "ground_truth",
+                "rank_prior", "rank_prior_weight"):  # the scorer's (spider.train.build_scorer)
         options.pop(key)
     for key, value in (inputs.get("data") or {}).items():  # what a zoo fills
         if options.get(key) is None:
@@ -192,9 +193,20 @@ def _zoo_inputs(cfg: DictConfig) -> dict[str, Any]:
     if same_labels and not data.label_cache and env_rank() == 0:
         _seed_label_cache(Path(section["label_cache"]), Path(label_cache))
     return {"store": section["store"], "ground_truth": section["ground_truth"], "label_cache": label_cache,
-            "data": fill, "zoo": {"recipe": data.zoo, "dir": str(zoo_dir.resolve()),
+            "data": {**fill, "source_domains": _source_domains(manifest)},
+            "zoo": {"recipe": data.zoo, "dir": str(zoo_dir.resolve()),
                                   "recipe_hash": manifest.get("recipe_hash")},
             "params": {m["id"]: m["params"] for m in manifest.get("models", []) if m.get("params")}}
+
+
+def _source_domains(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"datasets": pool dataset id -> domain, "models": PTM id -> domains}`` of a zoo manifest's
+    pool entries and its recipe's PTMs (:mod:`spider.zoo.domains`)."""
+    from spider.pipeline.recipes import get_recipe
+    from spider.zoo.domains import source_domain
+
+    pool = {entry["id"]: source_domain(entry["source"]) for entry in manifest.get("pool", [])}
+    return {"datasets": pool, "models": {k: list(v) for k, v in get_recipe(manifest["recipe"]).ptm_domains().items()}}
 
 
 def _check_recipe(zoo_dir: Path, recipe: str) -> dict[str, Any]:

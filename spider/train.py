@@ -101,21 +101,30 @@ def _validate_checkpoint(cfg: DictConfig, checkpoint: Path) -> dict[str, Any]:
 
 def build_scorer(cfg: DictConfig, datamodule: Any, params: Optional[dict] = None) -> Any:
     """The registered scorer ``cfg.model.scorer`` sized for the datamodule's zoo; with
-    ``cfg.model.prior`` its static prior (``spider.priors``) over the datamodule's PTMs
-    (``params``: PTM id -> parameter count, for ``param_count``)."""
+    ``cfg.model.prior`` its static prior (``spider.priors``) over the datamodule's PTMs, trained
+    with, or ``cfg.data.rank_prior``, the one its rankings are shrunk towards (``params``: PTM id
+    -> parameter count, for ``param_count``)."""
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     prior, prior_scale = kwargs.pop("prior"), kwargs.pop("prior_scale")
     for key in ("name", "scorer", "rerank_topk"):
         kwargs.pop(key)
-    if prior is not None:
+    for key, name in (("model.prior", prior), ("data.rank_prior", cfg.data.rank_prior)):
+        if name is None:
+            continue
         from spider.errors import RegistryError
         from spider.priors import prior_scores
 
         try:
-            scores = prior_scores(prior, datamodule.prior_inputs(params))
+            scores = [float(s) for s in prior_scores(name, datamodule.prior_inputs(params))]
         except (RegistryError, ConfigError) as err:
-            raise ConfigError(f"config key 'model.prior': {err}") from None
-        kwargs.update(model_prior=[float(s) for s in scores], prior_scale=prior_scale)
+            raise ConfigError(f"config key {key!r}: {err}") from None
+        if key == "model.prior":
+            kwargs.update(model_prior=scores, prior_scale=prior_scale)
+        elif prior is not None:
+            raise ConfigError("config key 'data.rank_prior': expected null when model.prior is set "
+                              "(one static prior per scorer)")
+        else:
+            kwargs.update(rank_prior=scores, rank_prior_weight=float(cfg.data.rank_prior_weight))
     from spider.modules.scorer_registry import _scorer_class
 
     accepted = scorer_arguments(_scorer_class(cfg.model.scorer))

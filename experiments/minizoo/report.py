@@ -43,11 +43,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spider.benchmark import charts, costs, forward, goals, leave_one_out, lgc_rows, markdown as md, retrieval
+from spider.benchmark import charts, costs, forward, goals, leave_one_out, lgc_rows, markdown as md, rank_prior, retrieval
 from spider.benchmark.inputs import JsonCache, ReportError, open_zoo
-from spider.benchmark.methods import METRICS, method_result, pick_winner, prior_rows, spider_row, summary
+from spider.benchmark.methods import METRICS, ablation_entries, method_result, pick_winner, prior_rows, spider_row, summary
 from spider.benchmark.timing import time_extraction
-from spider.benchmark.training import FitSpec, rank_targets, train_scorer
+from spider.benchmark.training import FitSpec, fit_config, rank_targets, train_scorer
 from spider.benchmark.transfergraph import transfergraph_row
 from spider.datamodules.label_sources import LABEL_SOURCES
 from spider.errors import SpiderError, cli_main
@@ -107,16 +107,12 @@ def label_source_ablation(zoo, budget: Budget, work: Path, extraction) -> tuple[
     if not rows:
         raise ReportError(f"no Model Spider setting could be trained: {errors}")
     winner = pick_winner(rows, zoo)
-    entries = [{"setting": name, "winner": name == winner, "seeds": len(budget.seeds),
-                "val": {m: r.mean(m, zoo.val_targets) for m in METRICS},
-                "val_std": r.spread.get("val", {}),
-                "test": {m: r.mean(m, zoo.test_targets) for m in METRICS} if name == winner else None}
-               for name, r in rows.items()]
+    entries = ablation_entries(list(rows.values()), winner, zoo, len(budget.seeds))
     entries += [{"setting": name, "skipped": error} for name, error in errors.items()]
     return rows, entries, specs[winner]
 
 
-def rerank_weight_ablation(zoo, coarse: Sequence, rerankers: Sequence, extraction) -> tuple[float, list]:
+def rerank_weight_ablation(zoo, coarse: Sequence, rerankers: Sequence, extraction, prior_weight) -> tuple[float, list]:
     """rerank@3 of every fusion weight (the re-rankers' ``rerank_weight`` first); the winner on
     VALIDATION targets is used for every rerank@k row. Returns (winning weight, table entries)."""
     from spider.modules.scorer_registry import load_scorer
@@ -124,16 +120,12 @@ def rerank_weight_ablation(zoo, coarse: Sequence, rerankers: Sequence, extractio
     default = float(load_scorer(rerankers[0][0]).hparams.rerank_weight)
     rows = {}
     for w in [default, *(w for w in RERANK_WEIGHTS if w != default)]:
-        runs = [rank_targets(c, zoo, (3,), extraction, rerankers=r, weight=w)[3] for c, r in zip(coarse, rerankers)]
-        rows[w] = spider_row(f"w = {w:g}", zoo, runs, 3, "")
+        runs = [rank_targets(c, zoo, (3,), extraction, rerankers=r, weight=w, rank_prior_weight=prior_weight)[3]
+                for c, r in zip(coarse, rerankers)]
+        rows[w] = spider_row(f"w = {w:g}" + (" (main ranking unchanged)" if w == 0 else "") + (" (config)" if w == default else ""),
+                             zoo, runs, 3, "")
     best = pick_winner({r.name: r for r in rows.values()}, zoo)
-    winner = next(r for r in rows.values() if r.name == best)
-    entries = [{"setting": r.name + (" (main ranking unchanged)" if w == 0 else "") + (" (config)" if w == default else ""),
-                "winner": r is winner, "seeds": len(coarse),
-                "val": {m: r.mean(m, zoo.val_targets) for m in METRICS}, "val_std": r.spread.get("val", {}),
-                "test": {m: r.mean(m, zoo.test_targets) for m in METRICS} if r is winner else None}
-               for w, r in rows.items()]
-    return next(w for w, r in rows.items() if r is winner), entries
+    return next(w for w, r in rows.items() if r.name == best), ablation_entries(list(rows.values()), best, zoo, len(coarse))
 
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,13 +180,19 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
 
     log(f"label-source ablation: {len(LABEL_SOURCES) * 2} settings x {len(budget.seeds)} seed(s)")
     ablation_rows, ablation, main = label_source_ablation(zoo, budget, work, extraction)
-    general = dataclasses.replace(ablation_rows[main.setting], name=f"{SPIDER} general",
-                                  note=f"TokenScorer, general tokens; labels {main.setting} (chosen on validation)")
+    main_ckpts = [train_scorer(zoo, dataclasses.replace(main, seed=s), work, log=log, max_epochs=budget.max_epochs)
+                  for s in budget.seeds]  # trained by the ablation: reused
+    prior_weight, prior_row, prior_ablation = rank_prior.rank_prior_ablation(
+        zoo, main_ckpts, extraction, lambda w: f"shrunk towards the rank prior with weight {w:g}")
+    log(f"rank-prior weight (best on validation): {prior_weight}")
+    general = dataclasses.replace(prior_row or ablation_rows[main.setting], name=f"{SPIDER} general",
+                                  note=f"TokenScorer, general tokens; labels {main.setting}" + (
+                                      f", rank-prior weight {prior_weight:g}" if prior_row else "") + " (chosen on validation)")
     size = budget.ensemble_size
     log(f"main setting (best on validation): {main.setting}; seed ensembles: {budget.ensembles} x {size} seeds")
     ensemble_ckpts = [[train_scorer(zoo, dataclasses.replace(main, seed=s), work, log=log, max_epochs=budget.max_epochs)
                        for s in range(i * size, (i + 1) * size)] for i in range(budget.ensembles)]
-    ensemble_runs = [rank_targets(ckpts, zoo, (0,), extraction)[0] for ckpts in ensemble_ckpts]
+    ensemble_runs = [rank_targets(ckpts, zoo, (0,), extraction, rank_prior_weight=prior_weight)[0] for ckpts in ensemble_ckpts]
     ensemble = spider_row(f"{SPIDER} ensemble", zoo, ensemble_runs, 0,
                           f"{size} seeds of the main setting, per-task standardised scores averaged")
     by_main = {general.name: general, ensemble.name: ensemble}  # single scorer or ensemble: chosen on validation
@@ -209,9 +207,9 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
               for i in reranked]
     rerankers = [[train_scorer(zoo, dataclasses.replace(main, scorer="reranker", seed=budget.seeds[i]), work, log=log,
                                max_epochs=budget.max_epochs, specific_models=budget.specific_models)] for i in reranked]
-    weight, rerank_ablation = rerank_weight_ablation(zoo, coarse, rerankers, extraction)
+    weight, rerank_ablation = rerank_weight_ablation(zoo, coarse, rerankers, extraction, prior_weight)
     log(f"re-ranking fusion weight (best on validation): {weight:g}")
-    rerank_runs = [rank_targets(c, zoo, RERANK_KS, extraction, rerankers=r, weight=weight)
+    rerank_runs = [rank_targets(c, zoo, RERANK_KS, extraction, rerankers=r, weight=weight, rank_prior_weight=prior_weight)
                    for c, r in zip(coarse, rerankers)]
     spider_rows = [general, ensemble] + [spider_row(f"{SPIDER} rerank@{k}", zoo, [r[k] for r in rerank_runs], min(k, num),
                                           f"ReRanker: top {k} of {main_name} re-scored with their own "
@@ -254,6 +252,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "goal": goals.goal_check(by_name, groups["model_spider"], groups["model_spider_rerank3"], groups["forward_baselines"],
                                  groups["static_priors"], zoo.test_targets, next(c["test"]["wtau_paper"] for c in ceiling if c["k"] == 3)),
         "ablation": ablation, "transfergraph": tgraph_info, "bank_retrieval": retrieval_info, "familiarity": {t: f.as_dict() for t, f in familiar.items()},
+        "rank_prior": fit_config(zoo, main, work).data.rank_prior, "rank_prior_weight": prior_weight, "rank_prior_ablation": prior_ablation,
         "rerank_weight": weight, "rerank_ablation": rerank_ablation, "forward_rerank_ablation": forward_ablation, "rerank_ceiling": ceiling,
         "build": {"stages": costs.build_stages(zoo), "bank": costs.bank_runs(zoo),
                   "ground_truth": costs.run_files(zoo.root / "ground_truth" / "runs")},
@@ -299,7 +298,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         f"{len(zoo.val_targets)} validation and {len(zoo.test_targets)} test targets",
         f"- Model Spider: the shipped `{zoo.name}` config, {len(results['budget']['seeds'])} seed(s) per setting "
         "(tables: mean over seeds, ± std over seeds of the mean over targets). Label source and prior: "
-        f"**{results['main_setting']}**, the best of the ablation below on the validation targets. "
+        f"**{results['main_setting']}**" + (f", rank-prior weight **{results['rank_prior_weight']:g}**" if results.get("rank_prior_ablation") else "") + ", the best of the ablations below on the validation targets. "
         "Every decision is made on validation targets; test targets are reported, never used to decide.",
         "", "## Targets", targets_md, "",
         "Ground truth: each PTM fine-tuned end to end on the target's train split, accuracy on a held-out test "
@@ -349,6 +348,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         "winner's test score is looked at (it is the main Model Spider row above).", "",
         md.ablation_table([e for e in results["ablation"] if "skipped" not in e]),
         *[f"- skipped {e['setting']}: {e['skipped']}" for e in results["ablation"] if "skipped" in e],
+        *rank_prior.section(results),
         "", "## Re-ranking ablation: fusion weight",
         f"`rerank@3` with each weight w of the re-rankers' specific scores (a re-scored PTM's score is (1 - w) x its "
         f"main-ranking z-score + w x its specific z-score; w = 0 keeps the main ranking). The winner on the validation "

@@ -18,7 +18,8 @@ import numpy as np
 from spider.benchmark.inputs import Zoo
 from spider.evaluate import METRICS, evaluate, nanmean
 
-__all__ = ["METRICS", "MethodResult", "method_result", "pick_winner", "prior_rows", "spider_row", "summary"]
+__all__ = ["METRICS", "MethodResult", "ablation_entries", "method_result", "pick_winner", "prior_rows", "spider_row",
+           "summary"]
 
 STAGES = ("val", "test")
 
@@ -95,6 +96,16 @@ def pick_winner(candidates: Mapping[str, MethodResult], zoo: Zoo, metric: str = 
     finite = {k: sign * r.mean(metric, zoo.val_targets) for k, r in candidates.items()}
     finite = {k: v for k, v in finite.items() if math.isfinite(v)}
     return max(finite, key=finite.get) if finite else next(iter(candidates))
+
+
+def ablation_entries(rows: Sequence[MethodResult], winner: str, zoo: Zoo, seeds: int) -> list[dict[str, Any]]:
+    """An ablation table's entries (:func:`spider.benchmark.markdown.ablation_table`): each row's
+    validation means and seed std; the test means of the ``winner`` only (the others' are never
+    looked at)."""
+    return [{"setting": r.name, "winner": r.name == winner, "seeds": seeds,
+             "val": {m: r.mean(m, zoo.val_targets) for m in METRICS}, "val_std": r.spread.get("val", {}),
+             "test": {m: r.mean(m, zoo.test_targets) for m in METRICS} if r.name == winner else None}
+            for r in rows]
 
 
 def summary(rows: Sequence[MethodResult], targets: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -108,13 +108,15 @@ def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], No
 
 
 def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[str, Mapping[str, float]],
-                 rerankers: Sequence[Path] = (), weight: Optional[float] = None) -> dict[int, dict[str, Any]]:
+                 rerankers: Sequence[Path] = (), weight: Optional[float] = None,
+                 rank_prior_weight: Optional[float] = None) -> dict[int, dict[str, Any]]:
     """Rank every target with a trained scorer: general tokens (k = 0) and re-ranking of the top k.
 
     ``ckpt`` is one checkpoint or a list (a seed ensemble); with ``rerankers`` (ReRanker
     checkpoints, a seed ensemble) the top k of that ranking are re-scored and fused by them
     (:class:`spider.modules.ReRanking`; ``weight``: their fusion weight, None = the first
     re-ranker's ``rerank_weight``), else ``ckpt`` must be a ReRanker to re-rank (k > 0).
+    ``rank_prior_weight``: the scorers' shrinkage towards their rank prior (None: their own).
 
     Returns ``{k: {"pred": [T, M], "seconds": [T], "extract_seconds": [T], "score_seconds": [T],
     "models": [[PTM ids re-scored] per target]}}`` over ``zoo.targets``; time = the general
@@ -126,7 +128,8 @@ def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[st
 
     import torch
 
-    model = load_ranker(list(ckpt) if isinstance(ckpt, (list, tuple)) else ckpt, rerankers, weight)
+    model = load_ranker(list(ckpt) if isinstance(ckpt, (list, tuple)) else ckpt, rerankers, weight,
+                        rank_prior_weight=rank_prior_weight)
     names = list(model.spider_info["model_names"])
     if names != zoo.models:
         raise ReportError(f"{ckpt}: ranks {names}, the zoo lists {zoo.models}")

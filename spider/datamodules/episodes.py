@@ -129,7 +129,8 @@ class EpisodeDataModule(L.LightningDataModule):
                  shard_size: int = 64, build_labels: bool = True, progress: bool = True,
                  label_device: str | None = None, label_source: str = "copeland",
                  finetune_bank: str | os.PathLike | None = None, mixed_weight: int = 1,
-                 selected_members: int = 3, class_keep: float = 1.0, labeller: Labeller | None = None) -> None:
+                 selected_members: int = 3, class_keep: float = 1.0, labeller: Labeller | None = None,
+                 source_domains: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         super().__init__()
         if build_labels and labeller is None:
             raise ConfigError("build_labels: building labels needs a labeller (spider.pipeline.labelling.LABELLER); "
@@ -172,6 +173,9 @@ class EpisodeDataModule(L.LightningDataModule):
         self.label_device = label_device
         self.label_source, self.mixed_weight, self.selected_members = label_source, mixed_weight, selected_members
         self.finetune_bank = None if finetune_bank is None else Path(finetune_bank)
+        # {"datasets": pool dataset id -> domain, "models": PTM id -> domains}: what a zoo knows of
+        # its sources, for the priors that tell a PTM's own domains from the others.
+        self.source_domains = dict(source_domains or {})
         self.training_labels: TrainingLabels | None = None
         self._resolved = False
         self.train_dataset: LabelledTaskDataset | None = None
@@ -258,12 +262,14 @@ class EpisodeDataModule(L.LightningDataModule):
 
     def prior_inputs(self, params: Mapping[str, int] | None = None) -> PriorInputs:
         """What the static priors (:mod:`spider.priors`) know before a target arrives: the
-        Copeland labels of the label cache, the fine-tuning bank (if any), ``params``."""
+        Copeland labels of the label cache, the fine-tuning bank (if any) and its tasks' pool
+        datasets, the source domains (if given), ``params``."""
         self._resolve()
         cache = open_label_cache(self.label_cache_dir, self.num_label_tasks, self.label_config)
         bank = None if self.finetune_bank is None else open_bank(self.finetune_bank, self._model_names)
-        return PriorInputs(list(self._model_names), cache.scores,
-                           None if bank is None else bank.accuracy, dict(params or {}))
+        return PriorInputs(list(self._model_names), cache.scores, None if bank is None else bank.accuracy,
+                           dict(params or {}), None if bank is None else [s.datasets for s in bank.specs],
+                           dict(self.source_domains.get("datasets", {})), dict(self.source_domains.get("models", {})))
 
     @property
     def model_dims(self) -> list[int]:

@@ -81,6 +81,15 @@ class TokenScorer(L.LightningModule):
         model_prior: optional static prior, one float per model (higher = better), e.g. the
             fine-tuning history prior (:mod:`spider.priors`); standardised, then added to every
             score times a learnable weight initialised to ``prior_scale``.
+        rank_prior: optional static prior (one float per model) the trained scores are shrunk
+            towards when ranking, never while training: in eval mode every score gets
+            ``w / (1 - w) * spread * z(prior)``, ``w = rank_prior_weight`` in [0, 1) and ``spread``
+            the mean over the last training epoch's tasks of the scores' standard deviation
+            across models (a buffer). So a ranking is, up to that scale, ``(1 - w) z(scores) + w
+            z(prior)`` while staying one additive term per model (exact in :mod:`zoo_index`). For the
+            PTMs' record on domains they were not pre-trained on (``finetune_ood_mean``), where
+            a task unlike every training task leaves the tokens guessing. At most one of
+            ``model_prior`` and ``rank_prior``.
         target_names: validation target names, used when the datamodule has no
             ``target_names`` attribute (otherwise all tasks are logged as one target ``all``).
 
@@ -133,6 +142,8 @@ class TokenScorer(L.LightningModule):
         target_names: list[str] | None = None,
         model_prior: list[float] | None = None,
         prior_scale: float = 1.0,
+        rank_prior: list[float] | None = None,
+        rank_prior_weight: float = 0.0,
     ) -> None:
         super().__init__()
         _require(num_models >= 1, "num_models", "an integer >= 1", num_models)
@@ -144,6 +155,9 @@ class TokenScorer(L.LightningModule):
             model_names is None or len(model_names) == num_models,
             "model_names", f"{num_models} names (num_models)", model_names,
         )
+        _require(rank_prior is None or model_prior is None, "rank_prior", "null when model_prior is set "
+                 "(one static prior per scorer)", "a list")
+        _require(0 <= rank_prior_weight < 1, "rank_prior_weight", "a float in [0, 1)", rank_prior_weight)
         self.save_hyperparameters()
         self.loss_fn = functools.partial(get_loss(loss), **dict(loss_options or {}))
 
@@ -165,6 +179,11 @@ class TokenScorer(L.LightningModule):
         if model_prior is not None:
             self.register_buffer("model_prior", standardise(model_prior, num_models))
             self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
+        if rank_prior is not None:
+            self.register_buffer("rank_prior", standardise(rank_prior, num_models))
+            self.register_buffer("score_spread", torch.zeros(()))  # 0 until an epoch is trained
+            self.rank_prior_weight = float(rank_prior_weight)
+            self._spread = torch.zeros(2, dtype=torch.float64)  # this epoch's (sum of stds, tasks)
         self.eval_metrics: nn.ModuleDict | None = None
         self.eval_target_names: list[str] = []
 
@@ -174,11 +193,22 @@ class TokenScorer(L.LightningModule):
 
     def add_prior(self, scores: torch.Tensor, models: torch.Tensor | None = None) -> torch.Tensor:
         """``scores`` [B, M] (or [B, k] of the model indices ``models`` [B, k]) plus the weighted
-        standardised prior; unchanged without one."""
-        if not hasattr(self, "model_prior"):
-            return scores
-        prior = self.model_prior if models is None else self.model_prior[models]
-        return scores + self.prior_scale * prior
+        standardised prior (the rank prior in eval mode only); unchanged without one."""
+        if hasattr(self, "model_prior"):
+            return scores + self.prior_scale * (self.model_prior if models is None else self.model_prior[models])
+        if hasattr(self, "rank_prior") and not self.training and self.rank_prior_weight > 0:
+            w = self.rank_prior_weight
+            prior = self.rank_prior if models is None else self.rank_prior[models]
+            return scores + (w / (1 - w)) * self.score_spread * prior
+        return scores
+
+    def set_rank_prior_weight(self, weight: float) -> None:
+        """Rank with another shrinkage weight (in [0, 1)) towards the rank prior."""
+        if not hasattr(self, "rank_prior"):
+            raise ScorerInputError("rank_prior_weight: this scorer has no rank prior (data.rank_prior was null)")
+        _require(0 <= weight < 1, "rank_prior_weight", "a float in [0, 1)", weight)
+        self.rank_prior_weight = float(weight)
+        self.hparams["rank_prior_weight"] = float(weight)
 
     def with_model(self, name: str, *, prior: float | None = None, model_dim: int | None = None) -> TokenScorer:
         """A copy of this scorer that ranks one more model, for :mod:`spider.incremental`.
@@ -190,9 +220,10 @@ class TokenScorer(L.LightningModule):
 
         Args:
             name: id of the new model (not among ``hparams.model_names``).
-            prior: its raw static-prior value on the scale of ``hparams.model_prior`` (required
-                when the scorer has a prior); standardised with the old models' mean and std, so
-                their standardised values, and so their scores, stay unchanged.
+            prior: its raw static-prior value on the scale of ``hparams.model_prior`` (or
+                ``hparams.rank_prior``; required when the scorer has a prior); standardised with
+                the old models' mean and std, so their standardised values, and so their scores,
+                stay unchanged.
             model_dim: its feature width (used by scorers with per-model projections).
 
         Raises:
@@ -206,13 +237,14 @@ class TokenScorer(L.LightningModule):
             raise ScorerInputError(f"model {name!r}: already ranked by this scorer")
         hp.update(num_models=self.num_models + 1, model_names=[*names, name], **self._grown_hparams(model_dim))
         z = None
-        if hasattr(self, "model_prior"):
+        prior_key = next((k for k in ("model_prior", "rank_prior") if hasattr(self, k)), None)
+        if prior_key is not None:
             if prior is None or not math.isfinite(prior):
                 raise ScorerInputError(f"model {name!r}: expected a finite prior value, got {prior!r}")
-            old = torch.tensor([float(v) for v in hp["model_prior"]], dtype=torch.float64)
+            old = torch.tensor([float(v) for v in hp[prior_key]], dtype=torch.float64)
             std = float(old.std(unbiased=False))
             z = (float(prior) - float(old.mean())) / (std if std > 0 else 1.0)
-            hp["model_prior"] = [*(float(v) for v in old), float(prior)]
+            hp[prior_key] = [*(float(v) for v in old), float(prior)]
         grown = type(self)(**hp)
         state = grown.state_dict()
         for key, old_value in self.state_dict().items():
@@ -229,7 +261,7 @@ class TokenScorer(L.LightningModule):
                 state[key] = old_value.clone()
         state["model_tokens"][-1] = self.model_tokens.detach().mean(0)
         if z is not None:
-            state["model_prior"][-1] = z
+            state[prior_key][-1] = z
         grown.load_state_dict(state)
         grown.train(self.training)
         return grown
@@ -328,7 +360,20 @@ class TokenScorer(L.LightningModule):
         loss = self.loss_fn(scores, batch["target_scores"], batch["model_mask"])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=scores.shape[0])
+        if hasattr(self, "rank_prior"):
+            self._spread += spread_sums(scores.detach(), batch["model_mask"])
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        if hasattr(self, "rank_prior"):
+            self._spread = torch.zeros(2, dtype=torch.float64)
+
+    def on_train_epoch_end(self) -> None:
+        if hasattr(self, "rank_prior"):
+            # Every DDP rank saw other tasks: the spread is over all of them, equal on every rank.
+            total = self.trainer.strategy.reduce(self._spread.to(self.device), reduce_op="sum")
+            if float(total[1]) > 0:
+                self.score_spread.fill_(float(total[0] / total[1]))
 
     def setup(self, stage: str) -> None:
         # Fresh metric objects for every run (fit, validate, test): no state survives from an
@@ -433,6 +478,18 @@ class TokenScorer(L.LightningModule):
         for key, values in per_metric.items():
             if values:
                 self.log(f"{stage}/{key}", torch.stack(values).mean())
+
+
+def spread_sums(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """float64 [2]: (sum over tasks of the scores' std across their masked models, number of tasks
+    with at least two such models) of ``scores`` [B, M] and bool ``mask`` [B, M]."""
+    mask = mask.bool()
+    n = mask.sum(1)
+    keep = n >= 2
+    s = torch.where(mask, scores.double(), 0.0)
+    mean = s.sum(1) / n.clamp(min=1)
+    var = (torch.where(mask, scores.double() - mean[:, None], 0.0) ** 2).sum(1) / n.clamp(min=1)
+    return torch.stack([var.sqrt()[keep].sum(), keep.sum().double()]).cpu()
 
 
 def _require(ok: bool, name: str, expected: str, got: Any) -> None:

@@ -126,8 +126,14 @@ class ZooIndex:
             sums = self.features.new_zeros(len(counts), self.features.shape[1])
             self.anchors = sums.index_add_(0, sorted_assign, self.features) / counts[:, None].to(tokens.dtype)
             zeros = tokens.new_zeros(1, tokens.shape[0])
-            prior = scorer.add_prior(zeros, self.order[None])[0]  # the weighted prior, row order
-            self.prior = prior.detach() if hasattr(scorer, "model_prior") else None
+            mode = scorer.training
+            scorer.eval()  # the prior of ranking: a rank prior counts in eval mode only
+            try:
+                prior = scorer.add_prior(zeros, self.order[None])[0]  # the weighted prior, row order
+            finally:
+                scorer.train(mode)
+            has_prior = hasattr(scorer, "model_prior") or hasattr(scorer, "rank_prior")
+            self.prior = prior.detach() if has_prior else None
 
     @property
     def num_models(self) -> int:

@@ -195,7 +195,27 @@ def test_priors_score_what_they_say():
     assert prior_scores("label_mean", inputs).tolist() == [2.0, 2.0, 3.0]  # NaN = no label
     assert prior_scores("finetune_mean", inputs).tolist() == [50.0, 70.0, 60.0]
     assert prior_scores("param_count", inputs).tolist() == pytest.approx([1.0, 3.0, 2.0])
-    assert available_priors(inputs) == list_priors() == ["finetune_mean", "label_mean", "param_count"]
+    assert available_priors(inputs) == ["finetune_mean", "label_mean", "param_count"]  # no domains
+    assert list_priors() == ["finetune_mean", "finetune_ood_mean", "label_mean", "param_count"]
+
+
+def test_out_of_domain_prior_leaves_out_each_ptms_home_tasks():
+    # Bank tasks: two of digits (pool dataset "d"), one of photos ("p"), one of both.
+    bank = np.array([[90.0, 50.0, 60.0], [80.0, 40.0, 70.0], [20.0, 60.0, 65.0], [70.0, 50.0, 30.0]])
+    inputs = PriorInputs(["digit_cnn", "photo_cnn", "new"], bank_accuracy=bank,
+                         bank_datasets=[["d"], ["d"], ["p"], ["d", "p"]],
+                         dataset_domains={"d": "digits", "p": "photos"},
+                         model_domains={"digit_cnn": ["digits"], "photo_cnn": ["photos"]})
+    # digit_cnn: the photo task only; photo_cnn: the two digit tasks; "new" (sources unknown): all.
+    assert prior_scores("finetune_ood_mean", inputs).tolist() == [20.0, 45.0, 56.25]
+    assert prior_scores("finetune_mean", inputs)[0] == 65.0  # its home tasks lift the plain mean
+    generalist = PriorInputs(["both"], bank_accuracy=bank[:, :1], bank_datasets=[["d"], ["d"], ["p"], ["d", "p"]],
+                             dataset_domains={"d": "digits", "p": "photos"}, model_domains={"both": ["digits", "photos"]})
+    assert prior_scores("finetune_ood_mean", generalist).tolist() == [65.0]  # no task outside: all count
+    with pytest.raises(ConfigError, match="no source domain for pool datasets \\['p'\\]"):
+        prior_scores("finetune_ood_mean", PriorInputs(["x"], bank_accuracy=bank[:, :1],
+                                                      bank_datasets=[["d"], ["d"], ["p"], ["d"]],
+                                                      dataset_domains={"d": "digits"}))
 
 
 def test_priors_without_their_inputs_are_unavailable():

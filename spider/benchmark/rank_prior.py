@@ -1,0 +1,57 @@
+"""The report's rank-prior ablation: how far Model Spider's rankings are shrunk towards the scorers'
+rank prior (``data.rank_prior``, e.g. ``finetune_ood_mean``: each PTM's fine-tuning record on
+domains it was not pre-trained on).
+
+The weight changes ranking only, never training, so the main setting's trained scorers rank every
+target once per weight; the weight that wins on the VALIDATION targets ranks every Model Spider
+row of the report (test targets never decide).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from spider.benchmark.inputs import Zoo
+from spider.benchmark.markdown import ablation_table
+from spider.benchmark.methods import MethodResult, ablation_entries, pick_winner, spider_row
+from spider.benchmark.training import rank_targets
+
+__all__ = ["WEIGHTS", "rank_prior_ablation", "section"]
+
+#: Shrinkage weights w tried besides the config's: ranking = (1 - w) z(scores) + w z(prior).
+WEIGHTS = (0.0, 0.25, 0.5, 0.75)
+
+
+def rank_prior_ablation(zoo: Zoo, ckpts: Sequence[Path], extraction: Any, note: Callable[[float], str]
+                        ) -> tuple[float | None, MethodResult | None, list[dict[str, Any]]]:
+    """(winning weight, its row, table entries) of the scorers ``ckpts`` (one per seed) ranking with
+    each weight; ``(None, None, [])`` when they have no rank prior. ``note(w)``: the row's note."""
+    from spider.modules.scorer_registry import load_scorer
+
+    scorer = load_scorer(ckpts[0])
+    if not hasattr(scorer, "rank_prior"):
+        return None, None, []
+    shipped = float(scorer.rank_prior_weight)
+    rows = {}
+    for w in dict.fromkeys([shipped, *WEIGHTS]):
+        runs = [rank_targets(c, zoo, (0,), extraction, rank_prior_weight=w)[0] for c in ckpts]
+        label = f"w = {w:g}" + (" (scores unchanged)" if w == 0 else "") + (" (config)" if w == shipped else "")
+        rows[w] = spider_row(label, zoo, runs, 0, note(w))
+    best = pick_winner({r.name: r for r in rows.values()}, zoo)
+    weight = next(w for w, r in rows.items() if r.name == best)
+    return weight, rows[weight], ablation_entries(list(rows.values()), best, zoo, len(ckpts))
+
+
+def section(results: dict[str, Any]) -> list[str]:
+    """The report's markdown section of the ablation (none without a rank prior)."""
+    if not results.get("rank_prior_ablation"):
+        return []
+    return ["", "## Rank-prior ablation: shrinkage weight",
+            f"The main setting's scorers (one per seed) rank every target with each weight w towards the rank prior "
+            f"`{results['rank_prior']}` (`data.rank_prior`; a ranking is (1 - w) x the scores' z-score + w x the "
+            "prior's, the scores' scale measured on the training tasks; w = 0 keeps the scores). Ranking only: "
+            f"nothing is retrained. The winner on the validation targets' mean wtau_paper (w = "
+            f"{results['rank_prior_weight']:g}) ranks every Model Spider row above; only its test score is looked at.",
+            "", ablation_table(results["rank_prior_ablation"])]
