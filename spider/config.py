@@ -197,12 +197,12 @@ def _check_numbers(cfg: DictConfig) -> None:
 
 # Keys that may differ between a run's saved config.yaml and the config that resumes it: how long
 # to train, where logs and caches go, how many processes and threads build labels or load
-# batches, what to print. Every other key (data, model, optimiser, seed, devices, precision, ...)
+# batches, what to print, how far rankings are shrunk towards the rank prior. Every other key (data, model, optimiser, seed, devices, precision, ...)
 # shapes the weights, so a resume with another value is refused (:func:`resume_differences`).
 RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "trainer.threads",
                   "trainer.log_every_n_steps", "trainer.num_sanity_val_steps", "logger", "data.label_workers",
                   "data.num_workers", "data.label_device", "data.cache_dir", "run_dir", "resume", "overwrite",
-                  "print_config", "validate_checkpoint", "results_table")
+                  "print_config", "validate_checkpoint", "results_table", "data.rank_prior_weight")
 
 
 def resume_differences(saved: DictConfig, cfg: DictConfig) -> list[tuple[str, Any, Any]]:

@@ -53,7 +53,7 @@ def _train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     inputs = resolve_inputs(cfg)
     datamodule = build_datamodule(cfg, inputs, progress=env_rank() == 0)
     _warn_without_val(datamodule)
-    if cfg.model.prior is not None and env_rank() == 0:
+    if (cfg.model.prior is not None or cfg.data.rank_prior is not None) and env_rank() == 0:
         # The prior reads the label cache, which trainer.fit would build only after the scorer
         # exists; build it here (DDP children start inside trainer.fit and find it complete).
         datamodule.prepare_data()

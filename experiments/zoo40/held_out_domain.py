@@ -17,6 +17,7 @@ One command per zoo, after its report (it reuses the report's scorers and caches
         [--override data.label_source=copeland ...]   # another setting, fitted fresh
         [--general keras_mobilenet_v1_025_imagenet]   # a zoo PTM's stored features as the general encoder
         [--general general,test_vit.gtsrb]            # several encoders' features side by side
+        [--rank-prior-weight 0.5]                     # also ranked towards the rank prior (default: the report's)
 """
 
 from __future__ import annotations
@@ -76,10 +77,13 @@ def run(args: argparse.Namespace) -> None:
         _run(args, p)
 
 
-def measure(p: Probes, overrides: dict, tag: str, fused: tuple[str, float] | None) -> list[tuple]:
+def measure(p: Probes, overrides: dict, tag: str, fused: tuple[str, float] | None,
+            rank_prior: float | None = None) -> list[tuple]:
     """Per validation target: (id, domain, bank tasks left out, familiarity held out, then wtau_paper of
-    Model Spider seen, held out, held out fused, gated, the held-out prior, LogME, GBC); fits of
-    ``overrides`` (fresh, tagged ``tag``; none and no tag: the report's cached scorers)."""
+    Model Spider seen, held out, held out fused, gated, the held-out prior, LogME, GBC, and with
+    ``rank_prior`` (a weight) Model Spider seen and held out ranking with that weight towards the
+    rank prior of the bank tasks each fit trained on); fits of ``overrides`` (fresh, tagged ``tag``;
+    none and no tag: the report's cached scorers). Scores without a weight rank with none."""
     recipe = p.zoo.recipe
     pool_domain = {s.id: source_domain(s.source) for s in recipe.pool}
     from spider.datamodules.finetune_bank import open_bank
@@ -87,10 +91,12 @@ def measure(p: Probes, overrides: dict, tag: str, fused: tuple[str, float] | Non
     bank = open_bank(p.zoo.root, p.zoo.models)
     bank_specs = bank.specs
     if tag:  # another setting: fresh fits of it, seen and held out
-        seen_preds = p.fit(f"seen-{tag}", overrides)
+        seen = p.fit_checkpoints(f"seen-{tag}", overrides)
     else:  # the report's main setting: its cached scorers
         seen = [train_scorer(p.zoo, FitSpec("token", "finetune", None, seed=s), p.work, log=log) for s in SEEDS]
-        seen_preds = [rank_targets(c, p.zoo, (0,), p.extraction)[0]["pred"] for c in seen]
+    seen_preds = [p.rank(c, 0.0 if rank_prior is not None else None) for c in seen]
+    every = list(range(len(bank_specs)))
+    seen_shrunk = [p.rank(shrunk(p, bank, c, every, rank_prior)) for c in seen] if rank_prior is not None else None
     zoo = p.zoo if p._store is None else dataclasses.replace(p.zoo, store=p._store)  # --general's features
     reference = bank_reference(zoo)
     rows = []
@@ -98,8 +104,10 @@ def measure(p: Probes, overrides: dict, tag: str, fused: tuple[str, float] | Non
         domain = source_domain(target.source)
         kept = [i for i, s in enumerate(bank_specs) if all(pool_domain[d] != domain for d, _ in s.classes)]
         dropped = len(bank_specs) - len(kept)
-        held = p.fit(f"heldout-{target.id}{'-' + tag if tag else ''}", overrides,
-                     [without_domain(pool_domain, domain)]) if dropped else None
+        held_ckpts = p.fit_checkpoints(f"heldout-{target.id}{'-' + tag if tag else ''}", overrides,
+                                       [without_domain(pool_domain, domain)]) if dropped else []
+        held = [p.rank(c, 0.0 if rank_prior is not None else None) for c in held_ckpts] or None
+        held_shrunk = [p.rank(shrunk(p, bank, c, kept, rank_prior)) for c in held_ckpts] if rank_prior is not None else []
         # The held-out fits' training tasks are the kept bank tasks: the target's familiarity to them.
         known = reference.subset(kept).familiarity(target_centres(zoo, target.id)) if dropped else None
         novel = np.array([t == target.id and known is not None and known.novel for t in p.zoo.targets])
@@ -110,10 +118,31 @@ def measure(p: Probes, overrides: dict, tag: str, fused: tuple[str, float] | Non
                # The fine-tuning-history prior of the kept bank tasks: what falling back to it gives.
                per_target(p, [np.tile(prior_scores("finetune_mean", PriorInputs(p.zoo.models, bank_accuracy=np.asarray(
                    bank.accuracy)[kept])), (len(p.zoo.targets), 1))], target.id) if dropped else float("nan"),
-               *(per_target(p, [p.scores[b]], target.id) for b in ("logme", "gbc")))
+               *(per_target(p, [p.scores[b]], target.id) for b in ("logme", "gbc")),
+               *((per_target(p, seen_shrunk, target.id), per_target(p, held_shrunk, target.id) if held_shrunk
+                  else float("nan")) if rank_prior is not None else ()))
         rows.append(row)
         log(f"{target.id} ({domain}): {dropped} bank tasks left out; seen {row[4]:+.3f}, held out {row[5]:+.3f}")
     return rows
+
+
+def shrunk(p: Probes, bank, ckpt, tasks: list[int], weight: float):
+    """The scorer of ``ckpt`` ranking with ``weight`` towards the rank prior ``finetune_ood_mean`` of
+    the bank tasks ``tasks`` only (those its fit trained on: a held-out domain's tasks never count)."""
+    import torch
+
+    from spider.modules.scorer_registry import load_scorer
+    from spider.modules.token_scorer import standardise
+
+    recipe = p.zoo.recipe
+    values = prior_scores("finetune_ood_mean", PriorInputs(
+        p.zoo.models, bank_accuracy=np.asarray(bank.accuracy)[tasks], bank_datasets=[bank.specs[k].datasets for k in tasks],
+        dataset_domains={s.id: source_domain(s.source) for s in recipe.pool}, model_domains=recipe.ptm_domains()))
+    scorer = load_scorer(ckpt)
+    with torch.no_grad():
+        scorer.rank_prior.copy_(standardise(values.tolist(), len(values)))
+    scorer.set_rank_prior_weight(weight)
+    return scorer
 
 
 def _run(args: argparse.Namespace, p: Probes) -> None:
@@ -122,7 +151,10 @@ def _run(args: argparse.Namespace, p: Probes) -> None:
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.override)}  # "4" -> 4
     tag = "-".join([f"{k}={v}" for k, v in overrides.items()] + ([f"general={args.general}"] if args.general else []))
     fused = _report_fusion(Path(args.out).parent / "results.json")
-    rows = measure(p, overrides, tag, fused)
+    results = Path(args.out).parent / "results.json"
+    weight = args.rank_prior_weight if args.rank_prior_weight is not None else (
+        json.loads(results.read_text()).get("rank_prior_weight") if results.is_file() else None) or None
+    rows = measure(p, overrides, tag, fused, weight)
     held_rows = [r for r in rows if r[2]]
     lines = [*report_head(f"Held-out domains: {p.zoo.name}", "held_out_domain.py", args),
              "Validation targets only; wtau_paper. \"Seen\": the report's main setting (fine-tuning labels)"
@@ -135,10 +167,14 @@ def _run(args: argparse.Namespace, p: Probes) -> None:
                 "ordered by the baseline alone, as `spider rank` does. \"Familiarity\": the target's similarity to its "
                 "nearest kept bank task / the novelty threshold of those tasks." if fused else "")
              + " \"Prior, held out\": the static prior `finetune_mean` of the kept bank tasks (mean fine-tuned "
-             "accuracy per PTM), the fallback that needs no PTM run.",
+             "accuracy per PTM), the fallback that needs no PTM run."
+             + (f" Model Spider columns without \"rank prior\" rank with no rank prior; \"rank prior w\": the same fits "
+                f"ranking with weight {weight:g} towards the rank prior `finetune_ood_mean` (`data.rank_prior`) of the bank "
+                "tasks each fit trained on (held out: the kept ones only)." if weight else ""),
              "", "| target | domain | bank tasks left out | familiarity, held out | Model Spider, seen | "
-             "Model Spider, held out | held out, fused | held out, gated | prior, held out | LogME | GBC |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Model Spider, held out | held out, fused | held out, gated | prior, held out | LogME | GBC |"
+             + (f" seen, rank prior {weight:g} | held out, rank prior {weight:g} |" if weight else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if weight else "")]
     fmt = lambda v: "n/a" if not np.isfinite(v) else f"{v:+.3f}"  # noqa: E731
     known = lambda f: "n/a" if f is None else f"{f.similarity:.3f} / {f.threshold:.3f}" + (" novel" if f.novel else "")  # noqa: E731
     lines += [f"| {t} | {d} | {n} | {known(f)} | " + " | ".join(fmt(v) for v in values) + " |" for t, d, n, f, *values in rows]
@@ -168,6 +204,9 @@ def main(argv=None) -> int:
         parser.add_argument("--general", metavar="PTM", default=None,
                             help="a zoo PTM whose stored features replace the general encoder's (fits and familiarity); "
                                  "several, comma-separated (general = the recipe's own): their features side by side")
+        parser.add_argument("--rank-prior-weight", type=float, default=None, metavar="W",
+                            help="also rank with weight W towards the rank prior of each fit's bank tasks (default: "
+                                 "the report's chosen data.rank_prior_weight, if above 0; 0: not)")
 
     return probe_main(run, __doc__.splitlines()[0], "held_out_domain.md", argv, options)
 

@@ -118,9 +118,18 @@ class Probes:
 
     def fit(self, tag: str, overrides: dict, patches=(), seeds=SEEDS) -> list[np.ndarray]:
         """Fresh fits (fine-tuning labels) with config ``overrides`` under ``patches``; their predictions."""
+        return [self.rank(c) for c in self.fit_checkpoints(tag, overrides, patches, seeds)]
+
+    def rank(self, ckpt, rank_prior_weight: float | None = None) -> np.ndarray:
+        """[T, M] general-token scores of a scorer (a checkpoint or a loaded one) for every target."""
+        zoo = self.zoo if self._store is None else dataclasses.replace(self.zoo, store=self._store)
+        return rank_targets(ckpt, zoo, (0,), self.extraction, rank_prior_weight=rank_prior_weight)[0]["pred"]
+
+    def fit_checkpoints(self, tag: str, overrides: dict, patches=(), seeds=SEEDS) -> list[Path]:
+        """The checkpoints of :meth:`fit`'s fresh fits."""
         from spider.train import train
 
-        preds = []
+        ckpts = []
         with contextlib.ExitStack() as stack:
             for patch in patches:
                 stack.enter_context(patch)
@@ -133,9 +142,8 @@ class Probes:
                 cfg.run_dir = str(self.work / "probes" / f"{tag}-seed{seed}")
                 with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                     metrics, _ = train(cfg)
-                zoo = self.zoo if self._store is None else dataclasses.replace(self.zoo, store=self._store)
-                preds.append(rank_targets(Path(metrics["checkpoint"]), zoo, (0,), self.extraction)[0]["pred"])
-        return preds
+                ckpts.append(Path(metrics["checkpoint"]))
+        return ckpts
 
 
 def bank_retrieval(zoo, k: int, limit: int | None = None) -> np.ndarray:

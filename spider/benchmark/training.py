@@ -89,7 +89,10 @@ def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], No
     run_dir = Path(cfg.run_dir)
     done, ckpt = run_dir / "report-done.json", run_dir / "checkpoints" / "last.ckpt"
     # The recipe hash covers what the config does not name: a rebuilt bank or other ground truth.
-    identity = json.dumps({"config": OmegaConf.to_container(cfg, resolve=True),
+    # The rank-prior weight shapes no weight (the report ranks with an explicit one): not part of it.
+    trained = OmegaConf.to_container(cfg, resolve=True)
+    trained["data"].pop("rank_prior_weight", None)
+    identity = json.dumps({"config": trained,
                            "recipe_hash": zoo.manifest.get("recipe_hash")}, sort_keys=True, default=str)
     if done.is_file() and done.read_text() == identity and ckpt.is_file():
         return ckpt

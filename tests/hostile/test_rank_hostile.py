@@ -106,6 +106,9 @@ def test_non_positive_counts_are_one_line(trained, capsys, option, value):
     (["--reranker", "{ckpt}", "--rerank-topk", "1", "--rerank-weight", "nan"], "--rerank-weight: expected a number in"),
     (["--reranker", "{missing}", "--rerank-topk", "1"], "--reranker: no file"),
     (["--reranker", "{ckpt}", "--rerank-topk", "1"], "expected a ReRanker"),  # a token scorer re-ranks nothing
+    (["--rank-prior-weight", "1"], "--rank-prior-weight: expected a number in [0, 1)"),
+    (["--rank-prior-weight", "nan"], "--rank-prior-weight: expected a number in [0, 1)"),
+    (["--rank-prior-weight", "0.5"], "this scorer has no rank prior"),  # trained with data.rank_prior=null
 ])
 def test_bad_reranker_combinations_are_one_line(trained, tmp_path, capsys, extra, fragment):
     checkpoint, store = trained

@@ -193,3 +193,28 @@ def test_a_prior_on_an_unbuilt_label_cache_is_computed_from_the_built_cache(cach
     assert list(cache.models) == list(model.hparams.model_names)
     expected = standardise(label_mean(PriorInputs(cache.models, cache.scores)).tolist(), len(cache.models))
     assert torch.allclose(model.model_prior, expected)
+
+
+def test_a_rank_prior_is_stored_with_the_spread_of_the_last_epoch(cache_dir, tmp_path, tiny):
+    from spider.datamodules.label_cache import open_label_cache
+    from spider.modules.token_scorer import standardise
+    from spider.priors import PriorInputs, label_mean
+
+    labels = tmp_path / "labels"
+    cfg = tiny(tmp_path / "rank-prior", f"data.label_cache={labels}", "data.rank_prior=label_mean",
+               "data.rank_prior_weight=0.5", "trainer.max_epochs=1", "results_table=false")
+    model = load_scorer(fit(cfg)["checkpoint"])
+    cache = open_label_cache(labels, cfg.data.num_label_tasks)
+    expected = standardise(label_mean(PriorInputs(cache.models, cache.scores)).tolist(), len(cache.models))
+    assert torch.allclose(model.rank_prior, expected) and model.rank_prior_weight == 0.5
+    assert float(model.score_spread) > 0  # measured while training, so the prior has a scale
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["data.rank_prior=finetune_ood_mean"], "config key 'data.rank_prior': static prior: no fine-tuning bank"),
+    (["data.rank_prior=label_mean", "model.prior=label_mean"], "data.rank_prior': expected null when model.prior"),
+    (["data.rank_prior=label_mean", "data.rank_prior_weight=1.0"], "data.rank_prior_weight': expected a float in"),
+])
+def test_bad_rank_priors_are_config_errors(cache_dir, tmp_path, tiny, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        fit(tiny(tmp_path / "bad-rank-prior", *extra, "trainer.max_epochs=1"))

@@ -262,3 +262,23 @@ def test_a_checkpoint_without_training_tasks_still_ranks(trained, token, tmp_pat
     result = rank_task(old, store, "target0")
     assert result.familiarity is None and "familiarity" not in result.to_dict()
     assert result.models == rank_task(token, store, "target0").models
+
+
+def test_rank_prior_weight_reranks_without_retraining(tmp_path, capsys):
+    """``--rank-prior-weight`` ranks like the API with that weight; 0 keeps the scorer's own order."""
+    cfg = _config(tmp_path, "shrunk", "data.rank_prior=label_mean", "data.rank_prior_weight=0.0")
+    checkpoint = fit(cfg)["checkpoint"]
+    store = prepare_store(cfg)["store"]
+    capsys.readouterr()  # the fit's own output
+
+    def cli(*extra):
+        assert main(["--checkpoint", str(checkpoint), "--store", store, "--dataset", "target0", "--json", "-",
+                     *extra]) == 0
+        return [row["model"] for row in json.loads(capsys.readouterr().out)["ranking"]]
+
+    own = cli()
+    assert cli("--rank-prior-weight", "0") == own == rank_task(checkpoint, store, "target0").models
+    shrunk = rank_task(checkpoint, store, "target0", rank_prior_weight=0.9).models
+    assert cli("--rank-prior-weight", "0.9") == shrunk
+    prior = load_scorer(checkpoint).rank_prior
+    assert shrunk != own and shrunk[0] == load_scorer(checkpoint).hparams.model_names[int(prior.argmax())]
