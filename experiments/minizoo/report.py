@@ -11,8 +11,8 @@ reads a zoo built by ``spider zoo build <recipe>`` and writes into ``--out``:
                     top-1 regret) of Model Spider (general tokens, re-ranking of the top k = 1, 3, 5,
                     forward re-ranking), every forward baseline and their Copeland aggregate, every static
                     prior, TransferGraph (fitted on the fine-tuning bank); costs per target and of
-                    building the zoo (fine-tuning bank included); the bank's protocol agreement; the
-                    label-source ablation (winner chosen on the validation targets only); the goal
+                    building the zoo (fine-tuning bank included); the bank's protocol agreement; the label-
+                    source and rank-prior ablations (winners chosen on the validation targets only); the goal
                     check on the test targets; plots.
 * ``results.json``  ``recipe``, ``ptms``, ``val``/``test`` (``{method: {wtau_paper, wtau_symmetric,
                     top1_regret, seconds_per_target}}``), ``groups``, and every other number shown.
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import platform
 import shutil
 import sys
@@ -87,16 +86,18 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def label_source_ablation(zoo, budget: Budget, work: Path, extraction) -> tuple[dict, list, FitSpec]:
-    """Token scorers for every label source, with and without the prior; the winner on VALIDATION
-    targets becomes the main setting. Returns (rows by setting, table entries, winning spec)."""
+def label_source_ablation(zoo, budget: Budget, work: Path, extraction, shipped) -> tuple[dict, list, FitSpec]:
+    """Token scorers for every label source, with and without the prior (ranking with the ``shipped``
+    rank-prior weight where they have none); the winner on VALIDATION targets becomes the main
+    setting. Returns (rows by setting, table entries, winning spec)."""
     rows, specs, errors = {}, {}, {}
     for source in LABEL_SOURCES:
         for prior in (None, PRIOR):
             spec = FitSpec("token", source, prior)
             try:
                 runs = [rank_targets(train_scorer(zoo, dataclasses.replace(spec, seed=s), work, log=log,
-                                                  max_epochs=budget.max_epochs), zoo, (0,), extraction)[0]
+                                                  max_epochs=budget.max_epochs), zoo, (0,), extraction,
+                                     rank_prior_weight=None if prior else shipped.rank_prior_weight)[0]
                         for s in budget.seeds]
             except SpiderError as err:  # e.g. a zoo without a fine-tuning bank: the setting is skipped
                 errors[spec.setting] = str(err).splitlines()[0]
@@ -179,11 +180,10 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     familiar = retrieval.target_familiarity(zoo)  # each target against the bank tasks the scorers train on
 
     log(f"label-source ablation: {len(LABEL_SOURCES) * 2} settings x {len(budget.seeds)} seed(s)")
-    ablation_rows, ablation, main = label_source_ablation(zoo, budget, work, extraction)
-    main_ckpts = [train_scorer(zoo, dataclasses.replace(main, seed=s), work, log=log, max_epochs=budget.max_epochs)
-                  for s in budget.seeds]  # trained by the ablation: reused
-    prior_weight, prior_row, prior_ablation = rank_prior.rank_prior_ablation(
-        zoo, main_ckpts, extraction, lambda w: f"shrunk towards the rank prior with weight {w:g}")
+    shipped = fit_config(zoo, FitSpec(), work).data  # the config's rank prior and its weight
+    ablation_rows, ablation, main = label_source_ablation(zoo, budget, work, extraction, shipped)
+    main_ckpts = [train_scorer(zoo, dataclasses.replace(main, seed=s), work, max_epochs=budget.max_epochs) for s in budget.seeds]
+    prior_weight, prior_row, prior_ablation = rank_prior.rank_prior_ablation(zoo, main_ckpts, extraction, shipped.rank_prior_weight)
     log(f"rank-prior weight (best on validation): {prior_weight}")
     general = dataclasses.replace(prior_row or ablation_rows[main.setting], name=f"{SPIDER} general",
                                   note=f"TokenScorer, general tokens; labels {main.setting}" + (
@@ -252,7 +252,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "goal": goals.goal_check(by_name, groups["model_spider"], groups["model_spider_rerank3"], groups["forward_baselines"],
                                  groups["static_priors"], zoo.test_targets, next(c["test"]["wtau_paper"] for c in ceiling if c["k"] == 3)),
         "ablation": ablation, "transfergraph": tgraph_info, "bank_retrieval": retrieval_info, "familiarity": {t: f.as_dict() for t, f in familiar.items()},
-        "rank_prior": fit_config(zoo, main, work).data.rank_prior, "rank_prior_weight": prior_weight, "rank_prior_ablation": prior_ablation,
+        "rank_prior": shipped.rank_prior, "rank_prior_weight": prior_weight, "rank_prior_ablation": prior_ablation,
         "rerank_weight": weight, "rerank_ablation": rerank_ablation, "forward_rerank_ablation": forward_ablation, "rerank_ceiling": ceiling,
         "build": {"stages": costs.build_stages(zoo), "bank": costs.bank_runs(zoo),
                   "ground_truth": costs.run_files(zoo.root / "ground_truth" / "runs")},

@@ -9,7 +9,7 @@ row of the report (test targets never decide).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +24,21 @@ __all__ = ["WEIGHTS", "rank_prior_ablation", "section"]
 WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 
 
-def rank_prior_ablation(zoo: Zoo, ckpts: Sequence[Path], extraction: Any, note: Callable[[float], str]
+def rank_prior_ablation(zoo: Zoo, ckpts: Sequence[Path], extraction: Any, shipped: float
                         ) -> tuple[float | None, MethodResult | None, list[dict[str, Any]]]:
-    """(winning weight, its row, table entries) of the scorers ``ckpts`` (one per seed) ranking with
-    each weight; ``(None, None, [])`` when they have no rank prior. ``note(w)``: the row's note."""
+    """(winning weight, its row, table entries) of the scorers ``ckpts`` (one per seed, already
+    trained) ranking with each weight (``shipped``: the config's, tried first); ``(None, None, [])``
+    when they have no rank prior."""
     from spider.modules.scorer_registry import load_scorer
 
-    scorer = load_scorer(ckpts[0])
-    if not hasattr(scorer, "rank_prior"):
+    if not hasattr(load_scorer(ckpts[0]), "rank_prior"):
         return None, None, []
-    shipped = float(scorer.rank_prior_weight)
+    shipped = float(shipped)
     rows = {}
     for w in dict.fromkeys([shipped, *WEIGHTS]):
         runs = [rank_targets(c, zoo, (0,), extraction, rank_prior_weight=w)[0] for c in ckpts]
         label = f"w = {w:g}" + (" (scores unchanged)" if w == 0 else "") + (" (config)" if w == shipped else "")
-        rows[w] = spider_row(label, zoo, runs, 0, note(w))
+        rows[w] = spider_row(label, zoo, runs, 0, f"shrunk towards the rank prior with weight {w:g}")
     best = pick_winner({r.name: r for r in rows.values()}, zoo)
     weight = next(w for w, r in rows.items() if r.name == best)
     return weight, rows[weight], ablation_entries(list(rows.values()), best, zoo, len(ckpts))

@@ -67,6 +67,8 @@ def fit_config(zoo: Zoo, spec: FitSpec, work: Path, *, max_epochs: Optional[int]
                  f"model={spec.scorer}", f"model.prior={spec.prior or 'null'}", f"seed={spec.seed}",
                  "trainer=cpu", "trainer.enable_progress_bar=false", "logger=none", "results_table=false",
                  f"run_dir={work / 'runs' / spec.name}", "overwrite=true"]
+    if spec.prior:  # a prior trained with takes the place of the config's rank prior (one per scorer)
+        overrides.append("data.rank_prior=null")
     if spec.scorer == "reranker":
         overrides.append(f"data.specific_models={specific_models}")
     if max_epochs is not None:

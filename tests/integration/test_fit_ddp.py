@@ -31,7 +31,9 @@ def test_two_process_ddp_fit_matches_single_process_validation(tmp_path):
     run_dir = tmp_path / "run"
     common = ["data=tiny", "logger=none", f"data.cache_dir={tmp_path / 'cache'}", f"run_dir={run_dir}",
               "data.baselines=[leep,nce]", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-              "trainer.log_every_n_steps=1"]
+              "trainer.log_every_n_steps=1",
+              # A rank prior: its scale is reduced over both ranks' tasks, so they validate alike.
+              "data.rank_prior=label_mean", "data.rank_prior_weight=0.5"]
     ddp = _run([*common, "trainer.max_epochs=2", "trainer.devices=2", "trainer.strategy=ddp"], tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-4000:]
     assert "wtau_paper" in ddp.stdout  # the results table, printed once by rank 0
