@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from spider.errors import ConfigError
+from spider.incremental import _prior_value
 from spider.modules import ReRanker, TokenScorer
 from spider.modules._checks import ScorerInputError
 from spider.modules.token_scorer import spread_sums
 from spider.modules.zoo_index import ZooIndex
+from spider.priors import PriorInputs
 
 PRIOR = [1.0, 2.0, 3.0, 4.0]
 
@@ -125,3 +129,20 @@ def test_reranker_takes_a_rank_prior():
     x, mask = _tokens(b=2)
     models, tokens = torch.tensor([[1, 2], [0, 3]]), torch.randn(2, 2, 5, 6)
     assert torch.allclose(model(x, mask, models, tokens), model.forward_reference(x, mask, models, tokens), atol=1e-5)
+
+
+class _Data:
+    """The datamodule's prior inputs over the M+1 PTMs (the new one last)."""
+
+    def prior_inputs(self, params):
+        return PriorInputs(["a", "b", "c", "new"], bank_accuracy=np.array([[50.0, 60.0, 70.0, 65.0]]))
+
+
+def test_the_new_ptm_gets_its_rank_prior_on_the_checkpoints_scale():
+    scorer = TokenScorer(3, 8, dim=16, model_names=["a", "b", "c"], rank_prior=[50.0, 60.0, 70.0])
+    cfg = OmegaConf.create({"model": {"prior": None}, "data": {"rank_prior": "finetune_mean"}})
+    assert _prior_value(scorer, cfg, _Data(), {}, None, None) == pytest.approx(65.0)
+    cfg.data.rank_prior = None
+    with pytest.raises(ConfigError, match="data.rank_prior is null but the checkpoint has a static prior"):
+        _prior_value(scorer, cfg, _Data(), {}, None, None)
+    assert _prior_value(TokenScorer(3, 8, dim=16), cfg, _Data(), {}, None, None) is None
