@@ -183,7 +183,7 @@ class TokenScorer(L.LightningModule):
             self.register_buffer("rank_prior", standardise(rank_prior, num_models))
             self.register_buffer("score_spread", torch.zeros(()))  # 0 until an epoch is trained
             self.rank_prior_weight = float(rank_prior_weight)
-            self._spread = torch.zeros(2, dtype=torch.float64)  # this epoch's (sum of stds, tasks)
+            self._spread = torch.zeros(2)  # this epoch's (sum of stds, tasks), on the training device
         self.eval_metrics: nn.ModuleDict | None = None
         self.eval_target_names: list[str] = []
 
@@ -360,18 +360,18 @@ class TokenScorer(L.LightningModule):
         loss = self.loss_fn(scores, batch["target_scores"], batch["model_mask"])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=scores.shape[0])
-        if hasattr(self, "rank_prior"):
-            self._spread += spread_sums(scores.detach(), batch["model_mask"])
+        if hasattr(self, "rank_prior"):  # on the device: no host sync per step
+            self._spread = self._spread.to(scores.device) + spread_sums(scores.detach(), batch["model_mask"])
         return loss
 
     def on_train_epoch_start(self) -> None:
         if hasattr(self, "rank_prior"):
-            self._spread = torch.zeros(2, dtype=torch.float64)
+            self._spread = torch.zeros(2, device=self.device)
 
     def on_train_epoch_end(self) -> None:
         if hasattr(self, "rank_prior"):
             # Every DDP rank saw other tasks: the spread is over all of them, equal on every rank.
-            total = self.trainer.strategy.reduce(self._spread.to(self.device), reduce_op="sum")
+            total = self.trainer.strategy.reduce(self._spread.to(self.device), reduce_op="sum").cpu().double()
             if float(total[1]) > 0:
                 self.score_spread.fill_(float(total[0] / total[1]))
 
@@ -481,15 +481,14 @@ class TokenScorer(L.LightningModule):
 
 
 def spread_sums(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """float64 [2]: (sum over tasks of the scores' std across their masked models, number of tasks
-    with at least two such models) of ``scores`` [B, M] and bool ``mask`` [B, M]."""
-    mask = mask.bool()
-    n = mask.sum(1)
-    keep = n >= 2
-    s = torch.where(mask, scores.double(), 0.0)
-    mean = s.sum(1) / n.clamp(min=1)
-    var = (torch.where(mask, scores.double() - mean[:, None], 0.0) ** 2).sum(1) / n.clamp(min=1)
-    return torch.stack([var.sqrt()[keep].sum(), keep.sum().double()]).cpu()
+    """float32 [2] on the scores' device: (sum over tasks of the scores' std across their masked
+    models, number of tasks with at least two such models) of ``scores`` [B, M] and bool ``mask``."""
+    mask, scores = mask.bool(), scores.float()
+    n = mask.sum(1).clamp(min=1)
+    keep = mask.sum(1) >= 2
+    mean = torch.where(mask, scores, 0.0).sum(1) / n
+    var = (torch.where(mask, scores - mean[:, None], 0.0) ** 2).sum(1) / n
+    return torch.stack([torch.where(keep, var.sqrt(), 0.0).sum(), keep.sum().float()])
 
 
 def _require(ok: bool, name: str, expected: str, got: Any) -> None:
