@@ -106,6 +106,10 @@ def load_scorer(checkpoint: str | os.PathLike, map_location: str = "cpu") -> Any
         raise ConfigError(f"checkpoint {checkpoint}: scorer {name!r} is not registered; {hint}")
     if not isinstance(state.get("state_dict"), dict):
         raise ConfigError(f"checkpoint {checkpoint}: no 'state_dict' mapping of weights")
+    bad = next((k for k, v in state["state_dict"].items()
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # a NaN weight would rank (or go on training) as NaN scores
+        raise ConfigError(f"checkpoint {checkpoint}: weight {bad!r} holds non-finite values")
     try:  # hyperparameters and weights come from the file: a bad one is a bad checkpoint
         model = _scorer_class(name)(**info["hparams"])
     except (TypeError, ValueError, KeyError, IndexError, RuntimeError, SpiderError) as err:

@@ -218,3 +218,12 @@ def test_a_rank_prior_is_stored_with_the_spread_of_the_last_epoch(cache_dir, tmp
 def test_bad_rank_priors_are_config_errors(cache_dir, tmp_path, tiny, extra, message):
     with pytest.raises(ConfigError, match=message):
         fit(tiny(tmp_path / "bad-rank-prior", *extra, "trainer.max_epochs=1"))
+
+
+def test_a_checkpoint_with_a_non_finite_weight_is_refused(trained, tmp_path):
+    run_dir, result = trained
+    state = torch.load(result["checkpoint"], weights_only=True)
+    state["state_dict"]["model_tokens"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.ckpt")
+    with pytest.raises(ConfigError, match="weight 'model_tokens' holds non-finite values"):
+        load_scorer(tmp_path / "nan.ckpt")
