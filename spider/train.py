@@ -99,6 +99,17 @@ def _validate_checkpoint(cfg: DictConfig, checkpoint: Path) -> dict[str, Any]:
     return metrics
 
 
+def _prior_values(key: str, name: str, datamodule: Any, params: Optional[dict]) -> list[float]:
+    """Static prior ``name`` over the datamodule's PTMs; a bad one is a one-line error on ``key``."""
+    from spider.errors import RegistryError
+    from spider.priors import prior_scores
+
+    try:
+        return [float(v) for v in prior_scores(name, datamodule.prior_inputs(params))]
+    except (RegistryError, ConfigError) as err:
+        raise ConfigError(f"config key {key!r}: {err}") from None
+
+
 def build_scorer(cfg: DictConfig, datamodule: Any, params: Optional[dict] = None) -> Any:
     """The registered scorer ``cfg.model.scorer`` sized for the datamodule's zoo; with
     ``cfg.model.prior`` its static prior (``spider.priors``) over the datamodule's PTMs, trained
@@ -108,23 +119,14 @@ def build_scorer(cfg: DictConfig, datamodule: Any, params: Optional[dict] = None
     prior, prior_scale = kwargs.pop("prior"), kwargs.pop("prior_scale")
     for key in ("name", "scorer", "rerank_topk"):
         kwargs.pop(key)
-    for key, name in (("model.prior", prior), ("data.rank_prior", cfg.data.rank_prior)):
-        if name is None:
-            continue
-        from spider.errors import RegistryError
-        from spider.priors import prior_scores
-
-        try:
-            scores = [float(s) for s in prior_scores(name, datamodule.prior_inputs(params))]
-        except (RegistryError, ConfigError) as err:
-            raise ConfigError(f"config key {key!r}: {err}") from None
-        if key == "model.prior":
-            kwargs.update(model_prior=scores, prior_scale=prior_scale)
-        elif prior is not None:
-            raise ConfigError("config key 'data.rank_prior': expected null when model.prior is set "
-                              "(one static prior per scorer)")
-        else:
-            kwargs.update(rank_prior=scores, rank_prior_weight=float(cfg.data.rank_prior_weight))
+    rank_prior = cfg.data.rank_prior
+    if prior is not None and rank_prior is not None:
+        raise ConfigError("config key 'data.rank_prior': expected null when model.prior is set (one static prior per scorer)")
+    if prior is not None:
+        kwargs.update(model_prior=_prior_values("model.prior", prior, datamodule, params), prior_scale=prior_scale)
+    elif rank_prior is not None:
+        kwargs.update(rank_prior=_prior_values("data.rank_prior", rank_prior, datamodule, params),
+                      rank_prior_weight=float(cfg.data.rank_prior_weight))
     from spider.modules.scorer_registry import _scorer_class
 
     accepted = scorer_arguments(_scorer_class(cfg.model.scorer))
