@@ -131,7 +131,7 @@ def rerank_weight_ablation(zoo, coarse: Sequence, rerankers: Sequence, extractio
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    commit = md.git_commit(REPO, ("spider", str(Path(__file__).resolve().relative_to(REPO))))  # code only
+    commit = md.git_commit(REPO, ("spider", "configs", str(Path(__file__).resolve().relative_to(REPO))))
     import torch
 
     torch.set_num_threads(max(1, args.threads))

@@ -93,8 +93,9 @@ def build_cost_table(stages: Sequence[Mapping[str, Any]], bank: Mapping[str, Any
     return table(["stage", "computed", "reused", "wall", "cpu", "note"], body)
 
 
-def git_commit(repo: Path, paths: Sequence[str] = ("spider", "experiments")) -> str:
-    """HEAD, plus the changed files under ``paths`` the numbers may depend on."""
+def git_commit(repo: Path, paths: Sequence[str] = ("spider", "configs", "experiments")) -> str:
+    """HEAD, plus the changed files under ``paths`` the numbers may depend on (the shipped configs
+    among them: a report ranks with their settings)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=True).stdout.strip()

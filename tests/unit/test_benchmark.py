@@ -99,6 +99,27 @@ def test_markdown_tables(tmp_path):
     assert md.fmt(math.nan) == "n/a" and md.fmt_seconds(0.0123) == "12.3 ms"
 
 
+def test_git_commit_names_uncommitted_changes_to_code_and_shipped_configs(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for folder in ("spider", "configs", "notes"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.txt").write_text("x")
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "empty")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "files")
+    head = md.git_commit(tmp_path)
+    assert len(head) == 40 and "uncommitted" not in head
+    (tmp_path / "notes" / "a.txt").write_text("y")  # outside what the numbers depend on
+    assert md.git_commit(tmp_path) == head
+    (tmp_path / "configs" / "a.txt").write_text("y")  # a shipped config changes the numbers
+    assert md.git_commit(tmp_path) == f"{head} plus uncommitted changes to configs/a.txt"
+
+
 def test_build_costs_and_bank_runs(tmp_path):
     runs = tmp_path / "bank" / "runs"
     for task, model, seconds in (("task0000", "a", 1.0), ("task0000", "b", 3.0), ("task0001", "a", 2.0)):
