@@ -43,6 +43,7 @@ from spider.benchmark.retrieval import bank_reference, target_centres  # noqa: E
 from spider.benchmark.training import FitSpec, train_scorer  # noqa: E402
 from spider.datamodules.finetune_bank import open_bank  # noqa: E402
 from spider.errors import cli_main  # noqa: E402
+from spider.priors import PriorInputs, prior_scores  # noqa: E402
 from spider.rank_core import load_ranker  # noqa: E402
 from spider.run_inputs import _source_domains  # noqa: E402
 
@@ -97,11 +98,14 @@ def domain_priors(p: Probes, prior: np.ndarray) -> dict[str, np.ndarray]:
     domains = _source_domains(zoo.manifest)
     reference = bank_reference(zoo)
     accuracy = np.asarray(open_bank(zoo.root, zoo.models).accuracy, dtype=np.float64)
-    task_domains = [{domains["datasets"][d] for d, member in zip(reference.datasets, reference.membership[k]) if member}
-                    for k in range(reference.num_tasks)]
+    task_datasets = [[d for d, member in zip(reference.datasets, reference.membership[k]) if member]
+                     for k in range(reference.num_tasks)]
+    task_domains = [{domains["datasets"][d] for d in ds} for ds in task_datasets]
     model_domains = [set(domains["models"].get(m, ())) for m in zoo.models]
-    outside = np.array([[not (t & m) for m in model_domains] for t in task_domains])
-    ood = np.nanmean(np.where(outside, accuracy, np.nan), axis=0)
+    # The rank prior's raw values (the library's prior, not a copy): its z scale places the domain means.
+    ood = prior_scores("finetune_ood_mean", PriorInputs(zoo.models, bank_accuracy=accuracy, bank_datasets=task_datasets,
+                                                        dataset_domains=domains["datasets"],
+                                                        model_domains=domains["models"]))
     mu, sd = ood.mean(), ood.std()
     out = {v: np.tile(prior, (len(zoo.targets), 1)) for v in ("zero", "in-domain", "domain mean")}
     for i, target in enumerate(zoo.targets):
