@@ -56,6 +56,8 @@ REAL_PTMS = (
     "fer2013_mini_xception", "fer2013_big_xception", "gender_mini_xception",
     "kdef_mini_xception", "kdef_tiny_xception",
 )
+FACE_PTMS = ("fer2013_mini_xception", "fer2013_big_xception", "gender_mini_xception", "kdef_mini_xception",
+             "kdef_tiny_xception")
 
 
 # ----------------------------------------------------------------------------------- data views
@@ -94,6 +96,13 @@ DIGITS_LOW, DIGITS_HIGH = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 TINY_IMAGENET_OBJECTS = (59, 80, 83, 109, 160, 168, 171, 174, 187, 191)  # abacus ... lemon, pizza
 GTSRB_VAL_SIGNS = (1, 2, 12, 13, 14, 17, 25, 33, 35, 38)  # 30/50 km/h, priority, yield, stop, ...
 CHARS74K_VAL_LETTERS = tuple(range(10, 20))  # A B C D E F G H J K
+# Validation targets added 2026-12-02 so that no decision rests on 4 targets: each class is absent
+# from the mini zoo's pool and test targets, and (but Bangla digits) from zoo40's pool and test too.
+TINY_IMAGENET_WILDLIFE = (0, 1, 4, 5, 7, 9, 13, 15, 18, 36)  # goldfish ... lobster, ladybug: no
+#                                     mammal or bird (Animal-MNIST) and no frog (CIFAR-10 pool)
+BINARY_ALPHADIGITS_VAL_LETTERS = tuple(range(10, 18)) + (19, 20)  # A-H, J, K
+CMATERDB_BANGLA = tuple(range(10))
+ORL_VAL = tuple(range(20, 30))  # 10 people
 
 
 # Training tasks of one pool dataset each (LabelSettings draws 1-3), in both real zoos: the fine-tuning
@@ -144,6 +153,15 @@ def minizoo() -> ZooRecipe:
         omniglot_tasks(4, in_domain=("test_resnet.omniglot", "test_convnext.omniglot"),
                        train_per_class=10, val_per_class=4, test_per_class=6, epochs=4,
                        note="20 more Omniglot-evaluation characters")[3],
+        TargetSpec("orl_faces_val", "orl_faces", 5, 2, 3, classes=ORL_VAL, in_domain=FACE_PTMS,
+                   note="10 ORL people, 5 training photos each"),
+        TargetSpec("tiny_imagenet_wildlife", "tiny_imagenet", 25, 10, 10, test_split="test",
+                   classes=TINY_IMAGENET_WILDLIFE,
+                   note="10 Tiny-ImageNet fish, reptiles and invertebrates (photos)"),
+        TargetSpec("binary_alphadigits_letters", "binary_alphadigits", 20, 9, 10,
+                   classes=BINARY_ALPHADIGITS_VAL_LETTERS, note="handwritten capitals A-K (no I), 20x16 bitmaps"),
+        TargetSpec("cmaterdb_bangla", "cmaterdb", 30, 10, 30, test_split="test", classes=CMATERDB_BANGLA,
+                   note="handwritten Bangla digits"),
     )
     pool = (
         PoolSpec("mnist", "mnist", classes=DIGITS_LOW, per_class=200, note="MNIST digits 0-4"),
@@ -158,7 +176,7 @@ def minizoo() -> ZooRecipe:
                      bank=BankSettings(num_tasks=40, max_per_class=12,
                                        finetune=FinetuneConfig(lrs=(3e-3,), seeds=(0,), epochs=2)),
                      description="20 PTMs (12 real + 8 timm pre-trained here), 3 pool datasets, "
-                                 "4 validation and 6 test targets")
+                                 f"{len(val_targets)} validation and {len(targets)} test targets")
 
 
 # ------------------------------------------------------------------------------------- zoo40
@@ -173,7 +191,7 @@ CHARS74K_TEST_LETTERS = tuple(range(20, 30))  # L M N P Q R S T U V
 CHARS74K_POOL = DIGITS_LOW + (30, 31, 32, 33)  # 0-4, W X Y Z
 BINARY_ALPHADIGITS_POOL = DIGITS_LOW + (18, 24, 32, 33, 34, 35)  # 0-4, I O W X Y Z
 CMATERDB_POOL, CMATERDB_TELUGU = tuple(range(20)), tuple(range(20, 30))  # Bangla + Devanagari | Telugu
-ORL_POOL, ORL_VAL, ORL_TEST = tuple(range(20)), tuple(range(20, 30)), tuple(range(30, 40))  # people
+ORL_POOL, ORL_TEST = tuple(range(20)), tuple(range(30, 40))  # people (ORL_VAL: the mini zoo's)
 # The 9 ports of the MANIFEST's second batch (spider.zoo).
 SECOND_BATCH_PTMS = (
     "keras_mobilenet_v1_025_imagenet", "vww_mobilenet_v1_025", "mlperf_resnet8_cifar10", "gtsrb_cnn",
@@ -232,8 +250,7 @@ def zoo40() -> ZooRecipe:
     photo_generalists = tuple(p.id for p in photo_all)
     grey_generalists = tuple(p.id for p in grey_all)
     sign_specialists = tuple(p.id for p in signs)
-    faces = ("fer2013_mini_xception", "fer2013_big_xception", "gender_mini_xception", "kdef_mini_xception",
-             "kdef_tiny_xception", faces_timm.id)
+    faces = FACE_PTMS + (faces_timm.id,)
     pool = _zoo40_pool()
     general = _on_pool("test_byobnet", tuple(p.source for p in pool), rgb=True, epochs=4, lr=3e-3,
                        max_per_source=10000)
@@ -265,7 +282,9 @@ def zoo40() -> ZooRecipe:
         TargetSpec("orl_faces_test", "orl_faces", 5, 2, 3, classes=ORL_TEST,
                    in_domain=faces, note="10 people of the ORL faces, 5 training photos each"),
     )
-    val_targets = tuple(dataclasses.replace(t, in_domain=t.in_domain + extra) for t, extra in zip(mini.val_targets, (
+    # The mini zoo's first 4 validation targets; its later ones are here already (ORL) or hold pool
+    # classes of this zoo (Bangla digits).
+    val_targets = tuple(dataclasses.replace(t, in_domain=t.in_domain + extra) for t, extra in zip(mini.val_targets[:4], (
         photo_experts + photo_generalists,
         ("gtsrb_cnn",) + sign_specialists + photo_generalists,
         ("emnist62_cnn", fonts.id) + grey_generalists,
