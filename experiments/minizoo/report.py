@@ -299,7 +299,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         f"- Model Spider: the shipped `{zoo.name}` config, {len(results['budget']['seeds'])} seed(s) per setting "
         "(tables: mean over seeds, ± std over seeds of the mean over targets). Label source and prior: "
         f"**{results['main_setting']}**" + (f", rank-prior weight **{results['rank_prior_weight']:g}**" if results.get("rank_prior_ablation") else "") + ", the best of the ablations below on the validation targets. "
-        "Every decision is made on validation targets; test targets are reported, never used to decide.",
+        "Every decision is made on validation targets; test targets are reported, never used to decide. An ablation's 'val wins': how often a setting has the best validation mean when the validation targets are drawn again with replacement (2,000 draws; `spider.benchmark.methods.win_shares`): how firmly the targets make that decision.",
         "", "## Targets", targets_md, "",
         "Ground truth: each PTM fine-tuned end to end on the target's train split, accuracy on a held-out test "
         "split (`ground_truth.csv`). Every method ranks the PTMs from the same train split.",

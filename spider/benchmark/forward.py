@@ -14,7 +14,7 @@ import numpy as np
 
 from spider.benchmark.inputs import JsonCache, Zoo
 from spider.benchmark.markdown import ablation_table, fmt, table
-from spider.benchmark.methods import METRICS, MethodResult, method_result, pick_winner
+from spider.benchmark.methods import METRICS, MethodResult, ablation_entries, method_result, pick_winner
 from spider.familiarity import Familiarity
 
 __all__ = ["applicable_baselines", "baseline_errors", "copeland_scores", "fused_ranking", "rerank_ablation",
@@ -169,11 +169,9 @@ def rerank_ablation(zoo: Zoo, main: MethodResult, rows: Mapping[str, MethodResul
         by_label = {f"{b}, w = {w:g}": r for (b, w), r in settings.items()}
         best = pick_winner(by_label, zoo)
         winners[k] = by_label[best]
-        entries += [{"setting": f"top {'every PTM' if k == 0 else k}: {label}", "winner": label == best,
-                     "seeds": len(main.preds), "val": {m: r.mean(m, zoo.val_targets) for m in METRICS},
-                     "val_std": r.spread.get("val", {}),
-                     "test": {m: r.mean(m, zoo.test_targets) for m in METRICS} if label == best else None}
-                    for label, r in by_label.items()]
+        prefix = f"top {'every PTM' if k == 0 else k}: "
+        entries += ablation_entries({prefix + label: r for label, r in by_label.items()}, prefix + best, zoo,
+                                    len(main.preds))
     return winners, entries
 
 

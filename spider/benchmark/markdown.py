@@ -63,7 +63,8 @@ def cost_table(rows: Sequence[MethodResult], targets: Sequence[str], reference: 
 
 
 def ablation_table(entries: Sequence[Mapping[str, Any]]) -> str:
-    """Label-source ablation: validation means of every setting; test only for the winner."""
+    """An ablation: validation means of every setting and its share of wins over resampled
+    validation targets; test only for the winner."""
     body = []
     for e in entries:
         cells = []
@@ -73,10 +74,12 @@ def ablation_table(entries: Sequence[Mapping[str, Any]]) -> str:
             if e["val_std"].get(metric):
                 text += f" ± {e['val_std'][metric]:.{digits}f}"
             cells.append(text)
+        share = e.get("val_win_share", math.nan)
+        cells.append(f"{100 * share:.0f} %" if math.isfinite(share) else "")
         test = fmt(e["test"]["wtau_paper"]) if e.get("test") else "(not looked at)"
         body.append([e["setting"] + (" **(winner)**" if e.get("winner") else ""), *cells, test, e["seeds"]])
-    return table(["setting", "val wtau_paper", "val wtau_symmetric", "val top-1 regret", "test wtau_paper",
-                  "seeds"], body)
+    return table(["setting", "val wtau_paper", "val wtau_symmetric", "val top-1 regret",
+                  "val wins (targets resampled)", "test wtau_paper", "seeds"], body)
 
 
 def build_cost_table(stages: Sequence[Mapping[str, Any]], bank: Mapping[str, Any],

@@ -19,7 +19,7 @@ from spider.benchmark.inputs import Zoo
 from spider.evaluate import METRICS, evaluate, nanmean
 
 __all__ = ["METRICS", "MethodResult", "ablation_entries", "method_result", "pick_winner", "prior_rows", "spider_row",
-           "summary"]
+           "summary", "win_shares"]
 
 STAGES = ("val", "test")
 
@@ -98,14 +98,37 @@ def pick_winner(candidates: Mapping[str, MethodResult], zoo: Zoo, metric: str = 
     return max(finite, key=finite.get) if finite else next(iter(candidates))
 
 
-def ablation_entries(rows: Sequence[MethodResult], winner: str, zoo: Zoo, seeds: int) -> list[dict[str, Any]]:
+def win_shares(scores: np.ndarray, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """How often each setting has the best mean when the targets are drawn again with replacement.
+
+    ``scores``: [S, T] (settings x targets, higher is better). Returns [S], summing to 1 (ties split
+    evenly). A decision whose winner wins only about 1/S of the resamples is one the targets cannot
+    make: the other targets a user brings may well reverse it."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] == 0 or not np.isfinite(scores).all():
+        raise ValueError(f"win_shares: expected a finite [settings, targets] array, got shape {scores.shape}")
+    picks = np.random.default_rng(seed).integers(0, scores.shape[1], size=(resamples, scores.shape[1]))
+    means = scores[:, picks].mean(axis=2)  # [S, R]
+    best = means == means.max(axis=0, keepdims=True)
+    return (best / best.sum(axis=0, keepdims=True)).mean(axis=1)
+
+
+def ablation_entries(rows: Sequence[MethodResult] | Mapping[str, MethodResult], winner: str, zoo: Zoo,
+                     seeds: int) -> list[dict[str, Any]]:
     """An ablation table's entries (:func:`spider.benchmark.markdown.ablation_table`): each row's
-    validation means and seed std; the test means of the ``winner`` only (the others' are never
-    looked at)."""
-    return [{"setting": r.name, "winner": r.name == winner, "seeds": seeds,
+    validation means and seed std, its share of wins when the validation targets are resampled
+    (:func:`win_shares` on ``wtau_paper``, the deciding metric); the test means of the ``winner``
+    only (the others' are never looked at). ``rows``: a mapping names them by its keys (``winner``
+    is one), else by their own names."""
+    named = dict(rows) if isinstance(rows, Mapping) else {r.name: r for r in rows}
+    values = np.array([r.values("wtau_paper", zoo.val_targets) for r in named.values()], dtype=np.float64)
+    shares = (win_shares(values) if zoo.val_targets and np.isfinite(values).all()
+              else [math.nan] * len(named))
+    return [{"setting": name, "winner": name == winner, "seeds": seeds,
              "val": {m: r.mean(m, zoo.val_targets) for m in METRICS}, "val_std": r.spread.get("val", {}),
-             "test": {m: r.mean(m, zoo.test_targets) for m in METRICS} if r.name == winner else None}
-            for r in rows]
+             "val_win_share": float(share),
+             "test": {m: r.mean(m, zoo.test_targets) for m in METRICS} if name == winner else None}
+            for (name, r), share in zip(named.items(), shares)]
 
 
 def summary(rows: Sequence[MethodResult], targets: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -124,6 +124,10 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
     assert all(e["test"] is None for e in reranking if not e["winner"])
     assert results["val"]["model_spider rerank@3"]["wtau_paper"] == pytest.approx(chosen["val"]["wtau_paper"])
     assert "## Re-ranking ablation: fusion weight" in text
+    # How firmly the validation targets decide: win shares over resampled targets, one per ablation.
+    for ablation in (trained, reranking, results["rank_prior_ablation"]):
+        assert not ablation or math.isclose(sum(e["val_win_share"] for e in ablation), 1.0, abs_tol=1e-9)
+    assert "val wins (targets resampled)" in text
 
     # Forward re-ranking: per k, one winner on validation among every (baseline, weight); its row in
     # every table, its time = the main ranking's + the k PTMs' extraction and baseline scores.

@@ -10,7 +10,7 @@ import pytest
 
 from spider.benchmark import charts, costs, forward, goals, markdown as md
 from spider.benchmark.inputs import JsonCache, ReportError, Zoo
-from spider.benchmark.methods import method_result, pick_winner, summary
+from spider.benchmark.methods import ablation_entries, method_result, pick_winner, summary, win_shares
 from spider.benchmark.training import FitSpec, data_config_name
 
 TRUTH = np.array([[90.0, 80.0, 70.0, 60.0],   # val0
@@ -92,11 +92,35 @@ def test_markdown_tables(tmp_path):
     entries = [{"setting": "copeland", "winner": False, "seeds": 3, "val": {"wtau_paper": 0.1, "wtau_symmetric": 0.2,
                 "top1_regret": 3.0}, "val_std": {}, "test": None},
                {"setting": "finetune", "winner": True, "seeds": 3, "val": {"wtau_paper": 0.3, "wtau_symmetric": 0.2,
-                "top1_regret": 1.0}, "val_std": {"wtau_paper": 0.01}, "test": {"wtau_paper": 0.25}}]
+                "top1_regret": 1.0}, "val_std": {"wtau_paper": 0.01}, "val_win_share": 0.625,
+                "test": {"wtau_paper": 0.25}}]
     ablation = md.ablation_table(entries)
-    assert "| copeland | +0.100 | +0.200 | 3.00 | (not looked at) | 3 |" in ablation
-    assert "| finetune **(winner)** | +0.300 ± 0.010 |" in ablation and "+0.250" in ablation
+    assert "| copeland | +0.100 | +0.200 | 3.00 |  | (not looked at) | 3 |" in ablation
+    assert "| finetune **(winner)** | +0.300 ± 0.010 | +0.200 | 1.00 | 62 % | +0.250 | 3 |" in ablation
     assert md.fmt(math.nan) == "n/a" and md.fmt_seconds(0.0123) == "12.3 ms"
+
+
+def test_win_shares_measure_how_firmly_the_targets_decide():
+    firm = win_shares(np.array([[0.9, 0.8, 0.7, 0.9], [0.1, 0.2, 0.3, 0.1]]))
+    np.testing.assert_allclose(firm, [1.0, 0.0])
+    tied = win_shares(np.array([[0.5, 0.6], [0.5, 0.6]]))
+    np.testing.assert_allclose(tied, [0.5, 0.5])
+    # one target in four carries the better mean: most resamples still pick it, far from all
+    scores = np.array([[0.9, 0.5, 0.5, 0.5], [0.6, 0.55, 0.55, 0.55]])
+    shares = win_shares(scores)
+    assert math.isclose(shares.sum(), 1.0) and 0.5 < shares[0] < 0.9
+    np.testing.assert_array_equal(shares, win_shares(scores))  # seeded: the report does not move
+    with pytest.raises(ValueError, match="finite"):
+        win_shares(np.array([[0.1, math.nan]]))
+
+
+def test_ablation_entries_show_test_of_the_winner_only(tmp_path):
+    zoo = fake_zoo(tmp_path)
+    rows = [row(zoo, "good", [TRUTH]), row(zoo, "bad", [-TRUTH])]
+    entries = ablation_entries(rows, pick_winner({r.name: r for r in rows}, zoo), zoo, 1)
+    assert [(e["setting"], e["winner"], e["val_win_share"]) for e in entries] == [("good", True, 1.0),
+                                                                                   ("bad", False, 0.0)]
+    assert entries[0]["test"] is not None and entries[1]["test"] is None
 
 
 def test_git_commit_names_uncommitted_changes_to_code_and_shipped_configs(tmp_path):
