@@ -1,7 +1,7 @@
 """Leave-one-PTM-out on the mini zoo: add a PTM incrementally vs retrain the ranker on all 20.
 
-For each held-out PTM h: train the shipped ranker (``spider fit`` defaults: token scorer, label
-source ``finetune``, ``finetune_mean`` prior, seed 0) on the other 19 PTMs, then add h with
+For each held-out PTM h: train the shipped ranker (``spider fit`` defaults: token scorer, the
+shipped label source and rank prior, seed 0) on the other 19 PTMs, then add h with
 :func:`spider.incremental.add_model` (features, bank runs and baselines of h computed from scratch:
 the work zoo lacks them) and compare with one full retrain on the 20 PTMs (the same run for every
 h: same config, same seed). Placement quality: weighted tau (paper protocol) of the 20-PTM ranking
@@ -65,7 +65,7 @@ def train_ranker(zoo_dir: Path, run_dir: Path, models: list[str]) -> tuple[Path,
     from spider.train import train
 
     cfg = compose([f"data.zoo_dir={zoo_dir}", f"data.models=[{','.join(models)}]", "data.val_datasets=[]",
-                   "data.test_datasets=[]", "model.prior=finetune_mean", "logger=none", "results_table=false",
+                   "data.test_datasets=[]", "logger=none", "results_table=false",
                    f"run_dir={run_dir}", "overwrite=true", "trainer.accelerator=cpu",
                    "trainer.enable_progress_bar=false"])
     inputs = resolve_inputs(cfg)
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     val, test = manifest["data"]["val_datasets"], manifest["data"]["test_datasets"]
     truth = read_ground_truth(source / "ground_truth.csv")
     store = source / "store"
-    results = {"config": "spider fit defaults (token scorer, label_source=finetune, prior=finetune_mean, seed 0, "
-                         "10 epochs x 256 tasks)", "val_targets": val, "test_targets": test, "held_out": {}}
+    results = {"config": "spider fit defaults (token scorer; the shipped data config's label source, rank prior "
+                         "and its weight; seed 0, 10 epochs x 256 tasks)", "val_targets": val, "test_targets": test, "held_out": {}}
     full_ckpt = work / "run-full" / "checkpoints" / "last.ckpt"
     if args.append and Path(args.out + ".json").is_file():
         results = json.loads(Path(args.out + ".json").read_text())
