@@ -142,6 +142,8 @@ def check(cfg: DictConfig) -> None:
     if cfg.data.tasks_per_epoch is not None and cfg.data.tasks_per_epoch < 1:
         raise ConfigError(f"config key 'data.tasks_per_epoch': expected a positive int or null, got {cfg.data.tasks_per_epoch}")
     _check_numbers(cfg)
+    if cfg.model.prior is not None and cfg.data.rank_prior is not None:
+        raise ConfigError("config key 'data.rank_prior': expected null when model.prior is set (one static prior per scorer)")
     if cfg.logger.name == "wandb" and cfg.logger.offline is None:
         raise ConfigError("config key 'logger.offline': expected true or false for logger=wandb, got null")
 

@@ -119,9 +119,7 @@ def build_scorer(cfg: DictConfig, datamodule: Any, params: Optional[dict] = None
     prior, prior_scale = kwargs.pop("prior"), kwargs.pop("prior_scale")
     for key in ("name", "scorer", "rerank_topk"):
         kwargs.pop(key)
-    rank_prior = cfg.data.rank_prior
-    if prior is not None and rank_prior is not None:
-        raise ConfigError("config key 'data.rank_prior': expected null when model.prior is set (one static prior per scorer)")
+    rank_prior = cfg.data.rank_prior  # never both: spider.config.check
     if prior is not None:
         kwargs.update(model_prior=_prior_values("model.prior", prior, datamodule, params), prior_scale=prior_scale)
     elif rank_prior is not None:

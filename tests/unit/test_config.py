@@ -112,6 +112,8 @@ def test_wrong_types_name_the_key_and_the_expected_type(override, key, expected)
         (["data.batch_size=0"], "'data.batch_size'"),
         (["data.class_keep=0"], "'data.class_keep'"),
         (["data.class_keep=nan"], "'data.class_keep'"),
+        # the shipped minizoo data config sets a rank prior: a trained-with prior must clear it
+        (["data=minizoo", "model.prior=finetune_mean"], "'data.rank_prior': expected null when model.prior"),
     ],
 )
 def test_bad_values_and_overrides(overrides, fragment):
