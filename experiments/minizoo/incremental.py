@@ -6,7 +6,7 @@ shipped label source and rank prior, seed 0) on the other 19 PTMs, then add h wi
 the work zoo lacks them) and compare with one full retrain on the 20 PTMs (the same run for every
 h: same config, same seed). Placement quality: weighted tau (paper protocol) of the 20-PTM ranking
 on the validation and test targets, and h's rank error (|predicted rank - true rank| among the 20,
-mean over the 10 targets). The built zoo is only read: every work zoo lives under ``--work``
+mean over every target). The built zoo is only read: every work zoo lives under ``--work``
 (symlinked store entries, copied bank and labels).
 
     python experiments/minizoo/incremental.py --zoo artifacts/minizoo           # 6 held-out PTMs
@@ -142,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     val, test = manifest["data"]["val_datasets"], manifest["data"]["test_datasets"]
     truth = read_ground_truth(source / "ground_truth.csv")
     store = source / "store"
-    results = {"config": "spider fit defaults (token scorer; the shipped data config's label source, rank prior "
-                         "and its weight; seed 0, 10 epochs x 256 tasks)", "val_targets": val, "test_targets": test, "held_out": {}}
+    from spider.config import compose
+
+    data = compose([f"data.zoo_dir={source}"]).data
+    results = {"config": f"spider fit defaults (token scorer, label source {data.label_source}, rank prior "
+                         f"{data.rank_prior} at w = {data.rank_prior_weight:g}, seed 0, 10 epochs x 256 tasks)",
+               "val_targets": val, "test_targets": test, "held_out": {}}
     full_ckpt = work / "run-full" / "checkpoints" / "last.ckpt"
     if args.append and Path(args.out + ".json").is_file():
         results = json.loads(Path(args.out + ".json").read_text())
@@ -185,7 +189,7 @@ def markdown(results: dict) -> str:
              "on 256 training tasks computed from scratch, then only h's token trained, 10 epochs), vs one full "
              "retrain on all 20 PTMs. wtau = weighted tau (paper protocol) of the 20-PTM ranking, mean over the "
              f"{len(val)} validation / {len(test)} test targets; rank error = |predicted - true rank| of h among "
-             "the 20, mean over all 10 targets. Times: one process, shared 2-core CPU.", "",
+             f"the 20, mean over all {len(val) + len(test)} targets. Times: one process, shared 2-core CPU.", "",
              "Rows marked * reuse the build's features and bank runs of h (`--reuse-build`): their extract and "
              "bank times are cache reads, not costs.", "",
              "| held-out PTM | wtau val incr. | wtau val full | wtau test incr. | wtau test full | rank err. incr. | "
