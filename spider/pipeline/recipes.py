@@ -50,14 +50,12 @@ from spider.pipeline.pretrain import PretrainSpec
 __all__ = ["get_recipe", "list_recipes", "minizoo", "tiny", "zoo40"]
 
 OMNIGLOT_EVAL_CHARACTERS = 659  # characters of the Omniglot evaluation set (MANIFEST.md)
-REAL_PTMS = (
-    "cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet44", "cifar10_resnet56",
-    "mnist_cnn", "usps_cnn", "svhn_cnn",
-    "fer2013_mini_xception", "fer2013_big_xception", "gender_mini_xception",
-    "kdef_mini_xception", "kdef_tiny_xception",
-)
 FACE_PTMS = ("fer2013_mini_xception", "fer2013_big_xception", "gender_mini_xception", "kdef_mini_xception",
              "kdef_tiny_xception")
+REAL_PTMS = (
+    "cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet44", "cifar10_resnet56",
+    "mnist_cnn", "usps_cnn", "svhn_cnn", *FACE_PTMS,
+)
 
 
 # ----------------------------------------------------------------------------------- data views
