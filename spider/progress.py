@@ -11,7 +11,12 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["progress_bar"]
+__all__ = ["log_line", "progress_bar"]
+
+
+def log_line(message: str) -> None:
+    """One timestamped progress line on stdout, flushed (the benchmark scripts' log)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 class progress_bar:

@@ -56,14 +56,11 @@ from spider.benchmark.transfergraph import GRID, run_transfergraph  # noqa: E402
 from spider.errors import cli_main  # noqa: E402
 from spider.modules import TokenScorer, register_scorer  # noqa: E402
 from spider.io import write_text_atomic  # noqa: E402
+from spider.progress import log_line as log  # noqa: E402
 
 SEEDS = (0, 1, 2)
 CLASS_KEEP_SEEDS = tuple(range(8))
 ENCODER = "keras_mobilenet_v1_025_imagenet"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def report_head(title: str, script: str, args: argparse.Namespace) -> list[str]:

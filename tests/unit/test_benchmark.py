@@ -286,3 +286,35 @@ def test_lgc_cells_are_reused_across_zoos_until_the_weights_change(tmp_path, mon
     weights["a"] = "w3"
     scores, _, _ = lgc_rows.run_lgc(zoo(["a", "b"]), JsonCache(tmp_path / "lgc.json", identity))
     assert calls[4:] == ["a", "a"] and scores[0, 0] == 6.0 and scores[0, 1] == 4.0
+
+
+def test_rank_prior_ablation_picks_a_seed_ensembles_own_weight_on_validation(tmp_path, monkeypatch):
+    """Ensembles (lists of checkpoints) rank at every weight; the winner is chosen on validation
+    targets only, the weight tried first carries its label, no rank prior means no ablation."""
+    import spider.modules.scorer_registry as registry
+    from spider.benchmark import rank_prior
+
+    zoo = fake_zoo(tmp_path)
+    calls = []
+
+    def fake_rank(ckpts, zoo_, ks, extraction, rank_prior_weight=None):
+        calls.append((tuple(ckpts), rank_prior_weight))
+        # w = 0.25 is right on validation and wrong on test; every other weight the opposite.
+        good = rank_prior_weight == 0.25
+        pred = np.stack([TRUTH[0] if good else -TRUTH[0], -TRUTH[1] if good else TRUTH[1],
+                         -TRUTH[2] if good else TRUTH[2]])
+        seconds = np.ones(3)
+        return {0: {"pred": pred, "seconds": seconds, "extract_seconds": seconds, "score_seconds": seconds}}
+
+    monkeypatch.setattr(rank_prior, "rank_targets", fake_rank)
+    monkeypatch.setattr(registry, "load_scorer", lambda ckpt: type("Scorer", (), {"rank_prior": 1})())
+    ensembles = [[tmp_path / "s0", tmp_path / "s1"], [tmp_path / "s2", tmp_path / "s3"]]
+    weight, best, entries = rank_prior.rank_prior_ablation(zoo, ensembles, {}, 0.5, "single scorers'")
+    assert weight == 0.25 and best.mean("wtau_paper", zoo.val_targets) == pytest.approx(1.0)
+    assert [e["setting"] for e in entries][0] == "w = 0.5 (single scorers')"
+    assert [e["winner"] for e in entries] == [e["setting"].startswith("w = 0.25") for e in entries]
+    assert {c[0] for c in calls} == {tuple(e) for e in ensembles}
+    assert math.isclose(sum(e["val_win_share"] for e in entries), 1.0)
+    monkeypatch.setattr(registry, "load_scorer", lambda ckpt: object())
+    assert rank_prior.rank_prior_ablation(zoo, ensembles, {}, 0.5) == (None, None, [])
+    assert rank_prior.rank_prior_ablation(zoo, [tmp_path / "s0"], {}, None) == (None, None, [])
