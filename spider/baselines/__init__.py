@@ -3,7 +3,7 @@
 Importing this package registers every built-in baseline.
 
 Feature scale (``Baseline.scale_invariant``, also shown by ``python -m spider.baselines --list``):
-``logme``, ``hscore``, ``hscore_reg``, ``lfc`` and ``nleep`` give the same score when every feature
+``logme``, ``hscore``, ``hscore_reg``, ``lfc``, ``nleep`` and ``knn`` give the same score when every feature
 is multiplied by one c > 0, for features from about 1e-300 to 1e300 (``leep``, ``nce`` and
 ``pactran_dir`` read only the source logits). ``gbc`` (variance floor 1e-4), ``transrate``
 (distortion 1e-4), ``sfda`` (shrinkage exp(-5 lambda)) and ``logme_official`` (start alpha=beta=1,
@@ -28,7 +28,7 @@ from spider.baselines.baseline_registry import (  # noqa: F401
 
 # Built-in baselines register themselves on import (added by their modules below).
 from spider.baselines import gbc, leep, lfc, nce, nleep, pactran, sfda  # noqa: E402,F401
-from spider.baselines import hscore, logme, transrate  # noqa: E402,F401
+from spider.baselines import hscore, knn, logme, transrate  # noqa: E402,F401
 from spider.baselines.batch import score_models, score_tasks  # noqa: E402,F401
 
 # Scores that need the model itself (per-sample gradients), in their own registry: see model_scores.

@@ -55,23 +55,24 @@ def _call(name: str, labels: np.ndarray, inputs: Mapping[str, Any]) -> float:
 def run_baselines(zoo: Zoo, names: Sequence[str], cache: JsonCache,
                   log: Callable[[str], None] = lambda _: None) -> tuple[dict, dict]:
     """Returns ``(scores, seconds)``, each ``{baseline: [T, M] float64}`` over ``zoo.targets``;
-    NaN score where a baseline failed (its error is kept in the cache, see :func:`baseline_errors`)."""
-    todo = [t for t in zoo.targets if any(cache.get(f"{b}|{t}") is None for b in names)]
-    warmed = False
-    for i, target in enumerate(todo):
+    NaN score where a baseline failed (its error is kept in the cache, see :func:`baseline_errors`).
+    Only the cells missing from ``cache`` are computed (a new baseline does not re-run the others)."""
+    todo = {t: [b for b in names if cache.get(f"{b}|{t}") is None] for t in zoo.targets}
+    todo = {t: missing for t, missing in todo.items() if missing}
+    warmed: set[str] = set()
+    for i, (target, missing) in enumerate(todo.items()):
         labels = _contiguous(zoo.store.entry(zoo.general, target).labels())
-        rows: dict[str, dict[str, list]] = {b: {"score": [], "seconds": [], "error": []} for b in names}
+        rows: dict[str, dict[str, list]] = {b: {"score": [], "seconds": [], "error": []} for b in missing}
         for model in zoo.models:
             entry = zoo.store.entry(model, target)
             inputs = {"features": np.ascontiguousarray(entry.features(), dtype=np.float32),
                       "source_logits": np.ascontiguousarray(entry.logits(), dtype=np.float32)
                       if entry.has_logits else None}
-            if not warmed:  # first calls pay one-off costs (imports, kernel selection): untimed
-                for name in names:
-                    with contextlib.suppress(Exception):
-                        _call(name, labels, inputs)
-                warmed = True
-            for name in names:
+            for name in set(missing) - warmed:  # first calls pay one-off costs (imports, kernels): untimed
+                with contextlib.suppress(Exception):
+                    _call(name, labels, inputs)
+                warmed.add(name)
+            for name in missing:
                 error = ""
                 start = time.perf_counter()
                 try:
@@ -81,9 +82,9 @@ def run_baselines(zoo: Zoo, names: Sequence[str], cache: JsonCache,
                 rows[name]["seconds"].append(time.perf_counter() - start)
                 rows[name]["score"].append(value if math.isfinite(value) else None)
                 rows[name]["error"].append(error)
-        for name in names:
+        for name in missing:
             cache.put(f"{name}|{target}", rows[name])
-        log(f"baselines {i + 1}/{len(todo)}: {target}")
+        log(f"baselines {i + 1}/{len(todo)}: {target} ({', '.join(missing)})")
     scores = {b: np.array([[np.nan if v is None else v for v in cache.get(f"{b}|{t}")["score"]]
                            for t in zoo.targets], dtype=np.float64) for b in names}
     seconds = {b: np.array([cache.get(f"{b}|{t}")["seconds"] for t in zoo.targets], dtype=np.float64)

@@ -166,6 +166,7 @@ CONSTANT_ERRORS = {
     "lfc": r"kernel F F\^T is constant to rounding",
     "sfda": r"no within-class variance",
     "nleep": r"no variance",
+    "knn": r"constant after centring",
 }
 
 

@@ -79,6 +79,10 @@ def test_goal_check_states_each_goal_plainly(tmp_path):
     assert not lose["goals"]["general_vs_forward"] and not lose["goals"]["time_fraction"]
     assert lose["goals"]["lowest_regret"]  # a tie with the lowest counts
     assert "**not met**" in lose["text"][0] and "**not met**" in lose["text"][3]
+    # Goal 2 says what re-ranking adds to the general-token ranking, and when validation kept it unchanged.
+    assert "+0.000 over the general-token ranking alone (validation chose to keep that ranking)" in lose["text"][1]
+    rows["ms3"] = row(zoo, "ms3", [noisy], seconds=0.002, passes=3)
+    assert "validation chose" not in goals.goal_check(rows, "ms", "ms3", ["logme"], ["prior"], zoo.test_targets)["text"][1]
 
 
 def test_markdown_tables(tmp_path):
@@ -318,3 +322,40 @@ def test_rank_prior_ablation_picks_a_seed_ensembles_own_weight_on_validation(tmp
     monkeypatch.setattr(registry, "load_scorer", lambda ckpt: object())
     assert rank_prior.rank_prior_ablation(zoo, ensembles, {}, 0.5) == (None, None, [])
     assert rank_prior.rank_prior_ablation(zoo, [tmp_path / "s0"], {}, None) == (None, None, [])
+
+
+def test_run_baselines_computes_only_the_cells_missing_from_the_cache(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+
+    class Entry:
+        has_logits = False
+
+        def __init__(self):
+            self.x = rng.normal(size=(12, 5))
+
+        def labels(self):
+            return np.repeat([3, 7, 9], 4)
+
+        def features(self):
+            return self.x
+
+    class Store:
+        def entry(self, model, target):
+            return Entry()
+
+    zoo = fake_zoo(tmp_path)
+    zoo = Zoo(tmp_path, zoo.manifest, None, Store(), zoo.models, zoo.val_targets, zoo.test_targets, "general",
+              TRUTH, None)
+    cache = JsonCache(tmp_path / "baselines.json", {"models": zoo.models})
+    for t in zoo.targets:
+        cache.put(f"logme|{t}", {"score": [1.0, 2.0, None, 4.0], "seconds": [0.1] * 4, "error": ["", "", "x", ""]})
+    called = []
+    real = forward._call
+    monkeypatch.setattr(forward, "_call", lambda name, labels, inputs: called.append(name) or real(name, labels, inputs))
+    scores, seconds = forward.run_baselines(zoo, ["logme", "knn"], cache)
+    assert set(called) == {"knn"}  # logme's cached cells are reused, not recomputed
+    assert np.isnan(scores["logme"][:, 2]).all() and scores["logme"][0, 3] == 4.0
+    assert scores["knn"].shape == (3, 4) and np.all((scores["knn"] >= 0) & (scores["knn"] <= 1))
+    called.clear()
+    forward.run_baselines(zoo, ["logme", "knn"], cache)
+    assert called == []  # everything cached now
