@@ -162,6 +162,8 @@ def _check_numbers(cfg: DictConfig) -> None:
         ("model.prior_scale", m.prior_scale, math.isfinite(m.prior_scale), "a finite float"),
         ("data.class_keep", d.class_keep, 0 < d.class_keep <= 1, "a float in (0, 1]"),
         ("data.rank_prior_weight", d.rank_prior_weight, 0 <= d.rank_prior_weight < 1, "a float in [0, 1)"),
+        ("data.ensemble_rank_prior_weight", d.ensemble_rank_prior_weight,
+         d.ensemble_rank_prior_weight is None or 0 <= d.ensemble_rank_prior_weight < 1, "a float in [0, 1) or null"),
         ("model.rerank_weight", m.rerank_weight, m.rerank_weight is None or 0 <= m.rerank_weight <= 1,
          "a float in [0, 1] or null"),
         ("trainer.gradient_clip_val", t.gradient_clip_val,
@@ -199,12 +201,13 @@ def _check_numbers(cfg: DictConfig) -> None:
 
 # Keys that may differ between a run's saved config.yaml and the config that resumes it: how long
 # to train, where logs and caches go, how many processes and threads build labels or load
-# batches, what to print, how far rankings are shrunk towards the rank prior. Every other key (data, model, optimiser, seed, devices, precision, ...)
+# batches, what to print, how far rankings (of one scorer or an ensemble) are shrunk towards the rank prior. Every other key (data, model, optimiser, seed, devices, precision, ...)
 # shapes the weights, so a resume with another value is refused (:func:`resume_differences`).
 RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "trainer.threads",
                   "trainer.log_every_n_steps", "trainer.num_sanity_val_steps", "logger", "data.label_workers",
                   "data.num_workers", "data.label_device", "data.cache_dir", "run_dir", "resume", "overwrite",
-                  "print_config", "validate_checkpoint", "results_table", "data.rank_prior_weight")
+                  "print_config", "validate_checkpoint", "results_table", "data.rank_prior_weight",
+                  "data.ensemble_rank_prior_weight")
 
 
 def resume_differences(saved: DictConfig, cfg: DictConfig) -> list[tuple[str, Any, Any]]:

@@ -128,6 +128,9 @@ class DataConfig:
     # with: (1 - w) z(scores) + w z(prior), w = rank_prior_weight in [0, 1); null -> none.
     rank_prior: Optional[str] = None
     rank_prior_weight: float = MISSING
+    # The weight a seed ensemble of these scorers ranks with (`spider rank` with several
+    # checkpoints): averaging seeds removes part of the variance the prior shrinks; null -> rank_prior_weight.
+    ensemble_rank_prior_weight: Optional[float] = None
     seed: int = MISSING
     # Generated demo zoo, used when ``store`` and ``zoo`` are null; null -> none.
     synthetic: Optional[SyntheticConfig] = None

@@ -96,7 +96,9 @@ def load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Un
     ``rerankers`` (ReRanker checkpoints, e.g. a seed ensemble) it is the coarse ranker of a
     :class:`~spider.modules.ReRanking` whose top k they re-score (``weight``: their fusion weight,
     None = the first re-ranker's ``rerank_weight``). ``rank_prior_weight``: rank with this
-    shrinkage towards the scorers' rank prior instead of their own (``TokenScorer.set_rank_prior_weight``)."""
+    shrinkage towards the scorers' rank prior instead of their own (``TokenScorer.set_rank_prior_weight``);
+    without it, the members of an ensemble rank with their ``ensemble_rank_prior_weight`` where
+    they were trained with one (``data.ensemble_rank_prior_weight``)."""
     from spider.modules import ReRanker, ReRanking, TokenScorer
     from spider.modules.ensemble import ScorerEnsemble
     from spider.modules.scorer_registry import load_scorer
@@ -107,6 +109,11 @@ def load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Un
     if isinstance(checkpoint, (list, tuple)):
         members = [load(c) for c in checkpoint]
         model = members[0] if len(members) == 1 else ScorerEnsemble(members)
+        if len(members) > 1 and rank_prior_weight is None:  # an ensemble ranks at its members' ensemble weight
+            for member in members:
+                own = member.hparams.get("ensemble_rank_prior_weight") if hasattr(member, "rank_prior") else None
+                if own is not None:
+                    member.set_rank_prior_weight(own)
     else:
         model = load(checkpoint)
     if rerankers:

@@ -123,8 +123,10 @@ def build_scorer(cfg: DictConfig, datamodule: Any, params: Optional[dict] = None
     if prior is not None:
         kwargs.update(model_prior=_prior_values("model.prior", prior, datamodule, params), prior_scale=prior_scale)
     elif rank_prior is not None:
+        ensemble = cfg.data.get("ensemble_rank_prior_weight")
         kwargs.update(rank_prior=_prior_values("data.rank_prior", rank_prior, datamodule, params),
-                      rank_prior_weight=float(cfg.data.rank_prior_weight))
+                      rank_prior_weight=float(cfg.data.rank_prior_weight),
+                      ensemble_rank_prior_weight=None if ensemble is None else float(ensemble))
     from spider.modules.scorer_registry import _scorer_class
 
     accepted = scorer_arguments(_scorer_class(cfg.model.scorer))

@@ -185,13 +185,13 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     general = dataclasses.replace(prior_row or ablation_rows[main.setting], name=f"{SPIDER} general",
                                   note=f"TokenScorer, general tokens; labels {main.setting}" + (
                                       f", rank-prior weight {prior_weight:g}" if prior_row else "") + " (chosen on validation)")
-    size = budget.ensemble_size
-    log(f"main setting (best on validation): {main.setting}; seed ensembles: {budget.ensembles} x {size} seeds")
+    log(f"main setting (best on validation): {main.setting}; seed ensembles: {budget.ensembles} x {budget.ensemble_size} seeds")
     ensemble_ckpts = [[train_scorer(zoo, dataclasses.replace(main, seed=s), work, log=log, max_epochs=budget.max_epochs)
-                       for s in range(i * size, (i + 1) * size)] for i in range(budget.ensembles)]
-    ens_weight, ens_row, ens_ablation = rank_prior.rank_prior_ablation(zoo, ensemble_ckpts, extraction, prior_weight, "single scorers'")
+                       for s in range(i * budget.ensemble_size, (i + 1) * budget.ensemble_size)] for i in range(budget.ensembles)]
+    ens_first = (prior_weight, "single scorers'") if shipped.ensemble_rank_prior_weight is None else (shipped.ensemble_rank_prior_weight, "config")
+    ens_weight, ens_row, ens_ablation = rank_prior.rank_prior_ablation(zoo, ensemble_ckpts, extraction, *ens_first)
     ensemble = dataclasses.replace(ens_row or spider_row("", zoo, [rank_targets(c, zoo, (0,), extraction)[0] for c in ensemble_ckpts], 0, ""),
-                                   name=f"{SPIDER} ensemble", note=f"{size} seeds of the main setting, per-task standardised scores "
+                                   name=f"{SPIDER} ensemble", note=f"{budget.ensemble_size} seeds of the main setting, per-task standardised scores "
                                    "averaged" + (f", rank-prior weight {ens_weight:g} (chosen on validation)" if ens_row else ""))
     by_main = {general.name: general, ensemble.name: ensemble}  # single scorer or ensemble: chosen on validation
     main_name = pick_winner(by_main, zoo)

@@ -91,9 +91,10 @@ def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], No
     run_dir = Path(cfg.run_dir)
     done, ckpt = run_dir / "report-done.json", run_dir / "checkpoints" / "last.ckpt"
     # The recipe hash covers what the config does not name: a rebuilt bank or other ground truth.
-    # The rank-prior weight shapes no weight (the report ranks with an explicit one): not part of it.
+    # The rank-prior weights shape no weight (the report ranks with explicit ones): not part of it.
     trained = OmegaConf.to_container(cfg, resolve=True)
-    trained["data"].pop("rank_prior_weight", None)
+    for key in ("rank_prior_weight", "ensemble_rank_prior_weight"):
+        trained["data"].pop(key, None)
     identity = json.dumps({"config": trained,
                            "recipe_hash": zoo.manifest.get("recipe_hash")}, sort_keys=True, default=str)
     if done.is_file() and done.read_text() == identity and ckpt.is_file():

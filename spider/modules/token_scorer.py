@@ -90,6 +90,8 @@ class TokenScorer(L.LightningModule):
             PTMs' record on domains they were not pre-trained on (``finetune_ood_mean``), where
             a task unlike every training task leaves the tokens guessing. At most one of
             ``model_prior`` and ``rank_prior``.
+        ensemble_rank_prior_weight: the weight a seed ensemble of such scorers ranks with
+            (:func:`spider.rank_core.load_ranker` with several checkpoints); None: ``rank_prior_weight``.
         target_names: validation target names, used when the datamodule has no
             ``target_names`` attribute (otherwise all tasks are logged as one target ``all``).
 
@@ -144,6 +146,7 @@ class TokenScorer(L.LightningModule):
         prior_scale: float = 1.0,
         rank_prior: list[float] | None = None,
         rank_prior_weight: float = 0.0,
+        ensemble_rank_prior_weight: float | None = None,
     ) -> None:
         super().__init__()
         _require(num_models >= 1, "num_models", "an integer >= 1", num_models)
@@ -158,6 +161,8 @@ class TokenScorer(L.LightningModule):
         _require(rank_prior is None or model_prior is None, "rank_prior", "null when model_prior is set "
                  "(one static prior per scorer)", "a list")
         _require(0 <= rank_prior_weight < 1, "rank_prior_weight", "a float in [0, 1)", rank_prior_weight)
+        _require(ensemble_rank_prior_weight is None or 0 <= ensemble_rank_prior_weight < 1,
+                 "ensemble_rank_prior_weight", "a float in [0, 1) or None", ensemble_rank_prior_weight)
         self.save_hyperparameters()
         self.loss_fn = functools.partial(get_loss(loss), **dict(loss_options or {}))
 

@@ -202,8 +202,10 @@ def test_a_rank_prior_is_stored_with_the_spread_of_the_last_epoch(cache_dir, tmp
 
     labels = tmp_path / "labels"
     cfg = tiny(tmp_path / "rank-prior", f"data.label_cache={labels}", "data.rank_prior=label_mean",
-               "data.rank_prior_weight=0.5", "trainer.max_epochs=1", "results_table=false")
+               "data.rank_prior_weight=0.5", "data.ensemble_rank_prior_weight=0.25", "trainer.max_epochs=1",
+               "results_table=false")
     model = load_scorer(fit(cfg)["checkpoint"])
+    assert model.hparams.ensemble_rank_prior_weight == 0.25  # what spider rank uses for a seed ensemble
     cache = open_label_cache(labels, cfg.data.num_label_tasks)
     expected = standardise(label_mean(PriorInputs(cache.models, cache.scores)).tolist(), len(cache.models))
     assert torch.allclose(model.rank_prior, expected) and model.rank_prior_weight == 0.5
@@ -214,6 +216,8 @@ def test_a_rank_prior_is_stored_with_the_spread_of_the_last_epoch(cache_dir, tmp
     (["data.rank_prior=finetune_ood_mean"], "config key 'data.rank_prior': static prior: no fine-tuning bank"),
     (["data.rank_prior=label_mean", "model.prior=label_mean"], "data.rank_prior': expected null when model.prior"),
     (["data.rank_prior=label_mean", "data.rank_prior_weight=1.0"], "data.rank_prior_weight': expected a float in"),
+    (["data.rank_prior=label_mean", "data.ensemble_rank_prior_weight=-0.5"],
+     "data.ensemble_rank_prior_weight': expected a float in \\[0, 1\\) or null"),
 ])
 def test_bad_rank_priors_are_config_errors(cache_dir, tmp_path, tiny, extra, message):
     with pytest.raises(ConfigError, match=message):

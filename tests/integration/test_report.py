@@ -131,7 +131,7 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir):
         chosen = next(e for e in ensemble_weights if e["winner"])
         assert chosen["setting"].startswith(f"w = {results['ensemble_rank_prior_weight']:g}")
         assert results["val"]["model_spider ensemble"]["wtau_paper"] == pytest.approx(chosen["val"]["wtau_paper"])
-        assert "single scorers'" in ensemble_weights[0]["setting"]
+        assert ensemble_weights[0]["setting"].endswith(("(config)", "(single scorers')"))
     for ablation in (trained, reranking, results["rank_prior_ablation"], ensemble_weights):
         assert not ablation or math.isclose(sum(e["val_win_share"] for e in ablation), 1.0, abs_tol=1e-9)
     assert "val wins (targets resampled)" in text

@@ -146,3 +146,27 @@ def test_the_new_ptm_gets_its_rank_prior_on_the_checkpoints_scale():
     with pytest.raises(ConfigError, match="data.rank_prior is null but the checkpoint has a static prior"):
         _prior_value(scorer, cfg, _Data(), {}, None, None)
     assert _prior_value(TokenScorer(3, 8, dim=16), cfg, _Data(), {}, None, None) is None
+
+
+def test_a_seed_ensemble_ranks_with_its_members_ensemble_weight():
+    from spider.rank_core import load_ranker
+
+    def scorer(seed, ensemble_weight=0.25):
+        torch.manual_seed(seed)
+        return TokenScorer(4, 8, dim=16, dropout=0.0, rank_prior=PRIOR, rank_prior_weight=0.5,
+                           ensemble_rank_prior_weight=ensemble_weight)
+
+    members = [scorer(0), scorer(1)]
+    load_ranker(members)
+    assert [m.rank_prior_weight for m in members] == [0.25, 0.25]
+    alone = scorer(2)
+    load_ranker([alone])  # one checkpoint is no ensemble
+    assert alone.rank_prior_weight == 0.5
+    explicit = [scorer(0), scorer(1)]
+    load_ranker(explicit, rank_prior_weight=0.1)  # --rank-prior-weight wins
+    assert [m.rank_prior_weight for m in explicit] == [0.1, 0.1]
+    older = [scorer(0, None), scorer(1, None)]  # trained without one: their own weight
+    load_ranker(older)
+    assert [m.rank_prior_weight for m in older] == [0.5, 0.5]
+    with pytest.raises(ConfigError, match="ensemble_rank_prior_weight: expected a float in"):
+        scorer(0, 1.0)
