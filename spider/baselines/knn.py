@@ -73,14 +73,9 @@ def knn(
 ) -> float:
     """kNN (Renggli et al. 2022; DINO's weighted kNN): leave-one-out accuracy in [0, 1], higher is better.
 
-    Args:
-        features: [N, D] PTM features of the target data.
-        labels: [N] integer target classes (any values; remapped to 0..C-1).
-        source_logits: ignored.
-        k: neighbours per image (capped at N - 1).
-        temperature: a neighbour's vote is exp(cosine similarity / temperature).
-        num_classes: if given, labels are ids in [0, num_classes) and an empty class is an error.
-        dtype, device: compute dtype (float64 default) and device.
+    ``k``: neighbours per image (capped at N - 1); ``temperature``: a neighbour's vote is
+    exp(cosine similarity / temperature). The other arguments are every feature baseline's
+    (e.g. :func:`spider.baselines.lfc.lfc`); ``source_logits`` is ignored.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise BaselineInputError(f"k: expected a positive int, got {k!r}")
