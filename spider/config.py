@@ -199,6 +199,10 @@ def _check_numbers(cfg: DictConfig) -> None:
                           f"got {t.precision!r}")
 
 
+# Data keys that shape how a trained scorer ranks (its shrinkage towards the rank prior), never its
+# weights: a resume or a cached benchmark fit may change them.
+RANK_WEIGHT_KEYS = ("rank_prior_weight", "ensemble_rank_prior_weight")
+
 # Keys that may differ between a run's saved config.yaml and the config that resumes it: how long
 # to train, where logs and caches go, how many processes and threads build labels or load
 # batches, what to print, how far rankings (of one scorer or an ensemble) are shrunk towards the rank prior. Every other key (data, model, optimiser, seed, devices, precision, ...)
@@ -206,8 +210,7 @@ def _check_numbers(cfg: DictConfig) -> None:
 RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "trainer.threads",
                   "trainer.log_every_n_steps", "trainer.num_sanity_val_steps", "logger", "data.label_workers",
                   "data.num_workers", "data.label_device", "data.cache_dir", "run_dir", "resume", "overwrite",
-                  "print_config", "validate_checkpoint", "results_table", "data.rank_prior_weight",
-                  "data.ensemble_rank_prior_weight")
+                  "print_config", "validate_checkpoint", "results_table", *(f"data.{k}" for k in RANK_WEIGHT_KEYS))
 
 
 def resume_differences(saved: DictConfig, cfg: DictConfig) -> list[tuple[str, Any, Any]]:
@@ -442,6 +445,7 @@ def _type_name(tp: Any) -> str:
 __all__ = [
     "GROUPS",
     "LABEL_FIELDS",
+    "RANK_WEIGHT_KEYS",
     "RESUMABLE_KEYS",
     "DataConfig",
     "FitConfig",

@@ -118,7 +118,8 @@ def rank_task(
             their stored features instead, fused with weight ``rerank_weight`` (default
             :data:`spider.modules.FORWARD_RERANK_WEIGHT`; :func:`spider.modules.forward_rerank`).
         rank_prior_weight: shrink the ranking towards the scorer's rank prior with this weight
-            in [0, 1) instead of its trained one (``data.rank_prior_weight``).
+            in [0, 1) instead of its trained one (``data.rank_prior_weight``, or for a seed
+            ensemble ``data.ensemble_rank_prior_weight`` where set).
 
     Returns:
         A :class:`RankResult`.
@@ -221,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{FORWARD_RERANK_WEIGHT:g})")
     parser.add_argument("--rank-prior-weight", type=float, default=None, metavar="W",
                         help="shrink the ranking towards the scorer's rank prior (data.rank_prior) with weight W in "
-                             "[0, 1) instead of the trained data.rank_prior_weight")
+                             "[0, 1) instead of the trained data.rank_prior_weight (for several --checkpoint: "
+                             "data.ensemble_rank_prior_weight, where set)")
     parser.add_argument("--top", type=int, default=None, help="show only the first N rows of the table")
     parser.add_argument("--json", default=None, help="write the result as JSON to this file ('-': stdout)")
     parser.add_argument("--device", default="cpu")

@@ -109,11 +109,10 @@ def load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Un
     if isinstance(checkpoint, (list, tuple)):
         members = [load(c) for c in checkpoint]
         model = members[0] if len(members) == 1 else ScorerEnsemble(members)
-        if len(members) > 1 and rank_prior_weight is None:  # an ensemble ranks at its members' ensemble weight
-            for member in members:
-                own = member.hparams.get("ensemble_rank_prior_weight") if hasattr(member, "rank_prior") else None
-                if own is not None:
-                    member.set_rank_prior_weight(own)
+        ensemble_weight = _ensemble_weight(members) if len(members) > 1 and rank_prior_weight is None else None
+        for member in members if ensemble_weight is not None else ():
+            if hasattr(member, "rank_prior"):
+                member.set_rank_prior_weight(ensemble_weight)
     else:
         model = load(checkpoint)
     if rerankers:
@@ -128,6 +127,21 @@ def load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Un
             if isinstance(scorer, TokenScorer):
                 scorer.set_rank_prior_weight(rank_prior_weight)
     return model.to(device).eval()
+
+
+def _ensemble_weight(members: Sequence[torch.nn.Module]) -> float | None:
+    """The one rank-prior weight a seed ensemble ranks with: its members' ``ensemble_rank_prior_weight``
+    (None: trained without one, each member keeps its own ``rank_prior_weight``).
+
+    Raises:
+        ConfigError: members trained with different ensemble weights (say which to use instead).
+    """
+    own = {getattr(m, "hparams", {}).get("ensemble_rank_prior_weight") for m in members if hasattr(m, "rank_prior")}
+    if len(own) > 1:
+        raise ConfigError("checkpoint: the ensemble's members were trained with different "
+                          f"data.ensemble_rank_prior_weight ({', '.join(sorted(map(str, own)))}); "
+                          "pass one rank_prior_weight (--rank-prior-weight) to rank them with")
+    return next(iter(own), None)
 
 
 def _load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Union[str, os.PathLike]]],

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from spider.config import LABEL_FIELDS
+from spider.config import LABEL_FIELDS, RANK_WEIGHT_KEYS
 from spider.errors import ConfigError, SpiderError
 
 __all__ = ["build_datamodule", "build_inputs", "check_inputs", "env_rank", "prepare_store", "resolve_inputs"]
@@ -101,7 +101,7 @@ def build_datamodule(cfg: DictConfig, inputs: Mapping[str, Any], *, progress: bo
 
     options = OmegaConf.to_container(cfg.data, resolve=True)
     for key in ("name", "zoo", "zoo_dir", "cache_dir", "synthetic", "store", "label_cache", "ground_truth",
-                "rank_prior", "rank_prior_weight", "ensemble_rank_prior_weight"):  # the scorer's (spider.train.build_scorer)
+                "rank_prior", *RANK_WEIGHT_KEYS):  # the scorer's (spider.train.build_scorer)
         options.pop(key)
     for key, value in (inputs.get("data") or {}).items():  # what a zoo fills
         if options.get(key) is None:

@@ -130,7 +130,6 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     commit = md.git_commit(REPO, ("spider", "configs", str(Path(__file__).resolve().relative_to(REPO))))
     import torch
-
     torch.set_num_threads(max(1, args.threads))
     # --seeds n: n seeds per ablation setting and n seed ensembles (a bigger zoo's report on 2 cores)
     budget = QUICK if args.quick else Budget(seeds=tuple(range(args.seeds)), ensembles=args.seeds)
@@ -249,7 +248,8 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                              "general_forward_passes": r.general_passes, "per_target": r.per_target,
                              "seconds_per_target": r.seconds, "seed_std": r.spread} for r in order},
         "goal": goals.goal_check(by_name, groups["model_spider"], groups["model_spider_rerank3"], groups["forward_baselines"],
-                                 groups["static_priors"], zoo.test_targets, next(c["test"]["wtau_paper"] for c in ceiling if c["k"] == 3)),
+                                 groups["static_priors"], zoo.test_targets, next(c["test"]["wtau_paper"] for c in ceiling if c["k"] == 3),
+                                 rerank3_kept=weight == 0 and rerank3 == f"{SPIDER} rerank@3"),
         "ablation": ablation, "transfergraph": tgraph_info, "bank_retrieval": retrieval_info, "familiarity": {t: f.as_dict() for t, f in familiar.items()},
         "rank_prior": shipped.rank_prior, "rank_prior_weight": prior_weight, "rank_prior_ablation": prior_ablation,
         "ensemble_rank_prior_weight": ens_weight, "ensemble_rank_prior_ablation": ens_ablation,
@@ -298,7 +298,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         f"{len(zoo.val_targets)} validation and {len(zoo.test_targets)} test targets",
         f"- Model Spider: the shipped `{zoo.name}` config, {len(results['budget']['seeds'])} seed(s) per setting "
         "(tables: mean over seeds, ± std over seeds of the mean over targets). Label source and prior: "
-        f"**{results['main_setting']}**" + (f", rank-prior weight **{results['rank_prior_weight']:g}** (single scorers), **{results['ensemble_rank_prior_weight']:g}** ({results['budget']['ensemble_size']}-seed ensembles)" if results.get("ensemble_rank_prior_ablation") else "") + ", the best of the ablations below on the validation targets. "
+        f"**{results['main_setting']}**" + rank_prior.chosen_weights(results) + ", the best of the ablations below on the validation targets. "
         "Every decision is made on validation targets; test targets are reported, never used to decide. An ablation's 'val wins': how often a setting has the best validation mean when the validation targets are drawn again with replacement (2,000 draws; `spider.benchmark.methods.win_shares`): how firmly the targets make that decision.",
         "", "## Targets", targets_md, "",
         "Ground truth: each PTM fine-tuned end to end on the target's train split, accuracy on a held-out test "

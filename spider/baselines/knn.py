@@ -17,6 +17,9 @@ and are rejected. Cost: one N x N similarity matrix, in row blocks.
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 from typing import Any
 
 import torch
@@ -54,7 +57,9 @@ def knn_loo_accuracy(x: torch.Tensor, y: torch.Tensor, num_classes: int, k: int 
         sims = x[rows] @ x.T  # [B, N]
         sims[torch.arange(len(rows), device=x.device), rows] = -torch.inf  # leave the image itself out
         top, index = sims.topk(k, dim=1)
-        votes = x.new_zeros(len(rows), num_classes).scatter_add_(1, y[index], torch.exp((top - 1) / temperature))
+        # Weights relative to each row's nearest neighbour: the largest is exp(0) = 1, never an underflow to 0.
+        weights = torch.exp((top - top[:, :1]) / temperature)
+        votes = x.new_zeros(len(rows), num_classes).scatter_add_(1, y[index], weights)
         correct += int((votes.argmax(dim=1) == y[rows]).sum())
     return correct / n
 
@@ -77,10 +82,14 @@ def knn(
     exp(cosine similarity / temperature). The other arguments are every feature baseline's
     (e.g. :func:`spider.baselines.lfc.lfc`); ``source_logits`` is ignored.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    try:
+        neighbours = 0 if isinstance(k, bool) else operator.index(k)  # any integer type, numpy's too
+    except TypeError:
+        neighbours = 0
+    if neighbours < 1:
         raise BaselineInputError(f"k: expected a positive int, got {k!r}")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
-        raise BaselineInputError(f"temperature: expected a positive float, got {temperature!r}")
+    if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool) or not 0 < temperature < math.inf:
+        raise BaselineInputError(f"temperature: expected a finite float > 0, got {temperature!r}")
     y, num_classes = classification_labels(labels, num_classes=num_classes, device=device)
     x = as_float64(features, "features", rows=y.shape[0], dtype=dtype, device=device)
     y = y.to(x.device)
@@ -91,4 +100,4 @@ def knn(
         raise BaselineInputError("features: every image has the same features (constant after centring): "
                                  "kNN has no neighbours to rank")
     x = x / norms.clamp_min(torch.finfo(x.dtype).tiny)
-    return knn_loo_accuracy(x, y, num_classes, k, float(temperature))
+    return knn_loo_accuracy(x, y, num_classes, neighbours, float(temperature))

@@ -56,7 +56,8 @@ def run_baselines(zoo: Zoo, names: Sequence[str], cache: JsonCache,
                   log: Callable[[str], None] = lambda _: None) -> tuple[dict, dict]:
     """Returns ``(scores, seconds)``, each ``{baseline: [T, M] float64}`` over ``zoo.targets``;
     NaN score where a baseline failed (its error is kept in the cache, see :func:`baseline_errors`).
-    Only the cells missing from ``cache`` are computed (a new baseline does not re-run the others)."""
+    Only the cells missing from ``cache`` are computed (a new baseline does not re-run the others), so
+    cells computed in different runs keep the timings of their own run (same machine: the cache's identity)."""
     todo = {t: [b for b in names if cache.get(f"{b}|{t}") is None] for t in zoo.targets}
     todo = {t: missing for t, missing in todo.items() if missing}
     warmed: set[str] = set()

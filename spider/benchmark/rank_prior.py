@@ -21,7 +21,7 @@ from spider.benchmark.markdown import ablation_table
 from spider.benchmark.methods import MethodResult, ablation_entries, pick_winner, spider_row
 from spider.benchmark.training import rank_targets
 
-__all__ = ["WEIGHTS", "rank_prior_ablation", "section"]
+__all__ = ["WEIGHTS", "chosen_weights", "rank_prior_ablation", "section"]
 
 #: Shrinkage weights w tried besides the config's: ranking = (1 - w) z(scores) + w z(prior).
 WEIGHTS = (0.0, 0.25, 0.5, 0.75)
@@ -48,6 +48,15 @@ def rank_prior_ablation(zoo: Zoo, ckpts: Sequence[Path | Sequence[Path]], extrac
     return weight, rows[weight], ablation_entries(list(rows.values()), best, zoo, len(ckpts))
 
 
+def chosen_weights(results: dict[str, Any]) -> str:
+    """The report header's phrase naming the chosen weights ('' without a rank prior)."""
+    out = f", rank-prior weight **{results['rank_prior_weight']:g}** (single scorers)" if results.get(
+        "rank_prior_ablation") else ""
+    if results.get("ensemble_rank_prior_ablation"):
+        out += f", **{results['ensemble_rank_prior_weight']:g}** ({results['budget']['ensemble_size']}-seed ensembles)"
+    return out
+
+
 def section(results: dict[str, Any]) -> list[str]:
     """The report's markdown section of the ablation (none without a rank prior): single scorers,
     then seed ensembles (``ensemble_rank_prior_ablation``, where the report has it)."""
@@ -65,6 +74,7 @@ def section(results: dict[str, Any]) -> list[str]:
         lines += ["", f"Seed ensembles of {size} scorers (each member shrunk with w, members' z-scores averaged) "
                   "choose their own weight the same way: averaging seeds already removes part of the variance the "
                   f"prior shrinks. The winner (w = {results['ensemble_rank_prior_weight']:g}) ranks the ensemble row "
-                  "and, where the ensemble is the main ranking, every re-ranking row.",
+                  "and, where the ensemble is the main ranking, every re-ranking row. The seeds column counts "
+                  f"disjoint ensembles of {size}.",
                   "", ablation_table(results["ensemble_rank_prior_ablation"])]
     return lines

@@ -84,6 +84,7 @@ def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], No
     """Train (or reuse) one scorer; returns its ``last.ckpt``."""
     from omegaconf import OmegaConf
 
+    from spider.config import RANK_WEIGHT_KEYS
     from spider.io import write_text_atomic
     from spider.train import train
 
@@ -93,7 +94,7 @@ def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], No
     # The recipe hash covers what the config does not name: a rebuilt bank or other ground truth.
     # The rank-prior weights shape no weight (the report ranks with explicit ones): not part of it.
     trained = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("rank_prior_weight", "ensemble_rank_prior_weight"):
+    for key in RANK_WEIGHT_KEYS:
         trained["data"].pop(key, None)
     identity = json.dumps({"config": trained,
                            "recipe_hash": zoo.manifest.get("recipe_hash")}, sort_keys=True, default=str)

@@ -57,9 +57,24 @@ def test_knn_ranks_separable_features_above_noise():
         knn_module._BLOCK_ROWS = old
 
 
-@pytest.mark.parametrize(("option", "value"), [("k", 0), ("k", 2.5), ("k", True), ("temperature", 0.0),
-                                               ("temperature", -1.0)])
-def test_knn_rejects_bad_options(option, value):
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("k", 0, "a positive int"), ("k", 2.5, "a positive int"), ("k", True, "a positive int"),
+    ("temperature", 0.0, "a finite float > 0"), ("temperature", -1.0, "a finite float > 0"),
+    ("temperature", math.inf, "a finite float > 0"), ("temperature", math.nan, "a finite float > 0")])
+def test_knn_rejects_bad_options(option, value, expected):
     x, y = blobs(0)
-    with pytest.raises(BaselineInputError, match=f"^{option}: expected a positive"):
+    with pytest.raises(BaselineInputError, match=f"^{option}: expected {expected}, got"):
         get_baseline("knn")(features=x, labels=y, **{option: value})
+
+
+def test_knn_accepts_numpy_numbers_and_never_underflows_its_votes():
+    x, y = blobs(2, spread=2.5)
+    score = get_baseline("knn")
+    assert score(features=x, labels=y, k=np.int64(5), temperature=np.float32(0.07)) == score(features=x, labels=y, k=5)
+    # A temperature so small that exp(cosine / T) underflows: the nearest neighbour alone decides,
+    # whatever the class ids (no vote of all zeros falling back to class 0).
+    one_nn = loop_reference(x, y, k=1)
+    relabelled = (y + 1) % 4
+    for dtype in ("float64", "float32"):
+        assert score(features=x, labels=y, k=5, temperature=1e-6, dtype=dtype) == pytest.approx(one_nn)
+        assert score(features=x, labels=relabelled, k=5, temperature=1e-6, dtype=dtype) == pytest.approx(one_nn)

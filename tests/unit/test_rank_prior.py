@@ -170,3 +170,10 @@ def test_a_seed_ensemble_ranks_with_its_members_ensemble_weight():
     assert [m.rank_prior_weight for m in older] == [0.5, 0.5]
     with pytest.raises(ConfigError, match="ensemble_rank_prior_weight: expected a float in"):
         scorer(0, 1.0)
+    # Members that disagree on the ensemble weight: one line saying how to choose, nothing ranked.
+    with pytest.raises(ConfigError, match=r"^checkpoint: the ensemble's members were trained with different "
+                                          r"data.ensemble_rank_prior_weight \(0.25, None\); pass one rank_prior_weight"):
+        load_ranker([scorer(0), scorer(1, None)])
+    mixed = [scorer(0), scorer(1, None)]
+    load_ranker(mixed, rank_prior_weight=0.3)
+    assert [m.rank_prior_weight for m in mixed] == [0.3, 0.3]
