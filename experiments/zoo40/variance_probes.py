@@ -2,13 +2,16 @@
 VALIDATION targets only (test targets are not even scored here).
 
 A single scorer's validation wtau_paper spreads by up to 0.17 between seeds when ranked by its own
-scores (w = 0), and the rank prior (``data.rank_prior_weight`` w) is what steadies it. Here four
+scores (w = 0), and the rank prior (``data.rank_prior_weight`` w) is what steadies it. Here five
 other ways to remove that variance or the bank labels' noise are measured against it, each at
 several w (a ranking is the scorer's scores + ``w / (1 - w) * spread * z(prior)``, as
 :class:`spider.modules.TokenScorer` ranks; nothing retrained for w):
 
 * seed ensembles of 1, 3, 5 and 9 scorers of the report's main setting (3 disjoint ensembles
   each: 27 seeds; members' shrunk scores z-scored and averaged, as ``ScorerEnsemble`` does);
+* bagged ensembles: 3 disjoint ensembles of 9 scorers, each trained on its own bootstrap resample
+  of the bank's tasks (drawn from the fit's seed), so members differ in the tasks they learn from,
+  not only in initialisation and episode order;
 * ensembles over label sources: the report's scorers of fine-tuning labels with those of
   ``finetune_nll``, ``selected`` or ``mixed`` labels (same seed, z-scores averaged);
 * bank labels denoised to rank r: each bank task's accuracies centred, the task x PTM matrix cut to
@@ -92,6 +95,29 @@ def low_rank_labels(rank: int):
         episodes.training_labels = real
 
 
+@contextlib.contextmanager
+def bagged_labels():
+    """Each fit trains on a bootstrap resample (with replacement, as many as there are) of its
+    labelled tasks, drawn from the fit's seed (``torch.initial_seed()``, set by ``spider.train``)."""
+    import torch
+
+    import spider.datamodules.episodes as episodes
+
+    real = episodes.training_labels
+
+    def bagged(source, cache, bank=None, **kwargs):
+        out = real(source, cache, bank, **kwargs)
+        rows = np.random.default_rng([torch.initial_seed(), 17]).integers(0, len(out.spec_texts), len(out.spec_texts))
+        log(f"bagged labels: seed {torch.initial_seed()}, {len(set(rows.tolist()))} distinct of {len(rows)} tasks")
+        return dataclasses.replace(out, spec_texts=[out.spec_texts[i] for i in rows], scores=np.asarray(out.scores)[rows])
+
+    episodes.training_labels = bagged
+    try:
+        yield
+    finally:
+        episodes.training_labels = real
+
+
 def domain_priors(p: Probes, prior: np.ndarray) -> dict[str, np.ndarray]:
     """``{variant: [T, M] z-scored prior}`` of the domain-aware variants (module docstring)."""
     zoo = p.zoo
@@ -134,6 +160,10 @@ def run(args: argparse.Namespace) -> None:
             blocks = [main[i * size:(i + 1) * size] for i in range(ENSEMBLES)]
             p.val(f"seed ensemble of {size}, w = {w:g} ({ENSEMBLES} disjoint ensembles)",
                   [np.mean([zscore(m.at(w)) for m in block], axis=0) for block in blocks])
+    bagged = [shrinkable(p, c) for c in p.fit_checkpoints("bagged", {}, [bagged_labels()], range(100, 100 + 9 * ENSEMBLES))]
+    for w in WEIGHTS:
+        p.val(f"bagged ensemble of 9, w = {w:g} ({ENSEMBLES} disjoint ensembles)",
+              [np.mean([zscore(m.at(w)) for m in bagged[i * 9:(i + 1) * 9]], axis=0) for i in range(ENSEMBLES)])
     for other in ("finetune_nll", "selected", "mixed"):
         mates = [shrinkable(p, train_scorer(zoo, FitSpec("token", other, None, seed=s), p.work, log=log)) for s in SEEDS]
         for w in (0.5, 0.75):

@@ -49,3 +49,25 @@ def test_shrinking_stored_scores_ranks_as_the_scorer_does():
     np.testing.assert_allclose(stored.at(0.0), raw)
     np.testing.assert_allclose(stored.at(0.75), shrunk, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stored.at(0.5, np.zeros(4)), raw)  # a prior of zeros shifts nothing
+
+
+def test_bagged_labels_resample_tasks_by_the_fits_seed_and_restore_the_library(monkeypatch):
+    import spider.datamodules.episodes as episodes
+    from spider.datamodules.label_sources import TrainingLabels
+
+    texts = [json.dumps({"classes": [["d", i]]}) for i in range(40)]
+    scores = np.arange(40 * 3, dtype=np.float64).reshape(40, 3)
+    real = lambda *a, **k: TrainingLabels(texts, scores, "finetune")  # noqa: E731
+    monkeypatch.setattr(episodes, "training_labels", real)
+
+    def draw(seed):
+        torch.manual_seed(seed)
+        with variance_probes.bagged_labels():
+            return episodes.training_labels("finetune", None)
+
+    a, again, b = draw(100), draw(100), draw(101)
+    assert episodes.training_labels is real  # restored
+    assert a.spec_texts == again.spec_texts and a.spec_texts != b.spec_texts  # one resample per seed
+    assert len(a.spec_texts) == 40 and len(set(a.spec_texts)) < 40  # with replacement
+    for text, row in zip(a.spec_texts, a.scores):  # each task keeps its own labels
+        np.testing.assert_array_equal(row, scores[texts.index(text)])
