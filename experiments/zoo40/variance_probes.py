@@ -8,7 +8,8 @@ several w (a ranking is the scorer's scores + ``w / (1 - w) * spread * z(prior)`
 :class:`spider.modules.TokenScorer` ranks; nothing retrained for w):
 
 * seed ensembles of 1, 3, 5 and 9 scorers of the report's main setting (3 disjoint ensembles
-  each: 27 seeds; members' shrunk scores z-scored and averaged, as ``ScorerEnsemble`` does);
+  each: 27 seeds; members' shrunk scores z-scored and averaged, as ``ScorerEnsemble`` does), and
+  all 27 in one;
 * bagged ensembles: 3 disjoint ensembles of 9 scorers, each trained on its own bootstrap resample
   of the bank's tasks (drawn from the fit's seed), so members differ in the tasks they learn from,
   not only in initialisation and episode order;
@@ -160,6 +161,8 @@ def run(args: argparse.Namespace) -> None:
             blocks = [main[i * size:(i + 1) * size] for i in range(ENSEMBLES)]
             p.val(f"seed ensemble of {size}, w = {w:g} ({ENSEMBLES} disjoint ensembles)",
                   [np.mean([zscore(m.at(w)) for m in block], axis=0) for block in blocks])
+    for w in WEIGHTS:  # every seed in one ensemble: how much more a 3x bigger one buys (no spread)
+        p.val(f"seed ensemble of {len(main)}, w = {w:g} (one ensemble)", [np.mean([zscore(m.at(w)) for m in main], axis=0)])
     bagged = [shrinkable(p, c) for c in p.fit_checkpoints("bagged", {}, [bagged_labels()], range(100, 100 + 9 * ENSEMBLES))]
     for w in WEIGHTS:
         p.val(f"bagged ensemble of 9, w = {w:g} ({ENSEMBLES} disjoint ensembles)",
