@@ -205,8 +205,8 @@ RANK_WEIGHT_KEYS = ("rank_prior_weight", "ensemble_rank_prior_weight")
 
 # Keys that may differ between a run's saved config.yaml and the config that resumes it: how long
 # to train, where logs and caches go, how many processes and threads build labels or load
-# batches, what to print, how far rankings (of one scorer or an ensemble) are shrunk towards the rank prior. Every other key (data, model, optimiser, seed, devices, precision, ...)
-# shapes the weights, so a resume with another value is refused (:func:`resume_differences`).
+# batches, what to print, how far rankings (of one scorer or an ensemble) are shrunk towards the
+# rank prior. Every other key (data, model, optimiser, seed, devices, precision, ...) shapes the weights, so a resume with another value is refused (:func:`resume_differences`).
 RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "trainer.threads",
                   "trainer.log_every_n_steps", "trainer.num_sanity_val_steps", "logger", "data.label_workers",
                   "data.num_workers", "data.label_device", "data.cache_dir", "run_dir", "resume", "overwrite",

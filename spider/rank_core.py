@@ -109,10 +109,9 @@ def load_ranker(checkpoint: Union[str, os.PathLike, torch.nn.Module, Sequence[Un
     if isinstance(checkpoint, (list, tuple)):
         members = [load(c) for c in checkpoint]
         model = members[0] if len(members) == 1 else ScorerEnsemble(members)
-        ensemble_weight = _ensemble_weight(members) if len(members) > 1 and rank_prior_weight is None else None
-        for member in members if ensemble_weight is not None else ():
-            if hasattr(member, "rank_prior"):
-                member.set_rank_prior_weight(ensemble_weight)
+        if len(members) > 1 and rank_prior_weight is None and (shared := _ensemble_weight(members)) is not None:
+            for member in (m for m in members if hasattr(m, "rank_prior")):
+                member.set_rank_prior_weight(shared)
     else:
         model = load(checkpoint)
     if rerankers:
