@@ -44,9 +44,9 @@ import numpy as np
 
 from spider.benchmark import charts, costs, forward, goals, leave_one_out, lgc_rows, markdown as md, rank_prior, retrieval
 from spider.benchmark.inputs import JsonCache, ReportError, open_zoo
-from spider.benchmark.methods import METRICS, ablation_entries, method_result, pick_winner, prior_rows, spider_row, summary
+from spider.benchmark.methods import FIRM_SHARE, METRICS, ablation_entries, method_result, pick_winner, prior_rows, spider_row, summary
 from spider.benchmark.timing import time_extraction
-from spider.benchmark.training import FitSpec, fit_config, rank_targets, train_scorer
+from spider.benchmark.training import FitSpec, rank_targets, shipped_settings, train_scorer
 from spider.benchmark.transfergraph import transfergraph_row
 from spider.datamodules.label_sources import LABEL_SOURCES
 from spider.errors import SpiderError, cli_main
@@ -104,7 +104,7 @@ def label_source_ablation(zoo, budget: Budget, work: Path, extraction, shipped) 
             specs[spec.setting] = spec
     if not rows:
         raise ReportError(f"no Model Spider setting could be trained: {errors}")
-    winner = pick_winner(rows, zoo)
+    winner = pick_winner(rows, zoo, shipped=shipped.setting)
     entries = ablation_entries(list(rows.values()), winner, zoo, len(budget.seeds))
     entries += [{"setting": name, "skipped": error} for name, error in errors.items()]
     return rows, entries, specs[winner]
@@ -122,7 +122,7 @@ def rerank_weight_ablation(zoo, coarse: Sequence, rerankers: Sequence, extractio
                 for c, r in zip(coarse, rerankers)]
         rows[w] = spider_row(f"w = {w:g}" + (" (main ranking unchanged)" if w == 0 else "") + (" (config)" if w == default else ""),
                              zoo, runs, 3, "")
-    best = pick_winner({r.name: r for r in rows.values()}, zoo)
+    best = pick_winner({r.name: r for r in rows.values()}, zoo, shipped=rows[default].name)
     return next(w for w, r in rows.items() if r.name == best), ablation_entries(list(rows.values()), best, zoo, len(coarse))
 
 
@@ -176,7 +176,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     familiar = retrieval.target_familiarity(zoo)  # each target against the bank tasks the scorers train on
 
     log(f"label-source ablation: {len(LABEL_SOURCES) * 2} settings x {len(budget.seeds)} seed(s)")
-    shipped = fit_config(zoo, FitSpec(), work).data  # the config's rank prior and its weight
+    shipped = shipped_settings(zoo)  # the config's label source, prior, rank prior and weights
     ablation_rows, ablation, main = label_source_ablation(zoo, budget, work, extraction, shipped)
     main_ckpts = [train_scorer(zoo, dataclasses.replace(main, seed=s), work, max_epochs=budget.max_epochs) for s in budget.seeds]
     prior_weight, prior_row, prior_ablation = rank_prior.rank_prior_ablation(zoo, main_ckpts, extraction, shipped.rank_prior_weight)
@@ -241,7 +241,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "test": summary(order, zoo.test_targets), "groups": groups,
         "command": args.command_line, "commit": commit, "machine": md.machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "quick": bool(args.quick), "lgc_skipped": bool(args.no_lgc), "budget": dataclasses.asdict(budget), "main_setting": main.setting,
+        "quick": bool(args.quick), "lgc_skipped": bool(args.no_lgc), "budget": dataclasses.asdict(budget), "main_setting": main.setting, "shipped_setting": shipped.setting,
         "zoo": {"dir": str(zoo.root), "recipe_hash": zoo.manifest.get("recipe_hash"), "models": zoo.models,
                 "val_targets": zoo.val_targets, "test_targets": zoo.test_targets, "general": zoo.manifest["general"]},
         "methods": {r.name: {"kind": r.kind, "note": r.note, "ptm_forward_passes": r.ptm_passes,
@@ -298,8 +298,8 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         f"{len(zoo.val_targets)} validation and {len(zoo.test_targets)} test targets",
         f"- Model Spider: the shipped `{zoo.name}` config, {len(results['budget']['seeds'])} seed(s) per setting "
         "(tables: mean over seeds, ± std over seeds of the mean over targets). Label source and prior: "
-        f"**{results['main_setting']}**" + rank_prior.chosen_weights(results) + ", the best of the ablations below on the validation targets. "
-        "Every decision is made on validation targets; test targets are reported, never used to decide. An ablation's 'val wins': how often a setting has the best validation mean when the validation targets are drawn again with replacement (2,000 draws; `spider.benchmark.methods.win_shares`): how firmly the targets make that decision.",
+        f"**{results['main_setting']}**" + rank_prior.chosen_weights(results) + ", chosen by the ablations below on the validation targets. "
+        "Every decision is made on validation targets; test targets are reported, never used to decide. An ablation's 'val wins': how often a setting has the best validation mean when the validation targets are drawn again with replacement (2,000 draws; `spider.benchmark.methods.win_shares`): how firmly the targets make that decision. " f"Each ablation keeps the shipped config's setting unless the best one beats it in at least {FIRM_SHARE:.0%} of such draws (the two compared alone; `spider.benchmark.methods.pick_winner`): the report measures what users get, and a choice the validation targets cannot make firmly does not follow their noise.",
         "", "## Targets", targets_md, "",
         "Ground truth: each PTM fine-tuned end to end on the target's train split, accuracy on a held-out test "
         "split (`ground_truth.csv`). Every method ranks the PTMs from the same train split.",
@@ -344,8 +344,8 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
                  [[md.fmt(v) for v in results["seed_agreement"].values()]])
         if results["seed_agreement"] else "The ground truth has one seed: its seed noise is not measured.",
         "", "## Label-source ablation", "Model Spider with general tokens trained on each label source, with and "
-        f"without the `{PRIOR}` prior. The winner is chosen on the validation targets' mean wtau_paper; only the "
-        "winner's test score is looked at (it is the main Model Spider row above).", "",
+        f"without the `{PRIOR}` prior. The winner is chosen on the validation targets' mean wtau_paper (the shipped `{results['shipped_setting']}` "
+        "stays unless beaten firmly); only the winner's test score is looked at (it is the main Model Spider row above).", "",
         md.ablation_table([e for e in results["ablation"] if "skipped" not in e]),
         *[f"- skipped {e['setting']}: {e['skipped']}" for e in results["ablation"] if "skipped" in e],
         *rank_prior.section(results),

@@ -31,7 +31,8 @@ def rank_prior_ablation(zoo: Zoo, ckpts: Sequence[Path | Sequence[Path]], extrac
                         shipped_label: str = "config") -> tuple[float | None, MethodResult | None, list[dict[str, Any]]]:
     """(winning weight, its row, table entries) of the scorers ``ckpts`` (already trained: one per
     seed, or one seed ensemble, a list of scorers, per repeat) ranking with each weight (``shipped``:
-    the config's, tried first and marked ``shipped_label``); ``(None, None, [])`` when they have no rank prior."""
+    the config's, tried first and marked ``shipped_label``, kept unless another weight beats it firmly:
+    :func:`~spider.benchmark.methods.pick_winner`); ``(None, None, [])`` when they have no rank prior."""
     from spider.modules.scorer_registry import load_scorer
 
     first = ckpts[0] if isinstance(ckpts[0], (str, Path)) else ckpts[0][0]
@@ -43,7 +44,7 @@ def rank_prior_ablation(zoo: Zoo, ckpts: Sequence[Path | Sequence[Path]], extrac
         runs = [rank_targets(c, zoo, (0,), extraction, rank_prior_weight=w)[0] for c in ckpts]
         label = f"w = {w:g}" + (" (scores unchanged)" if w == 0 else "") + (f" ({shipped_label})" if w == shipped else "")
         rows[w] = spider_row(label, zoo, runs, 0, f"shrunk towards the rank prior with weight {w:g}")
-    best = pick_winner({r.name: r for r in rows.values()}, zoo)
+    best = pick_winner({r.name: r for r in rows.values()}, zoo, shipped=rows[shipped].name)
     weight = next(w for w, r in rows.items() if r.name == best)
     return weight, rows[weight], ablation_entries(list(rows.values()), best, zoo, len(ckpts))
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from spider.benchmark.inputs import ReportError, Zoo
 
-__all__ = ["FitSpec", "data_config_name", "fit_config", "rank_targets", "train_scorer"]
+__all__ = ["FitSpec", "ShippedSettings", "data_config_name", "fit_config", "rank_targets", "shipped_settings",
+           "train_scorer"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,33 @@ def data_config_name(recipe: str) -> str:
         if OmegaConf.load(path).get("zoo") == recipe:
             return path.stem
     raise ReportError(f"no configs/data/*.yaml has zoo: {recipe} (the report trains with a recipe's shipped config)")
+
+
+@dataclass(frozen=True)
+class ShippedSettings:
+    """What a recipe's shipped config decides that the report's ablations revisit: the setting each
+    ablation keeps unless validation beats it firmly (:func:`spider.benchmark.methods.pick_winner`)."""
+
+    label_source: str
+    prior: Optional[str]  # model.prior
+    rank_prior: Optional[str]
+    rank_prior_weight: float
+    ensemble_rank_prior_weight: Optional[float]  # None: rank_prior_weight
+
+    @property
+    def setting(self) -> str:
+        """The label-source ablation's name of the shipped setting."""
+        return FitSpec("token", self.label_source, self.prior).setting
+
+
+def shipped_settings(zoo: Zoo) -> ShippedSettings:
+    """The shipped config of ``zoo``'s recipe, as composed for a user (``data=<its file>``)."""
+    from spider.config import compose
+
+    cfg = compose([f"data={data_config_name(zoo.name)}"])
+    ensemble = cfg.data.get("ensemble_rank_prior_weight")
+    return ShippedSettings(str(cfg.data.label_source), cfg.model.prior, cfg.data.rank_prior,
+                           float(cfg.data.rank_prior_weight), None if ensemble is None else float(ensemble))
 
 
 def fit_config(zoo: Zoo, spec: FitSpec, work: Path, *, max_epochs: Optional[int] = None,

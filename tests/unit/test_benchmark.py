@@ -10,7 +10,8 @@ import pytest
 
 from spider.benchmark import charts, costs, forward, goals, markdown as md
 from spider.benchmark.inputs import JsonCache, ReportError, Zoo
-from spider.benchmark.methods import ablation_entries, method_result, pick_winner, summary, win_shares
+from spider.benchmark.methods import (FIRM_SHARE, MethodResult, ablation_entries, method_result, pick_winner, summary,
+                                      win_shares)
 from spider.benchmark.training import FitSpec, data_config_name
 
 TRUTH = np.array([[90.0, 80.0, 70.0, 60.0],   # val0
@@ -63,6 +64,24 @@ def test_the_winner_is_chosen_on_validation_targets_only(tmp_path):
     no_val = Zoo(tmp_path, {}, None, None, zoo.models, [], zoo.test_targets, "general", TRUTH[1:], None)
     first = row(no_val, "paper", [-TRUTH[1:]])
     assert pick_winner({"paper": first, "other": row(no_val, "other", [TRUTH[1:]])}, no_val) == "paper"
+
+
+def test_the_shipped_setting_stays_unless_validation_beats_it_firmly(tmp_path):
+    val = ["v0", "v1", "v2", "v3"]
+    zoo = Zoo(tmp_path, {}, None, None, ["a", "b"], val, ["t0"], "general", np.zeros((5, 2)), None)
+
+    def scored(name, per_val):
+        values = dict(zip(val, per_val)) | {"t0": 0.0}
+        return MethodResult(name, "spider", {"wtau_paper": values}, {}, {}, {}, 0, 1)
+
+    shipped = scored("shipped", [0.5, 0.5, 0.5, 0.5])
+    lucky = scored("lucky", [0.9, 0.4, 0.4, 0.45])  # a better mean carried by one target
+    firm = scored("firm", [0.6, 0.55, 0.6, 0.55])  # better on every target
+    assert win_shares(np.array([lucky.values("wtau_paper", val), shipped.values("wtau_paper", val)]))[0] < FIRM_SHARE
+    assert pick_winner({"shipped": shipped, "lucky": lucky}, zoo) == "lucky"  # the means alone
+    assert pick_winner({"shipped": shipped, "lucky": lucky}, zoo, shipped="shipped") == "shipped"
+    assert pick_winner({"shipped": shipped, "lucky": lucky, "firm": firm}, zoo, shipped="shipped") == "firm"
+    assert pick_winner({"lucky": lucky, "firm": firm}, zoo, shipped="firm") == "firm"  # the shipped one is best
 
 
 def test_goal_check_states_each_goal_plainly(tmp_path):
