@@ -11,6 +11,9 @@ One command per zoo, after its report (it reuses the report's caches)::
 
     python experiments/zoo40/scorer_settings.py [--zoo-dir artifacts/zoo40] [--out experiments/zoo40/scorer_settings.md]
     python experiments/zoo40/scorer_settings.py --zoo-dir artifacts/minizoo --out experiments/minizoo/scorer_settings.md
+
+``--only wtau_pairwise --out experiments/zoo40/loss_wtau_pairwise.md``: the shipped row and the
+settings named so (the pairwise loss weighted like the metric was added after the full run).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ SETTINGS = (
     ("loss listmle", {"model.loss": "listmle"}),
     ("loss listnet", {"model.loss": "listnet"}),
     ("loss mse", {"model.loss": "mse"}),
+    ("loss wtau_pairwise", {"model.loss": "wtau_pairwise"}),
     ("width 32", {"model.dim": 32}),
     ("width 128", {"model.dim": 128}),
     ("2 layers", {"model.depth": 2}),
@@ -48,7 +52,8 @@ SETTINGS = (
 def run(args: argparse.Namespace) -> None:
     p = Probes(args.zoo_dir, args.work_dir)
     rows = []
-    for name, overrides in SETTINGS:
+    chosen = [(n, o) for i, (n, o) in enumerate(SETTINGS) if args.only is None or i == 0 or any(w in n for w in args.only)]
+    for name, overrides in chosen:
         tag = "settings-" + ("shipped" if not overrides else "-".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items()))
         per_seed = [p.score([pred]) for pred in p.fit(tag, overrides, seeds=SEEDS)]
         wtau, regret = np.mean(per_seed, axis=0)
@@ -66,7 +71,11 @@ def run(args: argparse.Namespace) -> None:
 
 @cli_main()
 def main(argv=None) -> int:
-    return probe_main(run, __doc__.splitlines()[0], "scorer_settings.md", argv)
+    def only(parser):
+        parser.add_argument("--only", nargs="+", default=None, metavar="WORD",
+                            help="run the shipped row and the settings whose row names contain a WORD")
+
+    return probe_main(run, __doc__.splitlines()[0], "scorer_settings.md", argv, only)
 
 
 if __name__ == "__main__":

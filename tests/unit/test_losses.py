@@ -9,7 +9,7 @@ from spider.errors import RegistryError
 from spider.modules import ScorerInputError
 from spider.modules.losses import LOSSES, get_loss, list_losses, register_loss
 
-RANKING = ["listwise", "listmle", "listnet"]
+RANKING = ["listwise", "listmle", "listnet", "wtau_pairwise"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,6 +45,7 @@ def t(rows):
 def test_registry_lists_builtins_and_rejects_unknown():
     assert set(RANKING + ["mse"]) <= set(list_losses())
     assert list_losses("list*") == ["listmle", "listnet", "listwise"]
+    assert "wtau_pairwise" in list_losses()
     assert LOSSES.meta("listwise") == {"paper": True}
     with pytest.raises(RegistryError, match="unknown loss 'nope'"):
         get_loss("nope")
@@ -122,6 +123,24 @@ def test_listnet_and_mse_hand_computed():
     half = get_loss("listnet")(scores, target, mask, temperature=2.0)
     p2 = [math.exp(1.0) / (math.exp(1.0) + 1.0), 1.0 / (math.exp(1.0) + 1.0)]
     assert half.item() == pytest.approx(-(p2[0] * log_q[0] + p2[1] * log_q[1]), rel=1e-6)
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def test_wtau_pairwise_hand_computed_and_top_heavy():
+    # truth ranks: model 0 first (r 0), model 2 second (r 1), model 1 last (r 2)
+    scores, target = t([[0.0, 1.0, 3.0]]), t([[2.0, 0.0, 1.0]])
+    pairs = [(1 + 1 / 3, softplus(1.0 - 0.0)), (1 + 1 / 2, softplus(3.0 - 0.0)), (1 / 2 + 1 / 3, softplus(1.0 - 3.0))]
+    expected = sum(w * v for w, v in pairs) / sum(w for w, _ in pairs)
+    loss = get_loss("wtau_pairwise")
+    assert loss(scores, target, torch.ones(1, 3, dtype=torch.bool)).item() == pytest.approx(expected, rel=1e-6)
+    # Tied targets order no pair: a task of ties alone counts as no task.
+    assert loss(scores, t([[1.0, 1.0, 1.0]]), torch.ones(1, 3, dtype=torch.bool)).item() == 0.0
+    # The same swap costs more at the top of the truth than at its bottom, as in weighted tau.
+    target4, mask4 = t([[4.0, 3.0, 2.0, 1.0]]), torch.ones(1, 4, dtype=torch.bool)
+    assert loss(t([[3.0, 4.0, 2.0, 1.0]]), target4, mask4) > loss(t([[4.0, 3.0, 1.0, 2.0]]), target4, mask4)
 
 
 @pytest.mark.parametrize("name", RANKING + ["mse"])
