@@ -1,0 +1,107 @@
+"""Model tokens initialised from the fine-tuning history (issue 8): VALIDATION targets only.
+
+The free model tokens start as small random vectors (std 0.02) and learn everything about a PTM from
+the training episodes. The fine-tuning bank already says which PTMs behave alike across pool tasks:
+the PTMs' rows of its per-task standardised accuracies, [M PTMs x K bank tasks], reduced by SVD to
+their leading components (PTM i's token starts as the i-th row of U S, zero beyond the matrix's
+rank, rescaled to the stated std). Training then goes on exactly as shipped. The probe compares this
+start with the shipped random one, same seeds, on the validation targets; the rule, fixed before
+measuring: it replaces the shipped start only if it wins on the validation targets of both zoos by
+more than the seeds' spread.
+
+One command per zoo, after its report (it reuses the report's caches)::
+
+    python experiments/zoo40/history_tokens.py [--zoo-dir artifacts/zoo40] [--out experiments/zoo40/history_tokens.md]
+    python experiments/zoo40/history_tokens.py --zoo-dir artifacts/minizoo --out experiments/minizoo/history_tokens.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from probes import CLASS_KEEP_SEEDS, Probes, log, probe_main, report_head, write_report  # noqa: E402
+
+from spider.errors import cli_main  # noqa: E402
+
+SEEDS = CLASS_KEEP_SEEDS  # 8
+RANDOM_STD = 0.02  # TokenScorer's own initialisation of the model tokens
+#: (row, std of the history start; None = the shipped random start)
+SETTINGS = (("shipped: random tokens (std 0.02)", None),
+            ("history tokens, std 0.02", RANDOM_STD),
+            ("history tokens, std 0.2", 0.2))
+
+
+def history_embedding(accuracy: np.ndarray, dim: int, std: float) -> np.ndarray:
+    """[M, dim] PTM embedding of bank accuracies [K tasks, M PTMs] (NaN: no run): each task's
+    accuracies z-scored over the PTMs (missing = the task's mean), SVD of the [M, K] result, rows of
+    U S in the first min(dim, rank) columns, zero elsewhere, scaled to overall std ``std``."""
+    acc = np.asarray(accuracy, dtype=np.float64)
+    mean = np.nanmean(acc, axis=1, keepdims=True)
+    z = np.where(np.isfinite(acc), acc, mean) - mean
+    z = z / np.maximum(z.std(axis=1, keepdims=True), 1e-12)
+    u, s, _ = np.linalg.svd(z.T, full_matrices=False)
+    rank = min(dim, int((s > 1e-9 * s[0]).sum()))
+    out = np.zeros((acc.shape[1], dim))
+    out[:, :rank] = u[:, :rank] * s[:rank]
+    return out * (std / max(out.std(), 1e-12))
+
+
+@contextlib.contextmanager
+def history_start(std: float):
+    """Fits built inside start their model tokens from :func:`history_embedding` of their bank."""
+    import spider.train as train_module
+
+    real = train_module.build_scorer
+
+    def build(cfg, datamodule, params=None):
+        scorer = real(cfg, datamodule, params)
+        bank = datamodule.prior_inputs(params).bank_accuracy
+        tokens = history_embedding(bank, scorer.model_tokens.shape[1], std)
+        with torch.no_grad():
+            scorer.model_tokens.copy_(torch.as_tensor(tokens, dtype=scorer.model_tokens.dtype))
+        return scorer
+
+    train_module.build_scorer = build
+    try:
+        yield
+    finally:
+        train_module.build_scorer = real
+
+
+def run(args: argparse.Namespace) -> None:
+    p = Probes(args.zoo_dir, args.work_dir)
+    rows = []
+    for name, std in SETTINGS:
+        tag = "history-" + ("shipped" if std is None else f"std{std:g}")
+        patches = () if std is None else (history_start(std),)
+        per_seed = [p.score([pred]) for pred in p.fit(tag, {}, patches, seeds=SEEDS)]
+        wtau, regret = np.mean(per_seed, axis=0)
+        spread = float(np.std([w for w, _ in per_seed]))
+        rows.append((name, wtau, spread, regret))
+        log(f"{name}: val wtau_paper {wtau:+.3f} (seed std {spread:.3f}), top-1 regret {regret:.2f}")
+    lines = [*report_head(f"Model tokens from the fine-tuning history: {p.zoo.name}", "history_tokens.py", args),
+             f"Validation targets only ({', '.join(p.zoo.val_targets)}); single fits of the shipped setting, the "
+             f"model tokens' start changed, mean over {len(SEEDS)} seeds (± std over seeds of the mean over targets; "
+             "the same seeds in every row). Rankings as the fits' config ranks them (its rank-prior weight). "
+             "See the script's docstring.", "",
+             "| model tokens start as | val wtau_paper | val top-1 regret |", "|---|---|---|"]
+    lines += [f"| {name} | {w:+.3f} ± {s:.3f} | {r:.2f} |" for name, w, s, r in rows]
+    write_report(args.out, lines)
+
+
+@cli_main()
+def main(argv=None) -> int:
+    return probe_main(run, __doc__.splitlines()[0], "history_tokens.md", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
