@@ -95,10 +95,14 @@ class Probes:
         self.rows: list[tuple[str, float, float]] = []
         self._store = None  # another store for rankings (general_encoder_from)
 
+    def row(self, preds: list[np.ndarray]):
+        """The seeds' predictions scored per target (a :class:`~spider.benchmark.methods.MethodResult`)."""
+        return method_result("probe", "probe", self.zoo, preds, seconds=0, extract_seconds=0, score_seconds=0,
+                             ptm_passes=0, general_passes=0)
+
     def score(self, preds: list[np.ndarray]) -> tuple[float, float]:
         """Validation means (wtau_paper, top-1 regret) over the seeds' predictions."""
-        r = method_result("probe", "probe", self.zoo, preds, seconds=0, extract_seconds=0, score_seconds=0,
-                          ptm_passes=0, general_passes=0)
+        r = self.row(preds)
         return r.mean("wtau_paper", self.zoo.val_targets), r.mean("top1_regret", self.zoo.val_targets)
 
     def val(self, name: str, preds: list[np.ndarray]) -> tuple[float, float]:
