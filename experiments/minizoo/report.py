@@ -344,14 +344,14 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
                  [[md.fmt(v) for v in results["seed_agreement"].values()]])
         if results["seed_agreement"] else "The ground truth has one seed: its seed noise is not measured.",
         "", "## Label-source ablation", "Model Spider with general tokens trained on each label source, with and "
-        f"without the `{PRIOR}` prior. The winner is chosen on the validation targets' mean wtau_paper (the shipped `{results['shipped_setting']}` "
-        "stays unless beaten firmly); only the winner's test score is looked at (it is the main Model Spider row above).", "",
+        f"without the `{PRIOR}` prior. The choice is made on the validation targets' mean wtau_paper (the shipped `{results['shipped_setting']}` "
+        "stays unless beaten firmly); only the chosen setting's test score is looked at (it is the main Model Spider row above).", "",
         md.ablation_table([e for e in results["ablation"] if "skipped" not in e]),
         *[f"- skipped {e['setting']}: {e['skipped']}" for e in results["ablation"] if "skipped" in e],
         *rank_prior.section(results),
         "", "## Re-ranking ablation: fusion weight",
         f"`rerank@3` with each weight w of the re-rankers' specific scores (a re-scored PTM's score is (1 - w) x its "
-        f"main-ranking z-score + w x its specific z-score; w = 0 keeps the main ranking). The winner on the validation "
+        f"main-ranking z-score + w x its specific z-score; w = 0 keeps the main ranking). The choice on the validation "
         f"targets' mean wtau_paper (w = {results['rerank_weight']:g}) is used for every `rerank@k` row; only its test "
         "score is looked at.", "", md.ablation_table(results["rerank_ablation"]),
         *forward.rerank_section(results["forward_rerank_ablation"], results["groups"]["model_spider_rerank3"], results["rerank_ceiling"]),

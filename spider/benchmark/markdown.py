@@ -64,7 +64,7 @@ def cost_table(rows: Sequence[MethodResult], targets: Sequence[str], reference: 
 
 def ablation_table(entries: Sequence[Mapping[str, Any]]) -> str:
     """An ablation: validation means of every setting and its share of wins over resampled
-    validation targets; test only for the winner."""
+    validation targets; test only for the chosen one."""
     body = []
     for e in entries:
         cells = []
@@ -77,7 +77,7 @@ def ablation_table(entries: Sequence[Mapping[str, Any]]) -> str:
         share = e.get("val_win_share", math.nan)
         cells.append(f"{100 * share:.0f} %" if math.isfinite(share) else "")
         test = fmt(e["test"]["wtau_paper"]) if e.get("test") else "(not looked at)"
-        body.append([e["setting"] + (" **(winner)**" if e.get("winner") else ""), *cells, test, e["seeds"]])
+        body.append([e["setting"] + (" **(chosen)**" if e.get("winner") else ""), *cells, test, e["seeds"]])
     return table(["setting", "val wtau_paper", "val wtau_symmetric", "val top-1 regret",
                   "val wins (targets resampled)", "test wtau_paper", "seeds"], body)
 

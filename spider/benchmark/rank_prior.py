@@ -67,14 +67,14 @@ def section(results: dict[str, Any]) -> list[str]:
              f"The main setting's scorers (one per seed) rank every target with each weight w towards the rank prior "
              f"`{results['rank_prior']}` (`data.rank_prior`; a ranking is (1 - w) x the scores' z-score + w x the "
              "prior's, the scores' scale measured on the training tasks; w = 0 keeps the scores). Ranking only: "
-             f"nothing is retrained. The winner on the validation targets' mean wtau_paper (w = "
+             f"nothing is retrained. The choice on the validation targets' mean wtau_paper (w = "
              f"{results['rank_prior_weight']:g}) ranks the single-scorer rows above; only its test score is looked at.",
              "", ablation_table(results["rank_prior_ablation"])]
     if results.get("ensemble_rank_prior_ablation"):
         size = results["budget"]["ensemble_size"]
         lines += ["", f"Seed ensembles of {size} scorers (each member shrunk with w, members' z-scores averaged) "
                   "choose their own weight the same way: averaging seeds already removes part of the variance the "
-                  f"prior shrinks. The winner (w = {results['ensemble_rank_prior_weight']:g}) ranks the ensemble row "
+                  f"prior shrinks. The choice (w = {results['ensemble_rank_prior_weight']:g}) ranks the ensemble row "
                   "and, where the ensemble is the main ranking, every re-ranking row. The seeds column counts "
                   f"disjoint ensembles of {size}.",
                   "", ablation_table(results["ensemble_rank_prior_ablation"])]

@@ -122,7 +122,7 @@ def test_markdown_tables(tmp_path):
                 "test": {"wtau_paper": 0.25}}]
     ablation = md.ablation_table(entries)
     assert "| copeland | +0.100 | +0.200 | 3.00 |  | (not looked at) | 3 |" in ablation
-    assert "| finetune **(winner)** | +0.300 ± 0.010 | +0.200 | 1.00 | 62 % | +0.250 | 3 |" in ablation
+    assert "| finetune **(chosen)** | +0.300 ± 0.010 | +0.200 | 1.00 | 62 % | +0.250 | 3 |" in ablation
     assert md.fmt(math.nan) == "n/a" and md.fmt_seconds(0.0123) == "12.3 ms"
 
 
