@@ -27,9 +27,9 @@ One command per zoo, after its report (it reuses the report's caches)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from probes import CLASS_KEEP_SEEDS, Probes, log, probe_main, report_head, write_report  # noqa: E402
+from probes import CLASS_KEEP_SEEDS, Probes, probe_main, report_head, seed_table, write_report  # noqa: E402
 
 from spider.errors import cli_main  # noqa: E402
 
@@ -64,9 +64,8 @@ def history_embedding(accuracy: np.ndarray, dim: int, std: float) -> np.ndarray:
     return out * (std / max(out.std(), 1e-12))
 
 
-@contextlib.contextmanager
 def history_start(std: float):
-    """Fits built inside start their model tokens from :func:`history_embedding` of their bank."""
+    """Fits built inside this context start their model tokens from :func:`history_embedding` of their bank."""
     import spider.train as train_module
 
     real = train_module.build_scorer
@@ -79,11 +78,7 @@ def history_start(std: float):
             scorer.model_tokens.copy_(torch.as_tensor(tokens, dtype=scorer.model_tokens.dtype))
         return scorer
 
-    train_module.build_scorer = build
-    try:
-        yield
-    finally:
-        train_module.build_scorer = real
+    return mock.patch.object(train_module, "build_scorer", build)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -96,24 +91,18 @@ def run(args: argparse.Namespace) -> None:
         tag = "history-" + ("shipped" if std is None else f"std{std:g}")
         patches = () if std is None else (history_start(std),)
         preds = p.fit(tag, {}, patches, seeds=seeds)
-        per_seed = [p.score([pred]) for pred in preds]
-        wtau, regret = np.mean(per_seed, axis=0)
-        spread = float(np.std([w for w, _ in per_seed]))
         per_target = np.array(p.row(preds).values("wtau_paper", p.zoo.val_targets))  # mean over seeds
         shipped = per_target if shipped is None else shipped
-        paired = (f"{wtau - np.mean(shipped):+.3f}, {win_shares(np.stack([per_target, shipped]))[0]:.0%}"
+        paired = (f"{per_target.mean() - shipped.mean():+.3f}, {win_shares(np.stack([per_target, shipped]))[0]:.0%}"
                   if std is not None else "")
-        rows.append((name, wtau, spread, regret, paired))
-        log(f"{name}: val wtau_paper {wtau:+.3f} (seed std {spread:.3f}), top-1 regret {regret:.2f} {paired}")
+        rows.append((*p.seed_row(name, preds, paired), paired))
     lines = [*report_head(f"Model tokens from the fine-tuning history: {p.zoo.name}", "history_tokens.py", args),
              f"Validation targets only ({', '.join(p.zoo.val_targets)}); single fits of the shipped setting, the "
              f"model tokens' start changed, mean over seeds {seeds[0]}-{seeds[-1]} (± std over seeds of the mean over "
              "targets; the same seeds in every row). Rankings as the fits' config ranks them (its rank-prior weight). "
              "Paired: the gain over the shipped start, and how often the seeds' mean beats it when the validation "
              f"targets are resampled (adopting needs {FIRM_SHARE:.0%} on both zoos). See the script's docstring.", "",
-             "| model tokens start as | val wtau_paper | val top-1 regret | paired: gain, resamples won |",
-             "|---|---|---|---|"]
-    lines += [f"| {name} | {w:+.3f} ± {s:.3f} | {r:.2f} | {paired} |" for name, w, s, r, paired in rows]
+             *seed_table("model tokens start as", rows, "paired: gain, resamples won")]
     write_report(args.out, lines)
 
 

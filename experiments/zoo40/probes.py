@@ -76,6 +76,15 @@ def write_report(out: str, lines: list[str]) -> None:
     log(f"wrote {out}")
 
 
+def seed_table(first: str, rows, extra: str | None = None) -> list[str]:
+    """Markdown lines of :meth:`Probes.seed_row` rows (``extra``: the header of a fifth column the
+    rows then carry)."""
+    head = [first, "val wtau_paper", "val top-1 regret", *([extra] if extra else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join([name, f"{w:+.3f} ± {s:.3f}", f"{r:.2f}", *map(str, more)]) + " |"
+                    for name, w, s, r, *more in rows]
+
+
 def zscore(pred: np.ndarray) -> np.ndarray:
     return (pred - pred.mean(-1, keepdims=True)) / (pred.std(-1, keepdims=True) + 1e-12)
 
@@ -104,6 +113,15 @@ class Probes:
         """Validation means (wtau_paper, top-1 regret) over the seeds' predictions."""
         r = self.row(preds)
         return r.mean("wtau_paper", self.zoo.val_targets), r.mean("top1_regret", self.zoo.val_targets)
+
+    def seed_row(self, name: str, preds: list[np.ndarray], note: str = "") -> tuple[str, float, float, float]:
+        """(``name``, validation wtau_paper, its std over seeds, top-1 regret) of one [T, M]
+        prediction per seed (means over seeds), logged with ``note``; a row of :func:`seed_table`."""
+        per_seed = [self.score([pred]) for pred in preds]
+        wtau, regret = np.mean(per_seed, axis=0)
+        spread = float(np.std([w for w, _ in per_seed]))
+        log(f"{name}: val wtau_paper {wtau:+.3f} (seed std {spread:.3f}), top-1 regret {regret:.2f} {note}".rstrip())
+        return name, float(wtau), spread, float(regret)
 
     def val(self, name: str, preds: list[np.ndarray]) -> tuple[float, float]:
         """:meth:`score`, recorded as a row of the table."""

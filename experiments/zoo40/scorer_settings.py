@@ -22,12 +22,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from probes import CLASS_KEEP_SEEDS, Probes, log, probe_main, report_head, write_report  # noqa: E402
+from probes import CLASS_KEEP_SEEDS, Probes, probe_main, report_head, seed_table, write_report  # noqa: E402
 
 from spider.errors import cli_main  # noqa: E402
 
@@ -55,17 +54,11 @@ def run(args: argparse.Namespace) -> None:
     chosen = [(n, o) for i, (n, o) in enumerate(SETTINGS) if args.only is None or i == 0 or any(w in n for w in args.only)]
     for name, overrides in chosen:
         tag = "settings-" + ("shipped" if not overrides else "-".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items()))
-        per_seed = [p.score([pred]) for pred in p.fit(tag, overrides, seeds=SEEDS)]
-        wtau, regret = np.mean(per_seed, axis=0)
-        spread = float(np.std([w for w, _ in per_seed]))
-        rows.append((name, wtau, spread, regret))
-        log(f"{name}: val wtau_paper {wtau:+.3f} (seed std {spread:.3f}), top-1 regret {regret:.2f}")
+        rows.append(p.seed_row(name, p.fit(tag, overrides, seeds=SEEDS)))
     lines = [*report_head(f"Scorer settings: {p.zoo.name}", "scorer_settings.py", args),
              f"Validation targets only ({', '.join(p.zoo.val_targets)}); single fits of the report's main setting "
              f"(fine-tuning labels) with one change each, mean over {len(SEEDS)} seeds (± std over seeds of the mean "
-             "over targets). See the script's docstring.", "",
-             "| setting | val wtau_paper | val top-1 regret |", "|---|---|---|"]
-    lines += [f"| {name} | {w:+.3f} ± {s:.3f} | {r:.2f} |" for name, w, s, r in rows]
+             "over targets). See the script's docstring.", "", *seed_table("setting", rows)]
     write_report(args.out, lines)
 
 

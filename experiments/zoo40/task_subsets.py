@@ -28,7 +28,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from probes import CLASS_KEEP_SEEDS, Probes, log, probe_main, report_head, write_report  # noqa: E402
+from probes import CLASS_KEEP_SEEDS, Probes, log, probe_main, report_head, seed_table, write_report  # noqa: E402
 
 from spider.benchmark.training import FitSpec, shipped_settings, train_scorer  # noqa: E402
 from spider.errors import cli_main  # noqa: E402
@@ -68,22 +68,17 @@ def run(args: argparse.Namespace) -> None:
     rows = []
     for name, keep in SETTINGS:
         # Test targets are never scored: their rows are copies of a validation target's (ignored).
-        per_seed = []
+        preds = []
         for seed, model in zip(SEEDS, models):
             pred = {t: view_scores(model, centres[t], keep, seed) for t in zoo.val_targets}
-            full = np.stack([pred.get(t, pred[zoo.val_targets[0]]) for t in zoo.targets])
-            per_seed.append(p.score([full]))
-        wtau, regret = np.mean(per_seed, axis=0)
-        spread = float(np.std([w for w, _ in per_seed]))
-        rows.append((name, wtau, spread, regret))
-        log(f"{name}: val wtau_paper {wtau:+.3f} (seed std {spread:.3f}), top-1 regret {regret:.2f}")
+            preds.append(np.stack([pred.get(t, pred[zoo.val_targets[0]]) for t in zoo.targets]))
+        rows.append(p.seed_row(name, preds))
     lines = [*report_head(f"Ranking from class subsets: {zoo.name}", "task_subsets.py", args),
              f"Validation targets only ({', '.join(zoo.val_targets)}); the report's scorers of the shipped setting "
              f"({spec.setting}, its rank-prior weight), seeds {SEEDS[0]}-{SEEDS[-1]}, each ranking every target "
              "from one view of all classes or from the mean scores of 16 random class subsets; mean over seeds "
              "(± std over seeds of the mean over targets). See the script's docstring.", "",
-             "| ranked from | val wtau_paper | val top-1 regret |", "|---|---|---|"]
-    lines += [f"| {name} | {w:+.3f} ± {s:.3f} | {r:.2f} |" for name, w, s, r in rows]
+             *seed_table("ranked from", rows)]
     write_report(args.out, lines)
 
 

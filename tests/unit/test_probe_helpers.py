@@ -1,0 +1,61 @@
+"""Helpers of the zoo40 probes: the history start of model tokens, class-subset views, seed tables."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from spider import paths
+
+sys.path.insert(0, str(paths.REPO_ROOT / "experiments" / "zoo40"))
+
+import history_tokens  # noqa: E402
+import probes  # noqa: E402
+import task_subsets  # noqa: E402
+
+
+def test_history_embedding_places_ptms_that_fine_tune_alike_together():
+    rng = np.random.default_rng(0)
+    acc = rng.uniform(50, 90, size=(12, 5))  # 12 bank tasks x 5 PTMs
+    acc[:, 3] = acc[:, 1] + 1.0  # PTM 3 fine-tunes like PTM 1 (one point better everywhere)
+    acc[4, 2] = np.nan  # a missing run
+    emb = history_tokens.history_embedding(acc, dim=8, std=0.2)
+    assert emb.shape == (5, 8) and np.isfinite(emb).all()
+    assert emb.std() == pytest.approx(0.2)
+    assert np.allclose(emb[:, 5:], 0.0)  # rank <= 5 PTMs: the other columns stay zero
+    dist = np.linalg.norm(emb[:, None] - emb[None], axis=-1) + np.eye(5) * 1e9
+    assert dist[3].argmin() == 1 and dist[1].argmin() == 3
+    assert dist[1, 3] < 0.2 * dist[[0, 0, 0, 2], [1, 2, 4, 4]].min()  # far closer than any other pair
+
+
+class SumScorer(torch.nn.Module):
+    """Scores M = 2 models: the sum and the max of the first feature over the shown classes."""
+
+    def forward(self, tokens, mask):
+        x = tokens[..., 0]
+        return torch.stack([x.sum(-1), x.max(-1).values], dim=-1)
+
+
+def test_view_scores_average_random_class_subsets():
+    centres = torch.arange(10, dtype=torch.float32)[:, None].repeat(1, 3)
+    full = task_subsets.view_scores(SumScorer(), centres, None, seed=0)
+    np.testing.assert_allclose(full, [45.0, 9.0])
+    half = task_subsets.view_scores(SumScorer(), centres, 0.5, seed=0)
+    assert half[0] < full[0] and half[1] <= full[1]  # 5 classes per view
+    np.testing.assert_allclose(half, task_subsets.view_scores(SumScorer(), centres, 0.5, seed=0))  # seeded
+    assert not np.allclose(half, task_subsets.view_scores(SumScorer(), centres, 0.5, seed=1))
+    tiny = task_subsets.view_scores(SumScorer(), centres[:3], 0.1, seed=0)  # at least 2 classes per view
+    assert tiny[0] >= 1.0
+
+
+def test_seed_table_rows_and_extra_column():
+    rows = [("shipped", 0.5, 0.01, 3.0), ("idea", 0.6, 0.02, 2.5)]
+    assert probes.seed_table("setting", rows) == [
+        "| setting | val wtau_paper | val top-1 regret |", "|---|---|---|",
+        "| shipped | +0.500 ± 0.010 | 3.00 |", "| idea | +0.600 ± 0.020 | 2.50 |"]
+    extra = probes.seed_table("start", [(*rows[0], ""), (*rows[1], "+0.100, 90%")], "paired")
+    assert extra[0] == "| start | val wtau_paper | val top-1 regret | paired |"
+    assert extra[-1] == "| idea | +0.600 ± 0.020 | 2.50 | +0.100, 90% |"
