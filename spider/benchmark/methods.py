@@ -18,8 +18,8 @@ import numpy as np
 from spider.benchmark.inputs import Zoo
 from spider.evaluate import METRICS, evaluate, nanmean
 
-__all__ = ["FIRM_SHARE", "METRICS", "MethodResult", "ablation_entries", "method_result", "pick_winner", "prior_rows", "spider_row",
-           "summary", "win_shares"]
+__all__ = ["FIRM_SHARE", "METRICS", "MethodResult", "ablation_entries", "method_result", "pick_winner", "prior_rows",
+           "spider_row", "summary", "win_shares"]
 
 STAGES = ("val", "test")
 

@@ -84,6 +84,18 @@ def test_the_shipped_setting_stays_unless_validation_beats_it_firmly(tmp_path):
     assert pick_winner({"lucky": lucky, "firm": firm}, zoo, shipped="firm") == "firm"  # the shipped one is best
 
 
+@pytest.mark.parametrize("recipe", ["minizoo", "zoo40"])
+def test_shipped_settings_are_what_a_user_composes(tmp_path, recipe):
+    from spider.benchmark.training import shipped_settings
+    from spider.config import compose
+
+    cfg = compose([f"data={data_config_name(recipe)}"])
+    shipped = shipped_settings(fake_zoo(tmp_path, {"recipe": recipe, "data": {}}))
+    assert shipped.setting == FitSpec("token", cfg.data.label_source, cfg.model.prior).setting
+    assert (shipped.rank_prior, shipped.rank_prior_weight) == (cfg.data.rank_prior, cfg.data.rank_prior_weight)
+    assert shipped.ensemble_rank_prior_weight == cfg.data.ensemble_rank_prior_weight
+
+
 def test_goal_check_states_each_goal_plainly(tmp_path):
     zoo = fake_zoo(tmp_path)
     noisy = np.stack([TRUTH[0], TRUTH[1][[1, 0, 2, 3]], TRUTH[2][[1, 0, 2, 3]]])
