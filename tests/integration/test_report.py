@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -56,8 +57,10 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir, monkeypatch):
             cfg.data.rank_prior, cfg.data.rank_prior_weight = "label_mean", 0.5
         return cfg
 
+    real_shipped = training.shipped_settings
     monkeypatch.setattr(training, "fit_config", with_rank_prior)
-    monkeypatch.setattr(report, "fit_config", with_rank_prior)
+    monkeypatch.setattr(report, "shipped_settings", lambda zoo: dataclasses.replace(
+        real_shipped(zoo), rank_prior="label_mean", rank_prior_weight=0.5))
 
     zoo = tmp_path / "tiny"
     build_zoo("tiny", zoo, data_dir=data_dir, workers=1, progress=False, log=lambda *a: None)
@@ -115,16 +118,16 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir, monkeypatch):
     assert entry["model_spider general"]["ptm_forward_passes"] == 0
     assert entry["finetune_mean"]["ptm_forward_passes"] == 0
 
-    # The ablation: every label source with and without the prior; one winner, chosen on validation,
-    # and only the winner's test number looked at.
+    # The ablation: every label source with and without the prior; one chosen on validation (the
+    # best, or the shipped setting when the best does not beat it firmly), only its test number looked at.
     trained = [e for e in results["ablation"] if "skipped" not in e]
     assert len(results["ablation"]) == 2 * len(LABEL_SOURCES) and len(trained) >= 1
     assert {e["setting"] for e in results["ablation"]} >= {"finetune_nll", "finetune_nll + prior finetune_mean"}
     winners = [e for e in trained if e["winner"]]
     assert len(winners) == 1 and winners[0]["setting"] == results["main_setting"]
     assert all(e["test"] is None for e in trained if not e["winner"])
-    best_val = max(e["val"]["wtau_paper"] for e in trained)
-    assert winners[0]["val"]["wtau_paper"] == best_val
+    best = max(trained, key=lambda e: e["val"]["wtau_paper"])
+    assert winners[0] is best or winners[0]["setting"] == results["shipped_setting"]
     assert results["test"]["model_spider general"]["wtau_paper"] == pytest.approx(winners[0]["test"]["wtau_paper"])
 
     # The re-ranking ablation: every fusion weight, one winner (on validation) used by the rerank@k rows.
@@ -133,6 +136,7 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir, monkeypatch):
     assert [e["winner"] for e in reranking].count(True) == 1
     chosen = next(e for e in reranking if e["winner"])
     assert chosen["setting"].startswith(f"w = {results['rerank_weight']:g}")
+    assert chosen is max(reranking, key=lambda e: e["val"]["wtau_paper"]) or "(config)" in chosen["setting"]
     assert all(e["test"] is None for e in reranking if not e["winner"])
     assert results["val"]["model_spider rerank@3"]["wtau_paper"] == pytest.approx(chosen["val"]["wtau_paper"])
     assert "## Re-ranking ablation: fusion weight" in text
@@ -145,7 +149,7 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir, monkeypatch):
         chosen = next(e for e in ablation if e["winner"])
         assert chosen["setting"].split(" (")[0] == f"w = {results[f'{key}_weight']:g}"
         assert results["val"][row]["wtau_paper"] == pytest.approx(chosen["val"]["wtau_paper"])
-        assert chosen["val"]["wtau_paper"] == pytest.approx(max(e["val"]["wtau_paper"] for e in ablation))
+        assert chosen is max(ablation, key=lambda e: e["val"]["wtau_paper"]) or chosen is ablation[0]  # shipped: first
     first = results["ensemble_rank_prior_ablation"][0]["setting"]
     assert first.split(" (")[0] == f"w = {results['rank_prior_weight']:g}" and first.endswith("(single scorers')")
     assert "Seed ensembles of 2 scorers" in text and "-seed ensembles)" in text.split("## Targets")[0]
