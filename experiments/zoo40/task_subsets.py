@@ -19,6 +19,7 @@ One command per zoo, after its report (it reuses the report's trained scorers)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -62,9 +63,8 @@ def run(args: argparse.Namespace) -> None:
     p = Probes(args.zoo_dir, args.work_dir)
     zoo, shipped = p.zoo, shipped_settings(p.zoo)
     spec = FitSpec("token", shipped.label_source, shipped.prior)
-    models = [load_ranker(train_scorer(zoo, FitSpec("token", spec.label_source, spec.prior, seed=s), p.work, log=log))
-              for s in SEEDS]
-    centres = {t: task_tokens(zoo.store, zoo.general, t)[0] for t in zoo.targets}
+    models = [load_ranker(train_scorer(zoo, dataclasses.replace(spec, seed=s), p.work, log=log)) for s in SEEDS]
+    centres = {t: task_tokens(zoo.store, zoo.general, t)[0] for t in zoo.val_targets}
     rows = []
     for name, keep in SETTINGS:
         # Test targets are never scored: their rows are copies of a validation target's (ignored).
