@@ -164,6 +164,8 @@ def _check_numbers(cfg: DictConfig) -> None:
         ("data.rank_prior_weight", d.rank_prior_weight, 0 <= d.rank_prior_weight < 1, "a float in [0, 1)"),
         ("data.ensemble_rank_prior_weight", d.ensemble_rank_prior_weight,
          d.ensemble_rank_prior_weight is None or 0 <= d.ensemble_rank_prior_weight < 1, "a float in [0, 1) or null"),
+        ("data.history_tokens", d.history_tokens,
+         d.history_tokens is None or 0 < d.history_tokens < math.inf, "a finite float > 0 or null"),
         ("model.rerank_weight", m.rerank_weight, m.rerank_weight is None or 0 <= m.rerank_weight <= 1,
          "a float in [0, 1] or null"),
         ("trainer.gradient_clip_val", t.gradient_clip_val,

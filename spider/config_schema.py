@@ -131,6 +131,9 @@ class DataConfig:
     # The weight a seed ensemble of these scorers ranks with (`spider rank` with several
     # checkpoints): averaging seeds removes part of the variance the prior shrinks; null -> rank_prior_weight.
     ensemble_rank_prior_weight: Optional[float] = None
+    # The scorer's model tokens start from the fine-tuning bank (spider.priors.history_embedding),
+    # scaled to this standard deviation, instead of at random (std 0.02); null -> random.
+    history_tokens: Optional[float] = None
     seed: int = MISSING
     # Generated demo zoo, used when ``store`` and ``zoo`` are null; null -> none.
     synthetic: Optional[SyntheticConfig] = None

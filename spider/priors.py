@@ -14,6 +14,10 @@ Registered like the baselines (``register_prior`` + ``prior_scores(name, inputs)
   what its history says about a domain it was not pre-trained on (a specialist's home tasks would
   otherwise lift it everywhere).
 * ``param_count`` - number of parameters (bigger first).
+
+Besides one score per PTM, the bank also says which PTMs behave alike across pool tasks:
+:func:`history_embedding` turns it into a vector per PTM, the start of the scorer's model tokens
+with ``data.history_tokens`` (:func:`spider.train.build_scorer`).
 """
 
 from __future__ import annotations
@@ -125,6 +129,40 @@ def finetune_ood_mean(inputs: PriorInputs) -> np.ndarray:
                         for t in task_domains])
     outside[:, ~outside.any(0)] = True
     return _column_means(np.where(outside, accuracy, np.nan), "fine-tuning bank")
+
+
+def history_embedding(bank_accuracy: Any, dim: int, std: float) -> np.ndarray:
+    """[M, dim] PTM vectors from the fine-tuning bank's accuracies [K tasks, M PTMs] (NaN: no run).
+
+    Each task's accuracies are centred and scaled over the PTMs (a missing one counts as the task's
+    mean; a task without runs, or with one accuracy for every PTM, says nothing and is dropped);
+    PTM i's vector is row i of U S from the SVD of the resulting [M, K] matrix, its leading
+    ``min(dim, rank)`` columns, zero beyond, the whole scaled to standard deviation ``std``. PTMs
+    that fine-tune alike across the bank start close; a bank that tells no PTM apart gives zeros.
+
+    Raises:
+        ConfigError: not a [K, M] matrix, an infinite accuracy, ``dim`` < 1 or ``std`` not > 0.
+    """
+    acc = np.asarray(bank_accuracy, dtype=np.float64)
+    if acc.ndim != 2 or acc.shape[1] < 1:
+        raise ConfigError(f"history tokens: expected bank accuracies [tasks, PTMs], got shape {acc.shape}")
+    if np.isinf(acc).any():
+        raise ConfigError("history tokens: the fine-tuning bank holds an infinite accuracy")
+    if dim < 1 or not (std > 0 and np.isfinite(std)):
+        raise ConfigError(f"history tokens: expected dim >= 1 and a finite std > 0, got dim={dim}, std={std}")
+    known = np.isfinite(acc).any(axis=1)
+    acc = acc[known]
+    mean = np.nanmean(acc, axis=1, keepdims=True) if len(acc) else acc[:, :1]
+    z = np.where(np.isfinite(acc), acc, mean) - mean
+    spread = z.std(axis=1, keepdims=True)
+    z = z[spread[:, 0] > 1e-12] / spread[spread[:, 0] > 1e-12]
+    out = np.zeros((acc.shape[1], dim))
+    if z.size:
+        u, s, _ = np.linalg.svd(z.T, full_matrices=False)
+        rank = min(dim, int((s > 1e-9 * s[0]).sum()))
+        out[:, :rank] = u[:, :rank] * s[:rank]
+    scale = out.std()
+    return out * (std / scale) if scale > 0 else out
 
 
 @register_prior("param_count")

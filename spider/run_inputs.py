@@ -101,7 +101,7 @@ def build_datamodule(cfg: DictConfig, inputs: Mapping[str, Any], *, progress: bo
 
     options = OmegaConf.to_container(cfg.data, resolve=True)
     for key in ("name", "zoo", "zoo_dir", "cache_dir", "synthetic", "store", "label_cache", "ground_truth",
-                "rank_prior", *RANK_WEIGHT_KEYS):  # the scorer's (spider.train.build_scorer)
+                "rank_prior", "history_tokens", *RANK_WEIGHT_KEYS):  # the scorer's (spider.train.build_scorer)
         options.pop(key)
     for key, value in (inputs.get("data") or {}).items():  # what a zoo fills
         if options.get(key) is None:

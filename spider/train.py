@@ -136,8 +136,24 @@ def build_scorer(cfg: DictConfig, datamodule: Any, params: Optional[dict] = None
     if cfg.model.scorer == "reranker" and cfg.data.specific_models == 0:
         print("warning: model.scorer=reranker with data.specific_models=0 trains no specific "
               "projections; set data.specific_models (e.g. 2)", file=sys.stderr)
-    return create_scorer(cfg.model.scorer, num_models=datamodule.num_models, task_dim=datamodule.general_dim,
-                         **kwargs)
+    scorer = create_scorer(cfg.model.scorer, num_models=datamodule.num_models, task_dim=datamodule.general_dim,
+                           **kwargs)
+    if cfg.data.get("history_tokens") is not None:
+        _start_from_history(scorer, datamodule, float(cfg.data.history_tokens), params)
+    return scorer
+
+
+def _start_from_history(scorer: Any, datamodule: Any, std: float, params: Optional[dict]) -> None:
+    """Model tokens start from the fine-tuning bank (``data.history_tokens``): PTMs that fine-tune
+    alike start close, so the tokens need not learn from scratch what the bank already says.
+    After the random start, so the training's random stream is the same either way."""
+    from spider.priors import history_embedding
+
+    bank = datamodule.prior_inputs(params).bank_accuracy
+    if bank is None:
+        raise ConfigError("config key 'data.history_tokens': needs a fine-tuning bank (data.finetune_bank, or a "
+                          "zoo built with one); set it to null for a random start")
+    scorer.start_model_tokens(history_embedding(bank, int(scorer.model_tokens.shape[1]), std))
 
 
 def _setup(cfg: Any) -> DictConfig:

@@ -18,7 +18,6 @@ One command per zoo, after its report (it reuses the report's scorers and caches
         [--general keras_mobilenet_v1_025_imagenet]   # a zoo PTM's stored features as the general encoder
         [--general general,test_vit.gtsrb]            # several encoders' features side by side
         [--rank-prior-weight 0.5]                     # also ranked towards the rank prior (default: the report's)
-        [--history-std 0.2]                           # model tokens start from the fine-tuning history (history_tokens.py)
 """
 
 from __future__ import annotations
@@ -150,23 +149,18 @@ def _run(args: argparse.Namespace, p: Probes) -> None:
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.override)}  # "4" -> 4
-    tag = "-".join([f"{k}={v}" for k, v in overrides.items()] + ([f"general={args.general}"] if args.general else [])
-                   + ([f"history={args.history_std:g}"] if args.history_std is not None else []))
+    tag = "-".join([f"{k}={v}" for k, v in overrides.items()] + ([f"general={args.general}"] if args.general else []))
     fused = _report_fusion(Path(args.out).parent / "results.json")
     results = Path(args.out).parent / "results.json"
     weight = args.rank_prior_weight if args.rank_prior_weight is not None else (
         json.loads(results.read_text()).get("rank_prior_weight") if results.is_file() else None) or None
-    from history_tokens import history_start
-
-    with history_start(args.history_std) if args.history_std is not None else contextlib.nullcontext():
-        rows = measure(p, overrides, tag, fused, weight)
+    rows = measure(p, overrides, tag, fused, weight)
     held_rows = [r for r in rows if r[2]]
     lines = [*report_head(f"Held-out domains: {p.zoo.name}", "held_out_domain.py", args),
              "Validation targets only; wtau_paper. \"Seen\": the report's main setting (fine-tuning labels)"
              + (f" with {', '.join(args.override)}" if overrides else "")
              + (f", general encoder {args.general} (its stored features; task tokens and familiarity)" if args.general else "")
-             + (f", model tokens started from the fine-tuning history (std {args.history_std:g}; history_tokens.py)"
-                if args.history_std is not None else "") + f", mean over {len(SEEDS)} seeds. \"Held out\": the same fits without the bank tasks that draw classes "
+             + f", mean over {len(SEEDS)} seeds. \"Held out\": the same fits without the bank tasks that draw classes "
              "from a pool dataset of the target's domain. A target without such a pool dataset is unchanged (n/a). "
              + (f"\"Fused\": the held-out fits' rankings fused with {fused[0]} over every PTM (weight {fused[1]:g}), "
                 "the report's forward re-ranking over every PTM; \"gated\": the same, but a target that "
@@ -214,8 +208,6 @@ def main(argv=None) -> int:
         parser.add_argument("--rank-prior-weight", type=float, default=None, metavar="W",
                             help="also rank with weight W towards the rank prior of each fit's bank tasks (default: "
                                  "the report's chosen data.rank_prior_weight, if above 0; 0: not)")
-        parser.add_argument("--history-std", type=float, default=None, metavar="S",
-                            help="every fit's model tokens start from the fine-tuning history at std S (fitted fresh)")
 
     return probe_main(run, __doc__.splitlines()[0], "held_out_domain.md", argv, options)
 

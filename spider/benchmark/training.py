@@ -124,6 +124,9 @@ def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], No
     trained = OmegaConf.to_container(cfg, resolve=True)
     for key in RANK_WEIGHT_KEYS:
         trained["data"].pop(key, None)
+    # Added after fits were cached: at null (a random start) a fit is what it was without the key.
+    if trained["data"].get("history_tokens") is None:
+        trained["data"].pop("history_tokens", None)
     identity = json.dumps({"config": trained,
                            "recipe_hash": zoo.manifest.get("recipe_hash")}, sort_keys=True, default=str)
     if done.is_file() and done.read_text() == identity and ckpt.is_file():

@@ -207,6 +207,22 @@ class TokenScorer(L.LightningModule):
             return scores + (w / (1 - w)) * self.score_spread * prior
         return scores
 
+    def start_model_tokens(self, tokens: Any) -> None:
+        """Replace the model tokens' random start with ``tokens`` [M, d] (e.g. the fine-tuning
+        history, :func:`spider.priors.history_embedding`), before training.
+
+        Raises:
+            ScorerInputError: not an [M, d] array of finite numbers.
+        """
+        values = torch.as_tensor(tokens, dtype=self.model_tokens.dtype)
+        if tuple(values.shape) != tuple(self.model_tokens.shape):
+            raise ScorerInputError(f"model tokens: expected shape {list(self.model_tokens.shape)} (models, dim), "
+                                   f"got {list(values.shape)}")
+        if not bool(torch.isfinite(values).all()):
+            raise ScorerInputError("model tokens: expected finite values")
+        with torch.no_grad():
+            self.model_tokens.copy_(values.to(self.model_tokens.device))
+
     def set_rank_prior_weight(self, weight: float) -> None:
         """Rank with another shrinkage weight (in [0, 1)) towards the rank prior."""
         if not hasattr(self, "rank_prior"):

@@ -224,6 +224,17 @@ def test_bad_rank_priors_are_config_errors(cache_dir, tmp_path, tiny, extra, mes
         fit(tiny(tmp_path / "bad-rank-prior", *extra, "trainer.max_epochs=1"))
 
 
+@pytest.mark.parametrize("value, message", [
+    ("0.2", "'data.history_tokens': needs a fine-tuning bank"),  # the synthetic zoo has none
+    ("-0.2", "'data.history_tokens': expected a finite float > 0 or null"),
+    ("nan", "'data.history_tokens': expected a finite float > 0 or null"),
+])
+def test_history_tokens_need_a_bank_and_a_positive_std(trained, tmp_path, tiny, value, message):
+    with pytest.raises(ConfigError, match=message):
+        fit(tiny(tmp_path / "history", f"data.history_tokens={value}", "trainer.max_epochs=1"))
+    assert not (tmp_path / "history" / "checkpoints").exists()
+
+
 def test_a_checkpoint_with_a_non_finite_weight_is_refused(trained, tmp_path):
     run_dir, result = trained
     state = torch.load(result["checkpoint"], weights_only=True)

@@ -155,3 +155,9 @@ def test_fit_with_fine_tuning_labels_and_the_history_prior(data_dir, tmp_path_fa
     assert math.isfinite(result["test"]["test/wtau_paper"]) and "val/wtau_paper" in result["val"]
     with pytest.raises(ConfigError, match="model.prior': unknown static prior 'nope'"):
         build_scorer(compose(["data=minizoo_tiny", "model.prior=nope"]), objects["datamodule"])
+    # data.history_tokens: the model tokens start from the bank instead of at random.
+    from spider.priors import history_embedding
+
+    started = build_scorer(compose(["data=minizoo_tiny", "data.history_tokens=0.2"]), objects["datamodule"])
+    expected = history_embedding(bank.accuracy, started.model_tokens.shape[1], 0.2)
+    assert torch.allclose(started.model_tokens.detach(), torch.as_tensor(expected, dtype=torch.float32))

@@ -13,7 +13,7 @@ from spider.datamodules.label_sources import LABEL_SOURCES, baseline_agreement, 
 from spider.datamodules.tasks import TaskSpec
 from spider.errors import ConfigError, SpiderError
 from spider.modules import ReRanker, ScorerInputError, TokenScorer
-from spider.priors import PriorInputs, available_priors, list_priors, prior_scores
+from spider.priors import PriorInputs, available_priors, history_embedding, list_priors, prior_scores
 from spider.datamodules.finetune_bank import FinetuneBank, open_bank
 from spider.pipeline.bank import BankSettings, split_task
 
@@ -223,6 +223,47 @@ def test_priors_without_their_inputs_are_unavailable():
     assert available_priors(inputs) == []  # y has no label, no bank, no parameter counts
     with pytest.raises(ConfigError, match="no fine-tuning bank"):
         prior_scores("finetune_mean", inputs)
+
+
+def test_history_embedding_starts_ptms_that_fine_tune_alike_close():
+    # PTMs 0 and 1 fine-tune alike on every task, 2 is their opposite, 3 flat at each task's mean.
+    bank = np.array([[90.0, 88.0, 50.0, 70.0], [40.0, 42.0, 80.0, 60.0], [75.0, 77.0, 55.0, 66.0],
+                     [np.nan, np.nan, np.nan, np.nan],  # a task without runs says nothing
+                     [60.0, 60.0, 60.0, 60.0]])  # nor does one that tells no PTM apart
+    out = history_embedding(bank, dim=6, std=0.2)
+    assert out.shape == (4, 6) and out.std() == pytest.approx(0.2)
+    assert np.allclose(out[:, 3:], 0.0)  # 3 informative tasks: rank 3 at most
+    dist = lambda i, j: float(np.linalg.norm(out[i] - out[j]))  # noqa: E731
+    assert dist(0, 1) < 0.2 * dist(0, 2)
+    assert np.allclose(history_embedding(bank[:3], dim=6, std=0.2), out)
+    # A missing run counts as the task's mean: it moves that PTM, never makes NaN.
+    gappy = bank[:3].copy()
+    gappy[0, 3] = np.nan
+    assert np.isfinite(history_embedding(gappy, dim=2, std=1.0)).all()
+    assert np.allclose(history_embedding(bank[3:], dim=2, std=1.0), 0.0)  # nothing to learn from
+
+
+@pytest.mark.parametrize("bank, dim, std, message", [
+    (np.ones(4), 2, 0.2, "expected bank accuracies \\[tasks, PTMs\\]"),
+    (np.array([[1.0, np.inf]]), 2, 0.2, "infinite accuracy"),
+    (np.ones((2, 2)), 0, 0.2, "dim >= 1"),
+    (np.ones((2, 2)), 2, float("nan"), "std > 0"),
+])
+def test_history_embedding_refuses_bad_input(bank, dim, std, message):
+    with pytest.raises(ConfigError, match=message):
+        history_embedding(bank, dim, std)
+
+
+def test_model_tokens_start_where_told_and_refuse_bad_values():
+    scorer = TokenScorer(3, 8, dim=4)
+    start = np.arange(12, dtype=np.float64).reshape(3, 4)
+    scorer.start_model_tokens(start)
+    assert torch.equal(scorer.model_tokens.detach(), torch.as_tensor(start, dtype=torch.float32))
+    assert scorer.model_tokens.requires_grad  # still trained from there
+    with pytest.raises(ScorerInputError, match="model tokens: expected shape \\[3, 4\\]"):
+        scorer.start_model_tokens(np.zeros((4, 4)))
+    with pytest.raises(ScorerInputError, match="model tokens: expected finite values"):
+        scorer.start_model_tokens(np.full((3, 4), np.nan))
 
 
 # ------------------------------------------------------------------------- scorer prior term

@@ -1,34 +1,18 @@
-"""Helpers of the zoo40 probes: the history start of model tokens, class-subset views, seed tables."""
+"""Helpers of the zoo40 probes: class-subset views, seed tables."""
 
 from __future__ import annotations
 
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 from spider import paths
 
 sys.path.insert(0, str(paths.REPO_ROOT / "experiments" / "zoo40"))
 
-import history_tokens  # noqa: E402
 import probes  # noqa: E402
 import task_subsets  # noqa: E402
-
-
-def test_history_embedding_places_ptms_that_fine_tune_alike_together():
-    rng = np.random.default_rng(0)
-    acc = rng.uniform(50, 90, size=(12, 5))  # 12 bank tasks x 5 PTMs
-    acc[:, 3] = acc[:, 1] + 1.0  # PTM 3 fine-tunes like PTM 1 (one point better everywhere)
-    acc[4, 2] = np.nan  # a missing run
-    emb = history_tokens.history_embedding(acc, dim=8, std=0.2)
-    assert emb.shape == (5, 8) and np.isfinite(emb).all()
-    assert emb.std() == pytest.approx(0.2)
-    assert np.allclose(emb[:, 5:], 0.0)  # rank <= 5 PTMs: the other columns stay zero
-    dist = np.linalg.norm(emb[:, None] - emb[None], axis=-1) + np.eye(5) * 1e9
-    assert dist[3].argmin() == 1 and dist[1].argmin() == 3
-    assert dist[1, 3] < 0.2 * dist[[0, 0, 0, 2], [1, 2, 4, 4]].min()  # far closer than any other pair
 
 
 class SumScorer(torch.nn.Module):
