@@ -241,7 +241,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "test": summary(order, zoo.test_targets), "groups": groups,
         "command": args.command_line, "commit": commit, "machine": md.machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "quick": bool(args.quick), "lgc_skipped": bool(args.no_lgc), "budget": dataclasses.asdict(budget), "main_setting": main.setting, "shipped_setting": shipped.setting,
+        "quick": bool(args.quick), "lgc_skipped": bool(args.no_lgc), "budget": dataclasses.asdict(budget), "main_setting": main.setting, "shipped_setting": shipped.setting, "token_start": shipped.token_start,
         "zoo": {"dir": str(zoo.root), "recipe_hash": zoo.manifest.get("recipe_hash"), "models": zoo.models,
                 "val_targets": zoo.val_targets, "test_targets": zoo.test_targets, "general": zoo.manifest["general"]},
         "methods": {r.name: {"kind": r.kind, "note": r.note, "ptm_forward_passes": r.ptm_passes,
@@ -298,7 +298,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         f"{len(zoo.val_targets)} validation and {len(zoo.test_targets)} test targets",
         f"- Model Spider: the shipped `{zoo.name}` config, {len(results['budget']['seeds'])} seed(s) per setting "
         "(tables: mean over seeds, ± std over seeds of the mean over targets). Label source and prior: "
-        f"**{results['main_setting']}**" + rank_prior.chosen_weights(results) + ", chosen by the ablations below on the validation targets. "
+        f"**{results['main_setting']}**" + rank_prior.chosen_weights(results) + ", chosen by the ablations below on the validation targets; model tokens start " + results.get("token_start", "at random") + ". "
         "Every decision is made on validation targets; test targets are reported, never used to decide. An ablation's 'val wins': how often a setting has the best validation mean when the validation targets are drawn again with replacement (2,000 draws; `spider.benchmark.methods.win_shares`): how firmly the targets make that decision. " f"Each ablation keeps the shipped config's setting unless the best one beats it in at least {FIRM_SHARE:.0%} of such draws (the two compared alone; `spider.benchmark.methods.pick_winner`): the report measures what users get, and a choice the validation targets cannot make firmly does not follow their noise.",
         "", "## Targets", targets_md, "",
         "Ground truth: each PTM fine-tuned end to end on the target's train split, accuracy on a held-out test "

@@ -68,11 +68,18 @@ class ShippedSettings:
     rank_prior: Optional[str]
     rank_prior_weight: float
     ensemble_rank_prior_weight: Optional[float]  # None: rank_prior_weight
+    history_tokens: Optional[float] = None  # std of the model tokens' start from the bank; None: random
 
     @property
     def setting(self) -> str:
         """The label-source ablation's name of the shipped setting."""
         return FitSpec("token", self.label_source, self.prior).setting
+
+    @property
+    def token_start(self) -> str:
+        """How the shipped scorers' model tokens start, in words."""
+        return ("at random" if self.history_tokens is None
+                else f"from the fine-tuning history, std {self.history_tokens:g} (`data.history_tokens`)")
 
 
 def shipped_settings(zoo: Zoo) -> ShippedSettings:
@@ -81,8 +88,10 @@ def shipped_settings(zoo: Zoo) -> ShippedSettings:
 
     cfg = compose([f"data={data_config_name(zoo.name)}"])
     ensemble = cfg.data.get("ensemble_rank_prior_weight")
+    history = cfg.data.get("history_tokens")
     return ShippedSettings(str(cfg.data.label_source), cfg.model.prior, cfg.data.rank_prior,
-                           float(cfg.data.rank_prior_weight), None if ensemble is None else float(ensemble))
+                           float(cfg.data.rank_prior_weight), None if ensemble is None else float(ensemble),
+                           None if history is None else float(history))
 
 
 def fit_config(zoo: Zoo, spec: FitSpec, work: Path, *, max_epochs: Optional[int] = None,

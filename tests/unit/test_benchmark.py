@@ -94,6 +94,9 @@ def test_shipped_settings_are_what_a_user_composes(tmp_path, recipe):
     assert shipped.setting == FitSpec("token", cfg.data.label_source, cfg.model.prior).setting
     assert (shipped.rank_prior, shipped.rank_prior_weight) == (cfg.data.rank_prior, cfg.data.rank_prior_weight)
     assert shipped.ensemble_rank_prior_weight == cfg.data.ensemble_rank_prior_weight
+    assert shipped.history_tokens == cfg.data.history_tokens
+    assert shipped.token_start == ("at random" if recipe == "minizoo" else
+                                   "from the fine-tuning history, std 0.2 (`data.history_tokens`)")
 
 
 def test_goal_check_states_each_goal_plainly(tmp_path):

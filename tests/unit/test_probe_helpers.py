@@ -1,4 +1,4 @@
-"""Helpers of the zoo40 probes: class-subset views, seed tables."""
+"""Helpers of the zoo40 probes: class-subset views, seed tables, source similarity."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from spider import paths
 sys.path.insert(0, str(paths.REPO_ROOT / "experiments" / "zoo40"))
 
 import probes  # noqa: E402
+import source_similarity  # noqa: E402
 import task_subsets  # noqa: E402
 
 
@@ -43,3 +44,15 @@ def test_seed_table_rows_and_extra_column():
     extra = probes.seed_table("start", [(*rows[0], ""), (*rows[1], "+0.100, 90%")], "paired")
     assert extra[0] == "| start | val wtau_paper | val top-1 regret | paired |"
     assert extra[-1] == "| idea | +0.600 ± 0.020 | 2.50 | +0.100, 90% |"
+
+
+def test_source_similarity_matches_task_classes_to_each_ptms_pool_data():
+    e = np.eye(4)
+    datasets = {"digits": e[:2], "photos": e[2:]}  # two pool datasets of two classes each
+    task = np.array([[1.0, 0.1, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])  # a digit-like class, a photo class
+    known = [["digits"], ["photos"], ["digits", "photos"], []]  # the last PTM: no pool data of its domains
+    s = source_similarity.source_similarity(task, datasets, known)
+    digit_side = (1.0 / np.linalg.norm([1.0, 0.1]) + 0.0) / 2  # best cosine per task class, averaged
+    assert np.allclose(s, [digit_side, 0.5, max(digit_side, 0.5), min(digit_side, 0.5)])
+    assert np.allclose(source_similarity.source_similarity(task, datasets, [[], []]), 0.0)
+
