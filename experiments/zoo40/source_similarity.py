@@ -17,7 +17,10 @@ domain no PTM saw (no PTM source there, s says nothing).
 Nothing here is shipped: the probe measures whether building s into the ranker is worth it. Its
 reading: a beta is worth building only if it gains on the held-out targets of both zoos and costs
 the seen targets at most 0.01 on both. (That reading was written after a first look at the same
-numbers in a scratch script, so it states how they are read; it tests nothing.)
+numbers in a scratch script, so it states how they are read; it tests nothing.) The gated variant
+(beta only where :mod:`spider.familiarity` calls the target novel against the fit's training
+tasks, as ``spider rank`` gates its forward fusion) was added after the ungated results: it asks
+whether the held-out gain can be had without the seen cost.
 
 One command per zoo, after its report (it reuses the report's trained scorers)::
 
@@ -41,7 +44,7 @@ from held_out_domain import without_domain  # noqa: E402
 from probes import SEEDS, Probes, log, probe_main, report_head, write_report, zscore  # noqa: E402
 
 from spider.benchmark.methods import win_shares  # noqa: E402
-from spider.benchmark.retrieval import target_centres  # noqa: E402
+from spider.benchmark.retrieval import bank_reference, target_centres  # noqa: E402
 from spider.benchmark.training import FitSpec, train_scorer  # noqa: E402
 from spider.errors import cli_main  # noqa: E402
 from spider.familiarity import unit_centres  # noqa: E402
@@ -87,15 +90,18 @@ def run(args: argparse.Namespace) -> None:
 
     specs = open_bank(zoo.root, zoo.models).specs
     seen = [p.rank(train_scorer(zoo, FitSpec("token", "finetune", None, seed=s), p.work, log=log)) for s in SEEDS]
-    rows = []  # (target, domain, s alone, seen per beta, held out per beta or None)
+    reference = bank_reference(zoo)  # the fits' training tasks (held out: the kept ones)
+    rows = []  # (target, domain, s alone, seen per beta, held out per beta or None, novel seen, novel held out)
     for target in recipe.val_targets:
         t = zoo.targets.index(target.id)
         domain = source_domain(target.source)
         s = source_similarity(target_centres(zoo, target.id), centres, known)
-        held = None
-        if any(any(pool_domain[d] == domain for d, _ in spec.classes) for spec in specs):
+        held, novel_held = None, None
+        kept = [i for i, spec in enumerate(specs) if all(pool_domain[d] != domain for d, _ in spec.classes)]
+        if len(kept) < len(specs):
             ckpts = p.fit_checkpoints(f"heldout-{target.id}", {}, [without_domain(pool_domain, domain)])
             held = [p.rank(c) for c in ckpts]
+            novel_held = reference.subset(kept).familiarity(target_centres(zoo, target.id)).novel
 
         def fused(preds: list[np.ndarray], beta: float) -> float:
             out = [np.tile(zscore(x[t]) + beta * zscore(s), (len(zoo.targets), 1)) for x in preds]
@@ -103,7 +109,8 @@ def run(args: argparse.Namespace) -> None:
 
         alone = p.row([np.tile(s, (len(zoo.targets), 1))]).mean("wtau_paper", [target.id])
         rows.append((target.id, domain, alone, [fused(seen, b) for b in BETAS],
-                     None if held is None else [fused(held, b) for b in BETAS]))
+                     None if held is None else [fused(held, b) for b in BETAS],
+                     reference.familiarity(target_centres(zoo, target.id)).novel, novel_held))
         log(f"{target.id}: s alone {alone:+.3f}, seen {rows[-1][3]}, held out {rows[-1][4]}")
     write_report(args.out, _lines(p, args, rows))
 
@@ -116,11 +123,13 @@ def _lines(p: Probes, args: argparse.Namespace, rows: list[tuple]) -> list[str]:
              "source similarity s; \"seen\": the report's shipped scorers; \"held out\": scorers trained without the "
              "bank tasks of the target's domain (none dropped: n/a); each ranking z(scores) + beta z(s). "
              "\"Paired\": gain of each beta over beta 0 on the targets' means and the share of validation-target "
-             "resamples it wins. See the script's docstring.", "",
+             "resamples it wins. \"Novel\": the target against the fit's training tasks (`spider.familiarity`); "
+             "\"gated\" applies beta to a novel target only, as `spider rank` gates its forward fusion. See the "
+             "script's docstring.", "",
              "| target | domain | s alone | " + " | ".join(f"seen, {h}" for h in heads) + " | "
              + " | ".join(f"held out, {h}" for h in heads) + " |",
              "|---|---|---|" + "---|" * (2 * len(BETAS))]
-    for target, domain, alone, seen, held in rows:
+    for target, domain, alone, seen, held, *_ in rows:
         lines.append(f"| {target} | {domain} | {fmt(alone)} | " + " | ".join(map(fmt, seen)) + " | "
                      + " | ".join(map(fmt, held) if held else ["n/a"] * len(BETAS)) + " |")
     seen = np.array([r[3] for r in rows]).T  # [beta, target]
@@ -134,6 +143,17 @@ def _lines(p: Probes, args: argparse.Namespace, rows: list[tuple]) -> list[str]:
                        for v in values[1:]]
     lines.append("| **paired vs beta 0** | | | " + " | ".join(paired(seen)) + " | "
                  + " | ".join(paired(held) if held.size else ["n/a"] * len(BETAS)) + " |")
+    # Gated: a familiar target keeps beta 0's ranking.
+    gate = lambda values, novel: np.where(np.array(novel)[None], values, values[:1])  # noqa: E731
+    gated_seen = gate(seen, [r[5] for r in rows])
+    gated_held = gate(held, [r[6] for r in rows if r[4]]) if held.size else held
+    novel = (f"{sum(r[5] for r in rows)} of {len(rows)} seen, "
+             f"{sum(bool(r[6]) for r in rows if r[4])} of {held.shape[1] if held.size else 0} held out")
+    lines += ["", f"Gated (novel targets: {novel}):", "", "| beta | seen | held out | seen, paired | held out, paired |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {b:g} | {fmt(gated_seen[i].mean())} | " + (fmt(gated_held[i].mean()) if held.size else "n/a")
+              + f" | {paired(gated_seen)[i]} | " + (paired(gated_held)[i] if held.size else "n/a") + " |"
+              for i, b in enumerate(BETAS)]
     return lines
 
 
