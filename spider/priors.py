@@ -150,12 +150,10 @@ def history_embedding(bank_accuracy: Any, dim: int, std: float) -> np.ndarray:
         raise ConfigError("history tokens: the fine-tuning bank holds an infinite accuracy")
     if dim < 1 or not (std > 0 and np.isfinite(std)):
         raise ConfigError(f"history tokens: expected dim >= 1 and a finite std > 0, got dim={dim}, std={std}")
-    known = np.isfinite(acc).any(axis=1)
-    acc = acc[known]
-    mean = np.nanmean(acc, axis=1, keepdims=True) if len(acc) else acc[:, :1]
-    z = np.where(np.isfinite(acc), acc, mean) - mean
-    spread = z.std(axis=1, keepdims=True)
-    z = z[spread[:, 0] > 1e-12] / spread[spread[:, 0] > 1e-12]
+    acc = acc[np.isfinite(acc).any(axis=1)]  # a task without runs says nothing
+    z = np.nan_to_num(acc - np.nanmean(acc, axis=1, keepdims=True)) if len(acc) else acc  # missing: the mean
+    spread = z.std(axis=1)
+    z = z[spread > 1e-12] / spread[spread > 1e-12, None]  # so does a task with one accuracy for all
     out = np.zeros((acc.shape[1], dim))
     if z.size:
         u, s, _ = np.linalg.svd(z.T, full_matrices=False)
