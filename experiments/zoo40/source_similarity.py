@@ -66,26 +66,13 @@ def source_similarity(task: np.ndarray, datasets: Mapping[str, np.ndarray], know
     return np.where(np.isfinite(s), s, np.nanmin(s)) if np.isfinite(s).any() else np.zeros(len(known))
 
 
-def pool_centres(zoo) -> dict[str, np.ndarray]:
-    """Each pool dataset's class centres under the general encoder (every stored image)."""
-    from spider.datamodules.tasks import contiguous
-    from spider.datamodules.tokens import class_centres
-
-    out = {}
-    for spec in zoo.recipe.pool:
-        entry = zoo.store.entry(zoo.general, spec.id)
-        labels = contiguous(entry.labels())
-        out[spec.id] = class_centres(entry.features(), labels, int(labels.max()) + 1).numpy()
-    return out
-
-
 def run(args: argparse.Namespace) -> None:
     p = Probes(args.zoo_dir, args.work_dir)
     zoo, recipe = p.zoo, p.zoo.recipe
     pool_domain = {s.id: source_domain(s.source) for s in recipe.pool}
     ptm_domains = recipe.ptm_domains()
     known = [[d for d, dom in pool_domain.items() if dom in ptm_domains.get(m, ())] for m in zoo.models]
-    centres = pool_centres(zoo)
+    centres = {spec.id: target_centres(zoo, spec.id) for spec in recipe.pool}  # a pool dataset's classes
     from spider.datamodules.finetune_bank import open_bank
 
     specs = open_bank(zoo.root, zoo.models).specs
