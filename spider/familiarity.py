@@ -1,8 +1,8 @@
 """How familiar a task is to a ranker: its class centres against those of the ranker's training tasks.
 
 A learned ranker knows the domains its training tasks show and little beyond them: on the
-validation targets, scorers trained without the bank tasks of the target's domain fall from +0.586
-to +0.255 wtau on zoo40 (``experiments/zoo40/held_out_domain.md``). This module says when a task is
+validation targets, scorers trained without the bank tasks of the target's domain fall from +0.612
+to +0.258 wtau on zoo40 (``experiments/zoo40/held_out_domain.md``). This module says when a task is
 that far out, from the general-encoder class centres alone (no PTM runs on it):
 
 * :class:`TaskReference` - the training tasks' unit class centres and the pool datasets each task

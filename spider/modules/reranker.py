@@ -434,8 +434,8 @@ def fused_rerank(
 #: even mix. The benchmark reports choose theirs on their validation targets.
 FORWARD_RERANK_WEIGHT = 0.5
 #: ... and for a task unlike every training task of the ranker (:mod:`spider.familiarity`): the
-#: baseline alone orders the k. Scorers trained without a domain's bank tasks fall to +0.28 wtau on
-#: its validation targets (zoo40), far below the forward baselines (+0.56): on such a task the
+#: baseline alone orders the k. Scorers trained without a domain's bank tasks fall to +0.26 wtau on
+#: its validation targets (zoo40), far below the forward baselines (+0.60): on such a task the
 #: learned ranking is no evidence (experiments/zoo40/held_out_domain.md).
 NOVEL_RERANK_WEIGHT = 1.0
 
