@@ -1,4 +1,4 @@
-"""Helpers of the zoo40 probes: class-subset views, seed tables, source similarity."""
+"""Helpers of the zoo40 probes: class-subset views, seed tables, source similarity, class overlap."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from spider import paths
 
 sys.path.insert(0, str(paths.REPO_ROOT / "experiments" / "zoo40"))
 
+import class_overlap  # noqa: E402
 import probes  # noqa: E402
 import source_similarity  # noqa: E402
 import task_subsets  # noqa: E402
@@ -56,3 +57,16 @@ def test_source_similarity_matches_task_classes_to_each_ptms_pool_data():
     assert np.allclose(s, [digit_side, 0.5, max(digit_side, 0.5), min(digit_side, 0.5)])
     assert np.allclose(source_similarity.source_similarity(task, datasets, [[], []]), 0.0)
 
+
+
+def test_class_overlap_consensus_lowers_only_the_ptms_that_saw_a_task():
+    z = np.array([[1.0, 0.0, -1.0], [0.0, 1.0, -1.0]])  # 2 bank tasks x 3 PTMs
+    saw = np.array([[True, False, False], [False, False, False]])  # PTM 0 saw task 0's dataset
+    np.testing.assert_allclose(class_overlap.consensus(z, saw, 0.0), [0.5, 0.5, -1.0])
+    np.testing.assert_allclose(class_overlap.consensus(z, saw, 2.0), [-0.5, 0.5, -1.0])
+
+
+def test_class_overlap_mean_place_is_one_based_best_first():
+    values = np.array([0.1, 0.9, 0.5, 0.3])  # places: 4, 1, 2, 3
+    assert class_overlap.mean_place(values, np.array([True, True, False, False])) == 2.5
+    assert np.isnan(class_overlap.mean_place(values, np.zeros(4, dtype=bool)))
