@@ -42,7 +42,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from held_out_domain import per_target  # noqa: E402
-from probes import SEEDS, Probes, log, probe_main, report_head, write_report, zscore  # noqa: E402
+from probes import (SEEDS, Probes, log, pretraining_datasets, probe_main, report_head,  # noqa: E402
+                    write_report, zscore)
 
 from spider.benchmark.methods import win_shares  # noqa: E402
 from spider.benchmark.training import FitSpec, train_scorer  # noqa: E402
@@ -63,14 +64,6 @@ def mean_place(values: np.ndarray, members: np.ndarray) -> float:
     place = np.empty(len(values), dtype=int)
     place[np.argsort(-values, kind="stable")] = np.arange(1, len(values) + 1)
     return float(place[members].mean()) if members.any() else float("nan")
-
-
-def pretraining_datasets(recipe) -> dict[str, set[str]]:
-    """``{ptm: the datasets it was pre-trained on}``: a real PTM's training set, a pool-trained one's sources."""
-    from spider.zoo import get_zoo_model_info
-
-    out = {name: {get_zoo_model_info(name).source} for name in recipe.real_ptms}
-    return {**out, **{spec.id: set(spec.sources) for spec in recipe.pretrained}}
 
 
 def run(args: argparse.Namespace) -> None:

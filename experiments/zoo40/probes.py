@@ -170,17 +170,23 @@ def bank_retrieval(zoo, k: int, limit: int | None = None) -> np.ndarray:
     return retrieval.bank_retrieval(zoo, (k,), limit)[0][k]
 
 
+def pretraining_datasets(recipe) -> dict[str, set[str]]:
+    """``{ptm: the datasets it was pre-trained on}``: a real PTM's training set, a pool-trained one's sources."""
+    from spider.zoo import get_zoo_model_info
+
+    out = {name: {get_zoo_model_info(name).source} for name in recipe.real_ptms}
+    return {**out, **{spec.id: set(spec.sources) for spec in recipe.pretrained}}
+
+
 @contextlib.contextmanager
 def labels_without_seen_sources(zoo, min_fraction: float):
     """Bank labels of a PTM on a task are dropped (NaN) when at least ``min_fraction`` (> 0: any)
     of the task's classes come from a dataset the PTM was pre-trained on."""
     import spider.datamodules.episodes as episodes
-    from spider.zoo import get_zoo_model_info
 
     recipe = zoo.recipe
     pool_source = {p.id: p.source for p in recipe.pool}
-    sources = {n: {get_zoo_model_info(n).source} for n in recipe.real_ptms}
-    sources.update({s.id: set(s.sources) for s in recipe.pretrained})
+    sources = pretraining_datasets(recipe)
     real = episodes.training_labels
 
     def masked(source, cache, bank=None, **kwargs):
