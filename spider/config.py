@@ -182,7 +182,7 @@ def _check_numbers(cfg: DictConfig) -> None:
                                                                  t.check_val_every_n_epoch, 1),
         ("trainer.num_sanity_val_steps", t.num_sanity_val_steps, -1), ("model.warmup_steps", m.warmup_steps, 0),
         ("data.shard_size", d.shard_size, 1), ("data.mixed_weight", d.mixed_weight, 1),
-        ("data.selected_members", d.selected_members, 1),
+        ("data.selected_members", d.selected_members, 1), ("data.val_targets_as_tasks", d.val_targets_as_tasks, 0),
     ]
     ints += [(k, v, 1) for k, v in (("trainer.threads", t.threads), ("model.head_hidden", m.head_hidden),
                                      ("data.val_batch_size", d.val_batch_size)) if v is not None]

@@ -107,6 +107,10 @@ class DataConfig:
     # In (0, 1]: each training episode's task tokens are the centres of a random subset of at least
     # this fraction of its task's classes (labels unchanged); 1 -> every class, as in the paper.
     class_keep: float = MISSING
+    # n > 0: every validation target (whole, its ground truth as labels) is also a training task, n
+    # copies each; the validation targets then judge nothing (no val/* metrics). The last step once
+    # they have decided every setting (spider.datamodules.label_sources.plus_targets).
+    val_targets_as_tasks: int = MISSING
     num_workers: int = MISSING
     # Parallel processes building the label cache.
     label_workers: int = MISSING

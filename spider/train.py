@@ -167,8 +167,14 @@ def _setup(cfg: Any) -> DictConfig:
 
 def _warn_without_val(datamodule: Any) -> None:
     # Documented choice: no validation targets -> no val/* metrics (never test targets instead).
-    if datamodule.test_names and not datamodule.val_names and env_rank() == 0:
+    if env_rank() != 0 or not datamodule.test_names:
+        return
+    if not datamodule.val_names:
         print("warning: no validation targets (data.val_datasets is empty): val/* metrics are skipped; "
+              "test targets are never used in their place", file=sys.stderr)
+    elif datamodule.val_targets_as_tasks:
+        print(f"note: the validation targets are training tasks here (data.val_targets_as_tasks="
+              f"{datamodule.val_targets_as_tasks}): val/* metrics are skipped, and this fit decides nothing; "
               "test targets are never used in their place", file=sys.stderr)
 
 

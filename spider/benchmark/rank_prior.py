@@ -19,7 +19,7 @@ from typing import Any
 from spider.benchmark.inputs import Zoo
 from spider.benchmark.markdown import ablation_table
 from spider.benchmark.methods import MethodResult, ablation_entries, pick_winner, spider_row
-from spider.benchmark.training import rank_targets
+from spider.benchmark.training import Refit, rank_targets
 
 __all__ = ["WEIGHTS", "chosen_weights", "rank_prior_ablation", "section"]
 
@@ -35,7 +35,8 @@ def rank_prior_ablation(zoo: Zoo, ckpts: Sequence[Path | Sequence[Path]], extrac
     :func:`~spider.benchmark.methods.pick_winner`); ``(None, None, [])`` when they have no rank prior."""
     from spider.modules.scorer_registry import load_scorer
 
-    first = ckpts[0] if isinstance(ckpts[0], (str, Path)) else ckpts[0][0]
+    first = ckpts[0] if isinstance(ckpts[0], (str, Path, Refit)) else ckpts[0][0]
+    first = first.decide if isinstance(first, Refit) else first
     if shipped is None or not hasattr(load_scorer(first), "rank_prior"):
         return None, None, []
     shipped = float(shipped)

@@ -23,7 +23,7 @@ import numpy as np
 
 from spider.benchmark.inputs import ReportError, Zoo
 
-__all__ = ["FitSpec", "ShippedSettings", "data_config_name", "fit_config", "rank_targets", "shipped_settings",
+__all__ = ["FitSpec", "Refit", "ShippedSettings", "data_config_name", "fit_config", "rank_targets", "shipped_settings",
            "train_scorer"]
 
 
@@ -35,10 +35,12 @@ class FitSpec:
     label_source: str = "copeland"
     prior: Optional[str] = None  # a static prior added to the scores (model.prior)
     seed: int = 0
+    val_tasks: int = 0  # data.val_targets_as_tasks: 0 for every fit that decides something
 
     @property
     def name(self) -> str:
-        return f"{self.scorer}-{self.label_source}-prior{self.prior or 'none'}-seed{self.seed}"
+        extra = f"-valtasks{self.val_tasks}" if self.val_tasks else ""
+        return f"{self.scorer}-{self.label_source}-prior{self.prior or 'none'}{extra}-seed{self.seed}"
 
     @property
     def setting(self) -> str:
@@ -69,6 +71,7 @@ class ShippedSettings:
     rank_prior_weight: float
     ensemble_rank_prior_weight: Optional[float]  # None: rank_prior_weight
     history_tokens: Optional[float] = None  # std of the model tokens' start from the bank; None: random
+    val_targets_as_tasks: int = 0  # the shipped ranker's last step (0: it trains on the bank only)
 
     @property
     def setting(self) -> str:
@@ -91,7 +94,18 @@ def shipped_settings(zoo: Zoo) -> ShippedSettings:
     history = cfg.data.get("history_tokens")
     return ShippedSettings(str(cfg.data.label_source), cfg.model.prior, cfg.data.rank_prior,
                            float(cfg.data.rank_prior_weight), None if ensemble is None else float(ensemble),
-                           None if history is None else float(history))
+                           None if history is None else float(history), int(cfg.data.val_targets_as_tasks))
+
+
+@dataclass(frozen=True)
+class Refit:
+    """The shipped ranker of one seed and the fit that judges it. ``decide`` trained on the bank
+    only: it ranks the validation targets (honestly) and every decision is made on them. ``ship``
+    is the same setting with the validation targets among its training tasks
+    (``data.val_targets_as_tasks``), what users get: it ranks the test targets."""
+
+    decide: Path
+    ship: Path
 
 
 def fit_config(zoo: Zoo, spec: FitSpec, work: Path, *, max_epochs: Optional[int] = None,
@@ -101,6 +115,7 @@ def fit_config(zoo: Zoo, spec: FitSpec, work: Path, *, max_epochs: Optional[int]
 
     overrides = [f"data={data_config_name(zoo.name)}", f"data.zoo_dir={zoo.root.resolve()}",
                  f"data.cache_dir={work / 'cache'}", f"data.label_source={spec.label_source}",
+                 f"data.val_targets_as_tasks={spec.val_tasks}",
                  f"model={spec.scorer}", f"model.prior={spec.prior or 'null'}", f"seed={spec.seed}",
                  "trainer=cpu", "trainer.enable_progress_bar=false", "logger=none", "results_table=false",
                  f"run_dir={work / 'runs' / spec.name}", "overwrite=true"]
@@ -136,6 +151,8 @@ def train_scorer(zoo: Zoo, spec: FitSpec, work: Path, *, log: Callable[[str], No
     # Added after fits were cached: at null (a random start) a fit is what it was without the key.
     if trained["data"].get("history_tokens") is None:
         trained["data"].pop("history_tokens", None)
+    if not trained["data"].get("val_targets_as_tasks"):
+        trained["data"].pop("val_targets_as_tasks", None)
     identity = json.dumps({"config": trained,
                            "recipe_hash": zoo.manifest.get("recipe_hash")}, sort_keys=True, default=str)
     if done.is_file() and done.read_text() == identity and ckpt.is_file():
@@ -159,7 +176,8 @@ def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[st
                  rank_prior_weight: Optional[float] = None) -> dict[int, dict[str, Any]]:
     """Rank every target with a trained scorer: general tokens (k = 0) and re-ranking of the top k.
 
-    ``ckpt`` is one checkpoint or a list (a seed ensemble); with ``rerankers`` (ReRanker
+    ``ckpt`` is one checkpoint or a list (a seed ensemble), each one possibly a :class:`Refit`
+    (validation targets ranked by its ``decide`` fit, test targets by its ``ship`` fit); with ``rerankers`` (ReRanker
     checkpoints, a seed ensemble) the top k of that ranking are re-scored and fused by them
     (:class:`spider.modules.ReRanking`; ``weight``: their fusion weight, None = the first
     re-ranker's ``rerank_weight``), else ``ckpt`` must be a ReRanker to re-rank (k > 0).
@@ -174,6 +192,21 @@ def rank_targets(ckpt: Path, zoo: Zoo, ks: Sequence[int], extraction: Mapping[st
     from spider.rank_core import load_ranker
 
     import torch
+
+    many = isinstance(ckpt, (list, tuple))
+    fits = list(ckpt) if many else [ckpt]
+    if any(isinstance(c, Refit) for c in fits):
+        if not all(isinstance(c, Refit) for c in fits):
+            raise ReportError("rank_targets: an ensemble mixes Refit pairs and plain checkpoints")
+        runs = [rank_targets([getattr(c, part) for c in fits] if many else getattr(ckpt, part), zoo, ks, extraction,
+                             rerankers, weight, rank_prior_weight) for part in ("decide", "ship")]
+        test = np.array([t in zoo.test_targets for t in zoo.targets])
+        for k, rec in runs[0].items():
+            for key, values in rec.items():
+                shipped = runs[1][k][key]
+                rec[key] = (np.where(test[:, None], shipped, values) if key == "pred"
+                            else [s if is_test else v for v, s, is_test in zip(values, shipped, test)])
+        return runs[0]
 
     model = load_ranker(list(ckpt) if isinstance(ckpt, (list, tuple)) else ckpt, rerankers, weight,
                         rank_prior_weight=rank_prior_weight)

@@ -63,7 +63,7 @@ from spider.datamodules.episode_datasets import (
     collate_episodes,
     epoch_order,
 )
-from spider.datamodules.label_sources import TrainingLabels, training_labels
+from spider.datamodules.label_sources import TrainingLabels, plus_targets, training_labels
 from spider.priors import PriorInputs
 from spider.datamodules.tasks import ClassIndex, TaskConfig, TaskSampler, TaskSpec
 from spider.datamodules.tokens import class_centres
@@ -110,6 +110,10 @@ class EpisodeDataModule(L.LightningDataModule):
         specific_models: S > 0 adds PTM-specific tokens of S random PTMs per episode (re-ranker).
         class_keep: in (0, 1]; < 1 builds each training episode's tokens from a random subset of at
             least that fraction of its task's classes (``episode_datasets.kept_classes``), labels unchanged.
+        val_targets_as_tasks: n > 0 adds each validation target (its whole ``target_split``, its
+            ground truth as labels) n times to the training tasks
+            (:func:`~spider.datamodules.label_sources.plus_targets`). The validation targets then
+            decide nothing: there is no validation stage (``val_dataloader`` is empty).
         label_workers: processes for building labels; num_workers: DataLoader workers;
             label_device: where label baselines compute (default CPU).
         build_labels: False makes ``prepare_data`` only check that the cache is complete.
@@ -129,7 +133,8 @@ class EpisodeDataModule(L.LightningDataModule):
                  shard_size: int = 64, build_labels: bool = True, progress: bool = True,
                  label_device: str | None = None, label_source: str = "copeland",
                  finetune_bank: str | os.PathLike | None = None, mixed_weight: int = 1,
-                 selected_members: int = 3, class_keep: float = 1.0, labeller: Labeller | None = None,
+                 selected_members: int = 3, class_keep: float = 1.0, val_targets_as_tasks: int = 0,
+                 labeller: Labeller | None = None,
                  source_domains: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         super().__init__()
         if build_labels and labeller is None:
@@ -150,12 +155,14 @@ class EpisodeDataModule(L.LightningDataModule):
             if value < 1:
                 raise ConfigError(f"{name}: expected >= 1, got {value}")
         for name, value in (("val_tasks_per_target", val_tasks_per_target), ("specific_models", specific_models),
-                            ("num_workers", num_workers), ("label_workers", label_workers)):
+                            ("num_workers", num_workers), ("label_workers", label_workers),
+                            ("val_targets_as_tasks", val_targets_as_tasks)):
             if value < 0:
                 raise ConfigError(f"{name}: expected >= 0, got {value}")
         if not 0 < class_keep <= 1:  # NaN fails too
             raise ConfigError(f"class_keep: expected a float in (0, 1], got {class_keep}")
         self.class_keep = float(class_keep)
+        self.val_targets_as_tasks = int(val_targets_as_tasks)
         self.num_label_tasks = int(num_label_tasks)
         self.tasks_per_epoch = int(tasks_per_epoch or num_label_tasks)
         self.val_tasks_per_target = int(val_tasks_per_target)
@@ -252,8 +259,11 @@ class EpisodeDataModule(L.LightningDataModule):
         return list(self._test_names)
 
     def stage_names(self, stage: str) -> list[str]:
-        """Targets of ``stage`` ("val" or "test")."""
-        return self.val_names if stage == "val" else self.test_names
+        """Targets ``stage`` ("val" or "test") evaluates: none for "val" when the fit trains on its
+        validation targets (``val_targets_as_tasks``)."""
+        if stage == "val":
+            return [] if self.val_targets_as_tasks else self.val_names
+        return self.test_names
 
     @property
     def baseline_names(self) -> list[str]:
@@ -291,6 +301,14 @@ class EpisodeDataModule(L.LightningDataModule):
         return training_reference(self.store_root, self.general, list(dict.fromkeys(self.training_labels.spec_texts)))
 
     # ------------------------------------------------------------------ data
+
+    def _val_target_specs(self) -> list[str]:
+        """Each validation target's whole ``target_split`` as one training task (TaskSpec JSON)."""
+        from spider.store import FeatureStore
+
+        store = FeatureStore(self.store_root)
+        return [TaskSpec.whole(d, store.entry(self.general, d, self.target_split).labels(), self.target_split).to_json()
+                for d in self._val_names]
 
     def _eval_tasks(self) -> list[tuple[str, TaskSpec | None]]:
         if self.val_tasks_per_target == 0:
@@ -342,6 +360,9 @@ class EpisodeDataModule(L.LightningDataModule):
             bank = None if self.finetune_bank is None else open_bank(self.finetune_bank, cache.models)
             labels = training_labels(self.label_source, cache, bank, mixed_weight=self.mixed_weight,
                                      selected_members=self.selected_members)
+            if self.val_targets_as_tasks:
+                labels = plus_targets(labels, self._val_target_specs(), self.ground_truth.matrix(
+                    self._val_names, self._model_names), self.val_targets_as_tasks)
             self.training_labels = labels
             self.train_dataset = LabelledTaskDataset(
                 self.store_root, self.general, labels.spec_texts, labels.scores, self._model_names,

@@ -15,13 +15,18 @@
   never a target) is measured, and the ``selected_members`` best ones with a positive agreement
   are aggregated on every task.
 
+Any source can add the validation targets as training tasks (:func:`plus_targets`,
+``data.val_targets_as_tasks``): each whole target labelled by its ground truth, the full
+fine-tuning protocol on classes no PTM saw. A fit that does so has no honest validation metric, so
+it is the last step, once the validation targets have decided every setting.
+
 Everything here is a pure function of the label cache and the bank, so every DDP rank computes
 the same labels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -69,6 +74,26 @@ def baseline_agreement(cache: Any, bank: Any) -> dict[str, float]:
                 taus.append(float(weighted_tau(preds=raw[ok], target=acc[ok])))
         out[name] = float(np.mean(taus)) if taus else float("nan")
     return out
+
+
+def plus_targets(labels: TrainingLabels, specs: list[str], truth: np.ndarray, copies: int) -> TrainingLabels:
+    """``labels`` with ``copies`` more tasks per target: ``specs`` (TaskSpec JSON, one per target)
+    labelled by ``truth`` [T, M] (fine-tuned accuracies, the labels' model order; NaN = no run).
+    ``copies`` weights them by frequency, like ``mixed_weight``.
+
+    Raises:
+        ConfigError: ``copies`` < 1, no targets, or ``truth`` not [len(specs), M] (one line).
+    """
+    truth = np.asarray(truth, dtype=np.float64)
+    if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
+        raise ConfigError(f"data.val_targets_as_tasks: expected an integer >= 1 here, got {copies!r}")
+    if not specs:
+        raise ConfigError("data.val_targets_as_tasks: needs validation targets (data.val_datasets is empty)")
+    if truth.shape != (len(specs), labels.scores.shape[1]):
+        raise ConfigError(f"data.val_targets_as_tasks: ground truth of shape {truth.shape}, expected "
+                          f"{(len(specs), labels.scores.shape[1])} (targets x PTMs)")
+    return replace(labels, spec_texts=list(labels.spec_texts) + list(specs) * copies,
+                   scores=np.concatenate([labels.scores] + [truth] * copies))
 
 
 def training_labels(source: str, cache: Any, bank: Any = None, *, mixed_weight: int = 1,

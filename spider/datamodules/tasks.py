@@ -119,6 +119,17 @@ class TaskSpec:
         return TaskSpec(classes=tuple(self.classes[k] for k in idx), rows=tuple(self.rows[k] for k in idx),
                         split=self.split)
 
+    @classmethod
+    def whole(cls, dataset: str, labels: Any, split: str = "train") -> TaskSpec:
+        """A stored dataset's whole ``split`` as one task: every class (ascending id) with every row;
+        ``labels`` [N] are the stored labels of that split."""
+        labels = np.asarray(labels).reshape(-1)
+        ids = np.unique(labels)
+        if len(ids) < 2:
+            raise SpiderError(f"TaskSpec.whole: {dataset}/{split} has {len(ids)} class(es); a task needs at least 2")
+        return cls(classes=tuple((dataset, int(c)) for c in ids),
+                   rows=tuple(tuple(int(r) for r in np.flatnonzero(labels == c)) for c in ids), split=split)
+
     @property
     def num_samples(self) -> int:
         return sum(len(r) for r in self.rows)

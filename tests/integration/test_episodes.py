@@ -292,3 +292,35 @@ def test_without_a_labeller_the_datamodule_only_reads_finished_caches(zoo, ready
     empty = _datamodule(zoo, tmp_path / "none", build_labels=False, labeller=None)
     with pytest.raises(LabelCacheError, match="no label cache"):
         empty.prepare_data()
+
+
+# ------------------------------------------------------------------------ validation targets as tasks
+
+
+def test_val_targets_as_tasks_appends_each_whole_target_labelled_by_its_truth(zoo, ready):
+    val, test = zoo.target_datasets[:1], zoo.target_datasets[1:]
+    dm = _datamodule(zoo, ready.label_cache_dir, build_labels=False, val_datasets=val, test_datasets=test,
+                     val_targets_as_tasks=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    store = FeatureStore(zoo.store_root)
+    entry = store.entry("general", val[0], "train")
+    labels = np.unique(entry.labels(), return_inverse=True)[1]
+    truth = read_ground_truth(zoo.ground_truth_csv).matrix(val, dm.model_names)[0]
+    assert len(dm.train_dataset) == 12 + 2  # the bank, then the target twice
+    for j in (12, 13):
+        item = dm.train_dataset[(0, j)]
+        torch.testing.assert_close(item["task_tokens"], class_centres(entry.features(), labels, labels.max() + 1).float())
+        np.testing.assert_allclose(item["target_scores"].numpy(), truth, rtol=1e-6)
+        assert item["model_mask"].all()
+    # Targets trained on judge nothing: no validation stage; the test stage is unchanged.
+    assert dm.stage_names("val") == [] and dm.val_dataloader() == [] and dm.val_names == val
+    assert next(iter(dm.test_dataloader()))["target_index"].tolist() == [1]
+
+
+def test_val_targets_as_tasks_needs_validation_targets_and_a_count(zoo, ready, tmp_path):
+    with pytest.raises(ConfigError, match="val_targets_as_tasks: expected >= 0"):
+        _datamodule(zoo, tmp_path, val_targets_as_tasks=-1)
+    dm = _datamodule(zoo, ready.label_cache_dir, build_labels=False, val_datasets=[], val_targets_as_tasks=1)
+    with pytest.raises(ConfigError, match="val_targets_as_tasks: needs validation targets"):
+        dm.setup("fit")

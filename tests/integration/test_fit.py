@@ -235,6 +235,15 @@ def test_history_tokens_need_a_bank_and_a_positive_std(trained, tmp_path, tiny, 
     assert not (tmp_path / "history" / "checkpoints").exists()
 
 
+def test_a_fit_that_trains_on_its_validation_targets_reports_no_val_metrics(trained, tmp_path, tiny, capsys):
+    result = fit(tiny(tmp_path / "valtasks", "data.val_targets_as_tasks=3", "trainer.max_epochs=1"))
+    assert result["val"] == {} and result["tables"]["val"] == {}  # trained on: they judge nothing
+    assert "test/wtau_paper" in result["test"] and not any("val0" in key for key in result["test"])
+    assert "val/* metrics are skipped, and this fit decides nothing" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="'data.val_targets_as_tasks': expected an int >= 0"):
+        fit(tiny(tmp_path / "valtasks-bad", "data.val_targets_as_tasks=-1", "trainer.max_epochs=1"))
+
+
 def test_a_checkpoint_with_a_non_finite_weight_is_refused(trained, tmp_path):
     run_dir, result = trained
     state = torch.load(result["checkpoint"], weights_only=True)

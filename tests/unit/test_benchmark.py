@@ -95,6 +95,7 @@ def test_shipped_settings_are_what_a_user_composes(tmp_path, recipe):
     assert (shipped.rank_prior, shipped.rank_prior_weight) == (cfg.data.rank_prior, cfg.data.rank_prior_weight)
     assert shipped.ensemble_rank_prior_weight == cfg.data.ensemble_rank_prior_weight
     assert shipped.history_tokens == cfg.data.history_tokens
+    assert shipped.val_targets_as_tasks == cfg.data.val_targets_as_tasks
     assert shipped.token_start == ("at random" if recipe == "minizoo" else
                                    "from the fine-tuning history, std 0.2 (`data.history_tokens`)")
 
@@ -396,3 +397,39 @@ def test_run_baselines_computes_only_the_cells_missing_from_the_cache(tmp_path, 
     called.clear()
     forward.run_baselines(zoo, ["logme", "knn"], cache)
     assert called == []  # everything cached now
+
+
+def test_refit_pairs_rank_validation_by_the_deciding_fit_and_test_by_the_shipped_one(tmp_path, monkeypatch):
+    """The shipped last step (data.val_targets_as_tasks): a validation target trained on must not be
+    judged by that fit, so each target's ranking comes from the fit that is honest for it."""
+    from types import SimpleNamespace
+
+    import spider.rank as rank
+    import spider.rank_core as rank_core
+    from spider.benchmark.training import Refit, rank_targets
+
+    zoo = fake_zoo(tmp_path)
+    loaded = []
+
+    def fake_load(ckpt, rerankers, weight, rank_prior_weight=None):
+        fits = [str(c) for c in (ckpt if isinstance(ckpt, list) else [ckpt])]
+        loaded.append(fits)
+        return SimpleNamespace(spider_info={"model_names": zoo.models}, fits=fits)
+
+    def fake_rank(model, store, target, general, rerank_topk):
+        ship = all("ship" in f for f in model.fits)
+        assert ship or not any("ship" in f for f in model.fits)  # an ensemble is never mixed
+        return SimpleNamespace(general_scores={m: (1 if ship else -1) * (i + 1) for i, m in enumerate(zoo.models)},
+                               models=zoo.models, tokens=["general"] * 4, timings_ms={"tokens": 1.0, "score": 1.0})
+
+    monkeypatch.setattr(rank_core, "load_ranker", fake_load)
+    monkeypatch.setattr(rank, "rank_task", fake_rank)
+    extraction = {"general": {t: 0.5 for t in zoo.targets}}
+    pairs = [Refit(tmp_path / f"decide{s}", tmp_path / f"ship{s}") for s in (0, 1)]
+    for ckpt in (pairs, pairs[0]):  # an ensemble of pairs, or one pair
+        pred = rank_targets(ckpt, zoo, (0,), extraction)[0]["pred"]
+        np.testing.assert_array_equal(pred, [[-1, -2, -3, -4], [1, 2, 3, 4], [1, 2, 3, 4]])  # val0, test0, test1
+    assert loaded[:2] == [[str(p.decide) for p in pairs], [str(p.ship) for p in pairs]]
+    with pytest.raises(ReportError, match="mixes Refit pairs and plain checkpoints"):
+        rank_targets([pairs[0], tmp_path / "plain"], zoo, (0,), extraction)
+    assert FitSpec(seed=1, val_tasks=4).name.endswith("-valtasks4-seed1") and FitSpec(seed=1).name.endswith("none-seed1")

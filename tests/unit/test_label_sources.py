@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from spider.datamodules.label_sources import LABEL_SOURCES, baseline_agreement, training_labels
+from spider.datamodules.label_sources import LABEL_SOURCES, baseline_agreement, plus_targets, training_labels
 from spider.datamodules.tasks import TaskSpec
 from spider.errors import ConfigError, SpiderError
 from spider.modules import ReRanker, ScorerInputError, TokenScorer
@@ -112,6 +112,27 @@ def test_finetune_source_uses_the_bank_tasks_only():
     labels = training_labels("finetune", cache, _bank(cache))
     assert labels.spec_texts == cache.spec_texts[:3]
     assert np.array_equal(labels.scores, 50 + 10 * cache.truth[:3])
+
+
+def test_plus_targets_appends_each_target_copies_times_after_the_labels():
+    cache = _cache()
+    labels = training_labels("finetune", cache, _bank(cache))
+    specs, truth = [_spec(7).to_json(), _spec(8).to_json()], np.array([[1.0, 2, 3, np.nan], [4, 3, 2, 1]])
+    out = plus_targets(labels, specs, truth, 2)
+    assert out.spec_texts == labels.spec_texts + specs + specs and out.source == "finetune"
+    np.testing.assert_array_equal(out.scores, np.concatenate([labels.scores, truth, truth]))
+    assert len(labels.spec_texts) == 3  # the input is not changed
+
+
+@pytest.mark.parametrize("specs, truth, copies, message", [
+    ([], np.zeros((0, 4)), 1, "needs validation targets"),
+    (["x"], np.zeros((1, 4)), 0, "expected an integer >= 1"),
+    (["x"], np.zeros((1, 3)), 1, r"shape \(1, 3\), expected \(1, 4\)"),
+])
+def test_plus_targets_refuses_bad_input(specs, truth, copies, message):
+    cache = _cache()
+    with pytest.raises(ConfigError, match=message):
+        plus_targets(training_labels("copeland", cache), specs, truth, copies)
 
 
 def test_finetune_nll_source_orders_by_lowest_test_cross_entropy():

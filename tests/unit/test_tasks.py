@@ -54,6 +54,14 @@ def test_select_keeps_the_chosen_classes_with_their_rows():
             spec.select(bad)
 
 
+def test_whole_is_every_class_with_every_row():
+    spec = TaskSpec.whole("t", np.array([7, 3, 7, 3, 9]), split="train")
+    assert spec.classes == (("t", 3), ("t", 7), ("t", 9)) and spec.rows == ((1, 3), (0, 2), (4,))
+    assert spec.split == "train" and spec.labels().tolist() == [0, 0, 1, 1, 2]
+    with pytest.raises(SpiderError, match="t/test has 1 class"):
+        TaskSpec.whole("t", np.array([4, 4]), split="test")
+
+
 def test_spec_rejects_inconsistent_or_malformed_input():
     with pytest.raises(SpiderError, match="2 classes but 1 row lists"):
         TaskSpec(classes=(("a", 0), ("a", 1)), rows=((1,),))
