@@ -126,6 +126,14 @@ def rerank_weight_ablation(zoo, coarse: Sequence, rerankers: Sequence, extractio
     return next(w for w, r in rows.items() if r.name == best), ablation_entries(list(rows.values()), best, zoo, len(coarse))
 
 
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside, else as given (for printed commands)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def refit_entries(zoo, fits: dict[str, tuple[Sequence, Optional[float]]], rows: dict, extraction) -> list[dict]:
     """Test numbers of the main rows (``rows``: refitted, as shipped) next to those of their bank-only
     fits (``fits``: row name -> (:class:`Refit` per seed or per ensemble, rank-prior weight)): what the
@@ -154,7 +162,7 @@ def refit_section(results: dict[str, Any]) -> list[str]:
             "copies among the bank's tasks). Every Model Spider row's validation numbers therefore come from the "
             "fits without them (those decide), its test numbers from the refits (what users get). Why: each "
             "validation target ranked by fits trained on the other domains' validation targets gains on validation "
-            "([val_targets_as_tasks.md](val_targets_as_tasks.md), `python experiments/zoo40/val_targets_as_tasks.py`). "
+            f"([val_targets_as_tasks.md](val_targets_as_tasks.md), `{results['refit_probe']}`). "
             "The test targets of the fits without them, for the record (they decide nothing):", "",
             md.table(["row", "test wtau_paper, bank only", "test wtau_paper, shipped refit",
                       "test top-1 regret, bank only", "test top-1 regret, shipped refit"], rows)]
@@ -295,7 +303,9 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "goal": goals.goal_check(by_name, groups["model_spider"], groups["model_spider_rerank3"], groups["forward_baselines"],
                                  groups["static_priors"], zoo.test_targets, next(c["test"]["wtau_paper"] for c in ceiling if c["k"] == 3),
                                  rerank3_kept=weight == 0 and rerank3 == f"{SPIDER} rerank@3"),
-        "ablation": ablation, "val_targets_as_tasks": shipped.val_targets_as_tasks, "refit": refit, "transfergraph": tgraph_info, "bank_retrieval": retrieval_info, "familiarity": {t: f.as_dict() for t, f in familiar.items()},
+        "ablation": ablation, "val_targets_as_tasks": shipped.val_targets_as_tasks, "refit": refit,
+        "refit_probe": f"python experiments/zoo40/val_targets_as_tasks.py --zoo-dir {repo_relative(zoo.root)} "
+                       f"--out {repo_relative(out / 'val_targets_as_tasks.md')}", "transfergraph": tgraph_info, "bank_retrieval": retrieval_info, "familiarity": {t: f.as_dict() for t, f in familiar.items()},
         "rank_prior": shipped.rank_prior, "rank_prior_weight": prior_weight, "rank_prior_ablation": prior_ablation,
         "ensemble_rank_prior_weight": ens_weight, "ensemble_rank_prior_ablation": ens_ablation,
         "rerank_weight": weight, "rerank_ablation": rerank_ablation, "forward_rerank_ablation": forward_ablation, "rerank_ceiling": ceiling,
