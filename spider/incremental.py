@@ -234,8 +234,10 @@ def _prepare(report: AddModelReport, cfg: DictConfig, zoo_dir: Path, manifest: d
     cfg.data.models = [*names, ref.id]
     cfg.data.finetune_bank = None if bank is None else str(bank)
     train_cfg = cfg.copy()
-    # Training tasks only: the targets' ground truth has no column for the new PTM.
+    # Training tasks only: the targets' ground truth has no column for the new PTM (so validation
+    # targets the ranker trained on, data.val_targets_as_tasks, cannot teach the new token either).
     train_cfg.data.val_datasets, train_cfg.data.test_datasets = [], []
+    train_cfg.data.val_targets_as_tasks = 0
     new = resolve_inputs(train_cfg)
     tic = time.perf_counter()
     datamodule = build_datamodule(train_cfg, new, progress=progress)

@@ -58,14 +58,16 @@ def work_zoo(source: Path, dest: Path, held_out: str | None) -> Path:
 
 
 def train_ranker(zoo_dir: Path, run_dir: Path, models: list[str]) -> tuple[Path, float]:
-    """The shipped config on ``models`` (training tasks only); (checkpoint, training seconds)."""
+    """The shipped config on ``models``, trained on the bank's tasks only (the report's validation
+    targets are scored, so none of them trains; nor could they teach a held-out PTM, which has no
+    ground truth column there); (checkpoint, training seconds)."""
     from spider.config import compose
     from spider.pipeline.label_reuse import derive_label_cache
     from spider.run_inputs import build_datamodule, resolve_inputs
     from spider.train import train
 
     cfg = compose([f"data.zoo_dir={zoo_dir}", f"data.models=[{','.join(models)}]", "data.val_datasets=[]",
-                   "data.test_datasets=[]", "logger=none", "results_table=false",
+                   "data.test_datasets=[]", "data.val_targets_as_tasks=0", "logger=none", "results_table=false",
                    f"run_dir={run_dir}", "overwrite=true", "trainer.accelerator=cpu",
                    "trainer.enable_progress_bar=false"])
     inputs = resolve_inputs(cfg)

@@ -42,11 +42,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spider.benchmark import charts, costs, forward, goals, leave_one_out, lgc_rows, markdown as md, rank_prior, retrieval
+from spider.benchmark import charts, costs, forward, goals, last_step, leave_one_out, lgc_rows, markdown as md, rank_prior, retrieval
 from spider.benchmark.inputs import JsonCache, ReportError, open_zoo
 from spider.benchmark.methods import FIRM_SHARE, METRICS, ablation_entries, method_result, pick_winner, prior_rows, spider_row, summary
 from spider.benchmark.timing import time_extraction
-from spider.benchmark.training import FitSpec, Refit, rank_targets, shipped_settings, train_scorer
+from spider.benchmark.training import FitSpec, rank_targets, shipped_settings, train_scorer
 from spider.benchmark.transfergraph import transfergraph_row
 from spider.datamodules.label_sources import LABEL_SOURCES
 from spider.errors import SpiderError, cli_main
@@ -126,48 +126,6 @@ def rerank_weight_ablation(zoo, coarse: Sequence, rerankers: Sequence, extractio
     return next(w for w, r in rows.items() if r.name == best), ablation_entries(list(rows.values()), best, zoo, len(coarse))
 
 
-def repo_relative(path: Path) -> str:
-    """``path`` relative to the repository when it lies inside, else as given (for printed commands)."""
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
-
-
-def refit_entries(zoo, fits: dict[str, tuple[Sequence, Optional[float]]], rows: dict, extraction) -> list[dict]:
-    """Test numbers of the main rows (``rows``: refitted, as shipped) next to those of their bank-only
-    fits (``fits``: row name -> (:class:`Refit` per seed or per ensemble, rank-prior weight)): what the
-    last step changed. Reported for the record; nothing is decided on them."""
-    out = []
-    for name, (ckpts, weight) in fits.items():
-        decide = [[c.decide for c in fit] if isinstance(fit, (list, tuple)) else fit.decide for fit in ckpts]
-        before = spider_row(name, zoo, [rank_targets(c, zoo, (0,), extraction, rank_prior_weight=weight)[0]
-                                        for c in decide], 0, "")
-        out.append({"row": name, **{f"{metric}_{which}": r.mean(metric, zoo.test_targets)
-                                    for metric in ("wtau_paper", "top1_regret")
-                                    for which, r in (("bank_only", before), ("refit", rows[name]))}})
-    return out
-
-
-def refit_section(results: dict[str, Any]) -> list[str]:
-    """The report's lines on the shipped last step ([] when the config does not take it)."""
-    n = results.get("val_targets_as_tasks")
-    if not n:
-        return []
-    rows = [[e["row"], md.fmt(e["wtau_paper_bank_only"]), md.fmt(e["wtau_paper_refit"]),
-             f"{e['top1_regret_bank_only']:.2f}", f"{e['top1_regret_refit']:.2f}"] for e in results["refit"]]
-    return ["", "## Last step: the validation targets as training tasks",
-            "Once the validation targets have decided every setting above, the shipped ranker trains on them too "
-            f"(`data.val_targets_as_tasks: {n}`: each whole validation target, labelled by its ground truth, {n} "
-            "copies among the bank's tasks). Every Model Spider row's validation numbers therefore come from the "
-            "fits without them (those decide), its test numbers from the refits (what users get). Why: each "
-            "validation target ranked by fits trained on the other domains' validation targets gains on validation "
-            f"([val_targets_as_tasks.md](val_targets_as_tasks.md), `{results['refit_probe']}`). "
-            "The test targets of the fits without them, for the record (they decide nothing):", "",
-            md.table(["row", "test wtau_paper, bank only", "test wtau_paper, shipped refit",
-                      "test top-1 regret, bank only", "test top-1 regret, shipped refit"], rows)]
-
-
 def report(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     commit = md.git_commit(REPO, ("spider", "configs", str(Path(__file__).resolve().relative_to(REPO))))
@@ -220,34 +178,23 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     log(f"label-source ablation: {len(LABEL_SOURCES) * 2} settings x {len(budget.seeds)} seed(s)")
     shipped = shipped_settings(zoo)  # the config's label source, prior, rank prior and weights
     _, ablation, main = label_source_ablation(zoo, budget, work, extraction, shipped)
-
-    def fit_main(seed: int) -> Path | Refit:
-        """The main setting's scorer of ``seed``; with the shipped last step (``data.val_targets_as_tasks``)
-        a pair: the bank-only fit ranks the validation targets and decides, the refit ranks the test targets."""
-        decide = train_scorer(zoo, dataclasses.replace(main, seed=seed), work, log=log, max_epochs=budget.max_epochs)
-        if not shipped.val_targets_as_tasks:
-            return decide
-        return Refit(decide, train_scorer(zoo, dataclasses.replace(main, seed=seed, val_tasks=shipped.val_targets_as_tasks),
-                                          work, log=log, max_epochs=budget.max_epochs))
-
+    # With the shipped last step a scorer is a (bank-only fit, refit) pair: spider.benchmark.last_step.
+    fit_main = lambda seed: last_step.fit(zoo, dataclasses.replace(main, seed=seed), work, shipped.val_targets_as_tasks, log=log, max_epochs=budget.max_epochs)  # noqa: E731
     main_ckpts = [fit_main(s) for s in budget.seeds]
     prior_weight, prior_row, prior_ablation = rank_prior.rank_prior_ablation(zoo, main_ckpts, extraction, shipped.rank_prior_weight)
     log(f"rank-prior weight (best on validation): {prior_weight}")
-    general = dataclasses.replace(prior_row or spider_row("", zoo, [rank_targets(c, zoo, (0,), extraction)[0] for c in main_ckpts], 0, ""),
-                                  name=f"{SPIDER} general",
+    general = dataclasses.replace(prior_row or spider_row("", zoo, [rank_targets(c, zoo, (0,), extraction)[0] for c in main_ckpts], 0, ""), name=f"{SPIDER} general",
                                   note=f"TokenScorer, general tokens; labels {main.setting}" + (
                                       f", rank-prior weight {prior_weight:g}" if prior_row else "") + " (chosen on validation)")
     log(f"main setting (best on validation): {main.setting}; seed ensembles: {budget.ensembles} x {budget.ensemble_size} seeds")
-    ensemble_ckpts = [[fit_main(s) for s in range(i * budget.ensemble_size, (i + 1) * budget.ensemble_size)]
-                      for i in range(budget.ensembles)]
+    ensemble_ckpts = [[fit_main(s) for s in range(i * budget.ensemble_size, (i + 1) * budget.ensemble_size)] for i in range(budget.ensembles)]
     ens_first = (prior_weight, "single scorers'") if shipped.ensemble_rank_prior_weight is None else (shipped.ensemble_rank_prior_weight, "config")
     ens_weight, ens_row, ens_ablation = rank_prior.rank_prior_ablation(zoo, ensemble_ckpts, extraction, *ens_first)
     ensemble = dataclasses.replace(ens_row or spider_row("", zoo, [rank_targets(c, zoo, (0,), extraction)[0] for c in ensemble_ckpts], 0, ""),
                                    name=f"{SPIDER} ensemble", note=f"{budget.ensemble_size} seeds of the main setting, per-task standardised scores "
                                    "averaged" + (f", rank-prior weight {ens_weight:g} (chosen on validation)" if ens_row else ""))
     by_main = {general.name: general, ensemble.name: ensemble}  # single scorer or ensemble: chosen on validation
-    refit = refit_entries(zoo, {general.name: (main_ckpts, prior_weight), ensemble.name: (ensemble_ckpts, ens_weight)},
-                          by_main, extraction) if shipped.val_targets_as_tasks else []
+    refit = last_step.entries(zoo, {general.name: (main_ckpts, prior_weight), ensemble.name: (ensemble_ckpts, ens_weight)}, by_main, extraction) if shipped.val_targets_as_tasks else []
     main_name = pick_winner(by_main, zoo)
     main_weight = ens_weight if main_name == ensemble.name else prior_weight  # the re-rankings' shrinkage
     # Re-ranking refines the main ranking: its top k are re-scored by a ReRanker and fused with it
@@ -303,9 +250,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "goal": goals.goal_check(by_name, groups["model_spider"], groups["model_spider_rerank3"], groups["forward_baselines"],
                                  groups["static_priors"], zoo.test_targets, next(c["test"]["wtau_paper"] for c in ceiling if c["k"] == 3),
                                  rerank3_kept=weight == 0 and rerank3 == f"{SPIDER} rerank@3"),
-        "ablation": ablation, "val_targets_as_tasks": shipped.val_targets_as_tasks, "refit": refit,
-        "refit_probe": f"python experiments/zoo40/val_targets_as_tasks.py --zoo-dir {repo_relative(zoo.root)} "
-                       f"--out {repo_relative(out / 'val_targets_as_tasks.md')}", "transfergraph": tgraph_info, "bank_retrieval": retrieval_info, "familiarity": {t: f.as_dict() for t, f in familiar.items()},
+        "ablation": ablation, "val_targets_as_tasks": shipped.val_targets_as_tasks, "refit": refit, "refit_probe": last_step.probe_command(zoo.root, out, REPO), "transfergraph": tgraph_info, "bank_retrieval": retrieval_info, "familiarity": {t: f.as_dict() for t, f in familiar.items()},
         "rank_prior": shipped.rank_prior, "rank_prior_weight": prior_weight, "rank_prior_ablation": prior_ablation,
         "ensemble_rank_prior_weight": ens_weight, "ensemble_rank_prior_ablation": ens_ablation,
         "rerank_weight": weight, "rerank_ablation": rerank_ablation, "forward_rerank_ablation": forward_ablation, "rerank_ceiling": ceiling,
@@ -400,11 +345,10 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         if results["seed_agreement"] else "The ground truth has one seed: its seed noise is not measured.",
         "", "## Label-source ablation", "Model Spider with general tokens trained on each label source, with and "
         f"without the `{PRIOR}` prior. The choice is made on the validation targets' mean wtau_paper (the shipped `{results['shipped_setting']}` "
-        "stays unless beaten firmly); only the chosen setting's test score is looked at (it is the main Model Spider row above, "
-        "before the last step where the config takes it: see below).", "",
+        "stays unless beaten firmly); only the chosen setting's test score is looked at (the main Model Spider row above, before the last step where the config takes it).", "",
         md.ablation_table([e for e in results["ablation"] if "skipped" not in e]),
         *[f"- skipped {e['setting']}: {e['skipped']}" for e in results["ablation"] if "skipped" in e],
-        *rank_prior.section(results), *refit_section(results),
+        *rank_prior.section(results), *last_step.section(results),
         "", "## Re-ranking ablation: fusion weight",
         f"`rerank@3` with each weight w of the re-rankers' specific scores (a re-scored PTM's score is (1 - w) x its "
         f"main-ranking z-score + w x its specific z-score; w = 0 keeps the main ranking). The choice on the validation "

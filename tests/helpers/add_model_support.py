@@ -69,7 +69,11 @@ def _build(zoo_dir: Path, run_dir: Path, data_dir: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         use_recipe(mp, data_dir)
         cfg = compose(fit_overrides(RECIPE, zoo_dir, run_dir, f"data.models=[{','.join(OLD)}]",
-                                    "data.label_source=mixed", "model.prior=finetune_mean", "results_table=false"))
+                                    "data.label_source=mixed", "model.prior=finetune_mean", "results_table=false",
+                                    # The mini zoo's last step: the ranker also trains on its validation
+                                    # target, which has no ground truth for the PTM added later.
+                                    "data.val_datasets=[usps]", "data.test_datasets=[]",
+                                    "data.val_targets_as_tasks=2"))
         # The prior reads the label cache before the trainer's prepare_data would build it.
         build_inputs(cfg)
         build_datamodule(cfg, resolve_inputs(cfg), progress=False).prepare_data()

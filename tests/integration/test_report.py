@@ -59,8 +59,9 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir, monkeypatch):
 
     real_shipped = training.shipped_settings
     monkeypatch.setattr(training, "fit_config", with_rank_prior)
+    # ... and the last step (the mini zoo's): refits on the validation targets rank the test targets.
     monkeypatch.setattr(report, "shipped_settings", lambda zoo: dataclasses.replace(
-        real_shipped(zoo), rank_prior="label_mean", rank_prior_weight=0.5))
+        real_shipped(zoo), rank_prior="label_mean", rank_prior_weight=0.5, val_targets_as_tasks=1))
 
     zoo = tmp_path / "tiny"
     build_zoo("tiny", zoo, data_dir=data_dir, workers=1, progress=False, log=lambda *a: None)
@@ -82,6 +83,14 @@ def test_quick_report_on_the_tiny_zoo(tmp_path, data_dir, monkeypatch):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     text = (out / "report.md").read_text()
+
+    # The last step: both main rows before and after it, on the test targets only.
+    assert results["val_targets_as_tasks"] == 1 and "## Last step: the validation targets as training tasks" in text
+    assert [e["row"] for e in results["refit"]] == ["model_spider general", "model_spider ensemble"]
+    for entry in results["refit"]:
+        assert entry["wtau_paper_refit"] == pytest.approx(results["test"][entry["row"]]["wtau_paper"])
+        assert all(math.isfinite(v) for k, v in entry.items() if k != "row")
+    assert list((work / "runs").glob("token-*-valtasks1-seed0"))  # the refit trained beside the bank-only fit
 
     # The schema of the quality issue.
     assert results["recipe"] == "tiny" and results["ptms"] == len(results["zoo"]["models"])
