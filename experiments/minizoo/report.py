@@ -228,7 +228,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                            "Test targets: ranking quality vs time (marker size ~ PTM forward passes)")
     pool = list(zoo.manifest["data"]["pool_datasets"])
     datasets = pool + zoo.targets
-    main_ckpt = work / "runs" / main.name / "checkpoints" / "last.ckpt"
+    main_ckpt = work / "runs" / dataclasses.replace(main, val_tasks=shipped.val_targets_as_tasks).name / "checkpoints" / "last.ckpt"
     domains = charts.domain_axes(zoo, datasets)
     learned_per_dataset = charts.ability_profiles(main_ckpt, zoo, datasets, budget.chart_tasks)
     axes, learned = charts.group_axes(datasets, learned_per_dataset, domains)
@@ -356,7 +356,7 @@ def render(results: dict[str, Any], zoo, order: Sequence, by_name: dict) -> str:
         "score is looked at.", "", md.ablation_table(results["rerank_ablation"]),
         *forward.rerank_section(results["forward_rerank_ablation"], results["groups"]["model_spider_rerank3"], results["rerank_ceiling"]),
         "", "## Spider charts: what the learned tokens say each PTM is good at",
-        "Sampled tasks of each dataset scored by the main scorer (seed 0): a PTM's value is its mean percentile rank "
+        "Sampled tasks of each dataset scored by the shipped main scorer (seed 0): a PTM's value is its mean percentile rank "
         "(1 = always first), datasets grouped by source domain (`spider.zoo.domains`; * = the pool datasets of that "
         "domain, the others are targets); black dots: true percentile rank on the targets of that domain.",
         "", "![spider charts](spider_charts.png)", *leave_one_out.section(results.get("incremental")),
