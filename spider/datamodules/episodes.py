@@ -360,9 +360,10 @@ class EpisodeDataModule(L.LightningDataModule):
             bank = None if self.finetune_bank is None else open_bank(self.finetune_bank, cache.models)
             labels = training_labels(self.label_source, cache, bank, mixed_weight=self.mixed_weight,
                                      selected_members=self.selected_members)
-            if self.val_targets_as_tasks:
-                labels = plus_targets(labels, self._val_target_specs(), self.ground_truth.matrix(
-                    self._val_names, self._model_names), self.val_targets_as_tasks)
+            if self.val_targets_as_tasks:  # no validation targets: plus_targets says so (one line)
+                truth = (self.ground_truth.matrix(self._val_names, self._model_names) if self._val_names
+                         else np.zeros((0, len(self._model_names))))
+                labels = plus_targets(labels, self._val_target_specs(), truth, self.val_targets_as_tasks)
             self.training_labels = labels
             self.train_dataset = LabelledTaskDataset(
                 self.store_root, self.general, labels.spec_texts, labels.scores, self._model_names,

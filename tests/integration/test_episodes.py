@@ -321,6 +321,10 @@ def test_val_targets_as_tasks_appends_each_whole_target_labelled_by_its_truth(zo
 def test_val_targets_as_tasks_needs_validation_targets_and_a_count(zoo, ready, tmp_path):
     with pytest.raises(ConfigError, match="val_targets_as_tasks: expected >= 0"):
         _datamodule(zoo, tmp_path, val_targets_as_tasks=-1)
-    dm = _datamodule(zoo, ready.label_cache_dir, build_labels=False, val_datasets=[], val_targets_as_tasks=1)
-    with pytest.raises(ConfigError, match="val_targets_as_tasks: needs validation targets"):
-        dm.setup("fit")
+    for ground_truth in (zoo.ground_truth_csv, None):  # no validation targets, with or without a ground truth
+        dm = EpisodeDataModule(zoo.store_root, ready.label_cache_dir, ground_truth, baselines=FAST_BASELINES,
+                               num_label_tasks=12, shard_size=8, task=_tasks(), build_labels=False, progress=False,
+                               pool_datasets=ready.label_config.pool, val_datasets=[],
+                               test_datasets=None if ground_truth else [], val_targets_as_tasks=1)
+        with pytest.raises(ConfigError, match="val_targets_as_tasks: needs validation targets"):
+            dm.setup("fit")
