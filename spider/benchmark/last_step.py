@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from spider.benchmark.inputs import Zoo
 from spider.benchmark.markdown import fmt, table
@@ -50,12 +50,12 @@ def entries(zoo: Zoo, fits: Mapping[str, tuple[Sequence, Optional[float]]], rows
 
 def probe_command(zoo_dir: Path, out: Path, repo: Path) -> str:
     """The command of the probe that measured the last step on this zoo's validation targets."""
-    rel: Callable[[Path], str] = lambda p: _relative(p, repo)
-    return (f"python experiments/zoo40/val_targets_as_tasks.py --zoo-dir {rel(zoo_dir)} "
-            f"--out {rel(Path(out) / 'val_targets_as_tasks.md')}")
+    return (f"python experiments/zoo40/val_targets_as_tasks.py --zoo-dir {_relative(zoo_dir, repo)} "
+            f"--out {_relative(Path(out) / 'val_targets_as_tasks.md', repo)}")
 
 
 def _relative(path: Path, repo: Path) -> str:
+    """``path`` relative to ``repo`` when it lies inside (a command a reader can paste), else as given."""
     try:
         return str(Path(path).resolve().relative_to(Path(repo).resolve()))
     except ValueError:

@@ -433,3 +433,16 @@ def test_refit_pairs_rank_validation_by_the_deciding_fit_and_test_by_the_shipped
     with pytest.raises(ReportError, match="mixes Refit pairs and plain checkpoints"):
         rank_targets([pairs[0], tmp_path / "plain"], zoo, (0,), extraction)
     assert FitSpec(seed=1, val_tasks=4).name.endswith("-valtasks4-seed1") and FitSpec(seed=1).name.endswith("none-seed1")
+
+
+def test_last_step_section_only_where_the_config_takes_it(tmp_path):
+    from spider.benchmark import last_step
+
+    assert last_step.section({"val_targets_as_tasks": 0}) == []
+    command = last_step.probe_command(tmp_path / "zoo", tmp_path / "out", tmp_path)
+    assert command == "python experiments/zoo40/val_targets_as_tasks.py --zoo-dir zoo --out out/val_targets_as_tasks.md"
+    entry = {"row": "model_spider ensemble", "wtau_paper_bank_only": 0.5, "wtau_paper_refit": 0.6,
+             "top1_regret_bank_only": 2.0, "top1_regret_refit": 1.0}
+    text = "\n".join(last_step.section({"val_targets_as_tasks": 4, "refit": [entry], "refit_probe": command}))
+    assert "`data.val_targets_as_tasks: 4`" in text and command in text
+    assert "| `model_spider ensemble` | +0.500 | +0.600 | 2.00 | 1.00 |" in text
